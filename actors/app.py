@@ -1,0 +1,240 @@
+"""The four actors of MiniFlow, bound to one broker by role.
+
+    role          actors (queue)
+    coordinator   start_workflow, cancel_run (<ns>.ingress); step_finished (<ns>.coordinator)
+    results       record_result, record_dead_letter (<ns>.results)
+    executor      execute_step (<ns>.steps and <ns>.steps.<pool>)
+
+Roles may share a process. Coordinator and results need the database; an executor needs only
+the broker. Actors are created at run time (not at import), so the namespace and broker come
+from settings and tests can build as many nodes as they like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from coordinator.service import Coordinator
+from persistence import Database
+from protocol import codec
+from protocol.errors import ConfigError, EncodeFailed, MessageRejected, StepNotFound
+from protocol.messages import (
+    CancelRun,
+    DeadLetterReport,
+    StartWorkflow,
+    StepFinished,
+    StepResult,
+    StepTask,
+    envelope,
+)
+from protocol.names import (
+    CANCEL_RUN,
+    EXECUTE_STEP,
+    RECORD_DEAD_LETTER,
+    RECORD_RESULT,
+    START_WORKFLOW,
+    STEP_FINISHED,
+    QueueNames,
+)
+
+from .guard import as_message, node_name
+from .middleware import Rejections
+from .registry import Registry, StepContext, registry as global_registry
+from .relay import Relay
+
+logger = logging.getLogger("miniflow.actors")
+
+COORDINATOR = "coordinator"
+RESULTS = "results"
+EXECUTOR = "executor"
+ROLES = (COORDINATOR, RESULTS, EXECUTOR)
+MAX_ERROR_LEN = 2000
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class Node:
+    """The actors of one process, for the given roles, on one broker."""
+
+    def __init__(self, broker: dramatiq.Broker, names: QueueNames, roles: Iterable[str], *,
+                 db: Database | None = None, registry: Registry | None = None,
+                 pools: Iterable[str] = (), coordinator: Coordinator | None = None,
+                 listener: Listener | None = None) -> None:
+        self.broker = broker
+        self.names = names
+        self.roles = tuple(dict.fromkeys(roles))
+        unknown = [r for r in self.roles if r not in ROLES]
+        if unknown or not self.roles:
+            raise ConfigError(f"unknown role(s) {unknown}: choose from {', '.join(ROLES)}")
+        if (COORDINATOR in self.roles or RESULTS in self.roles) and db is None:
+            raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
+        self.db = db
+        self.registry = registry or global_registry
+        self.pools = tuple(dict.fromkeys(p for p in pools if p))
+        self.coordinator = coordinator or Coordinator(names)
+        self.listener = listener
+        self.node = node_name()
+        self.relay = Relay(broker, db) if db is not None else None
+        guard = getattr(broker, "guard", None)
+        if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
+            broker.add_middleware(CurrentMessage())
+        if guard is not None and not any(isinstance(m, Rejections) for m in broker.middleware):
+            broker.add_middleware(Rejections(guard))
+        self._declare()
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def _actor(self, fn: Callable[[dict[str, Any]], None], name: str, queue: str, **options: Any) -> None:
+        options.setdefault("throws", (MessageRejected,))
+        dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=queue, priority=0,
+                       options=options)
+
+    def _declare(self) -> None:
+        if COORDINATOR in self.roles:
+            self._actor(self._start_workflow, START_WORKFLOW, self.names.ingress)
+            self._actor(self._cancel_run, CANCEL_RUN, self.names.ingress)
+            self._actor(self._step_finished, STEP_FINISHED, self.names.coordinator)
+        if RESULTS in self.roles:
+            self._actor(self._record_result, RECORD_RESULT, self.names.results)
+            self._actor(self._record_dead_letter, RECORD_DEAD_LETTER, self.names.results)
+        if EXECUTOR in self.roles:
+            # Step time limits travel per message (options.time_limit); this is the ceiling.
+            self._actor(self._execute_step, EXECUTE_STEP, self.names.steps, time_limit=24 * 3600 * 1000)
+            for pool in self.pools:
+                self.broker.declare_queue(self.names.step_queue(pool))
+
+    def queues(self) -> set[str]:
+        """The canonical queues this node consumes (the Worker's whitelist)."""
+        queues: set[str] = set()
+        if COORDINATOR in self.roles:
+            queues |= {self.names.ingress, self.names.coordinator}
+        if RESULTS in self.roles:
+            queues.add(self.names.results)
+        if EXECUTOR in self.roles:
+            queues.add(self.names.steps)
+            queues |= {self.names.step_queue(p) for p in self.pools}
+        return queues
+
+    def start_background(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+
+    def stop_background(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.listener is not None:
+            try:
+                self.listener(kind, data)
+            except Exception:  # a listener must never break a step
+                logger.exception("event listener failed on %s", kind)
+
+    def _send(self, queue: str, actor: str, payload: dict[str, Any]) -> None:
+        self.broker.enqueue(as_message(envelope(queue, actor, payload)))
+
+    # -- coordinator role -------------------------------------------------------------------------
+    def _start_workflow(self, payload: dict[str, Any]) -> None:
+        message = CurrentMessage.get_current_message()
+        start = StartWorkflow.from_payload(_single(payload))
+        assert self.db is not None and self.relay is not None
+        with self.db.transaction() as conn:
+            outcome = self.coordinator.start(conn, start, message.message_id if message else "")
+        self.relay.publish(outcome.outgoing)
+        if outcome.created:
+            logger.info("run %s of %s started", outcome.run_id, start.workflow)
+            self._emit("run_started", run_id=outcome.run_id, workflow=start.workflow)
+        else:
+            logger.info("duplicate start of %s: run %s exists", start.workflow, outcome.run_id)
+
+    def _cancel_run(self, payload: dict[str, Any]) -> None:
+        request = CancelRun.from_payload(_single(payload))
+        assert self.db is not None
+        with self.db.transaction() as conn:
+            cancelled = self.coordinator.cancel(conn, request)
+        logger.info("run %s %s", request.run_id, "cancelled" if cancelled else "had already ended")
+
+    def _step_finished(self, payload: dict[str, Any]) -> None:
+        event = StepFinished.from_payload(_single(payload))
+        assert self.db is not None and self.relay is not None
+        with self.db.transaction() as conn:
+            outgoing = self.coordinator.step_finished(conn, event)
+        self.relay.publish(outgoing)
+
+    # -- results role -----------------------------------------------------------------------------
+    def _record_result(self, payload: dict[str, Any]) -> None:
+        result = StepResult.from_payload(_single(payload))
+        assert self.db is not None and self.relay is not None
+        with self.db.transaction() as conn:
+            outgoing = self.coordinator.record_result(conn, result)
+        self.relay.publish(outgoing)
+
+    def _record_dead_letter(self, payload: dict[str, Any]) -> None:
+        report = DeadLetterReport.from_payload(_single(payload))
+        assert self.db is not None
+        with self.db.transaction() as conn:
+            self.coordinator.record_dead_letter(conn, report)
+
+    # -- executor role ----------------------------------------------------------------------------
+    def _execute_step(self, payload: dict[str, Any]) -> None:
+        task = StepTask.from_payload(_single(payload))
+        ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
+                          params=task.params, config=task.config, inputs=task.inputs, node=self.node)
+        self._emit("step_started", run_id=task.run_id, step=task.step, attempt=task.attempt, node=self.node)
+        started = time.time()
+        output: Any = None
+        error: str | None = None
+        error_type: str | None = None
+        try:
+            fn = self.registry.get(task.task)
+            output = fn(ctx)
+            _check_output(output)
+        except TimeLimitExceeded:
+            error_type, error = "Timeout", f"step exceeded its timeout of {task.timeout_s:g}s" \
+                if task.timeout_s else "step exceeded its time limit"
+        except StepNotFound as exc:
+            error_type, error = "StepNotFound", str(exc)
+        except Exception as exc:
+            error_type = type(exc).__name__
+            error = f"{error_type}: {exc}"[:MAX_ERROR_LEN]
+            logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id,
+                        task.attempt, error_type)
+        finished = time.time()
+        ok = error is None
+        result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
+                            output=output if ok else None, error=error, error_type=error_type,
+                            node=self.node, started_at=started, finished_at=finished)
+        self._send(self.names.results, RECORD_RESULT, result.to_payload())
+        self._emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
+                   error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+
+def _single(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        from protocol.messages import BAD_ARGS
+
+        raise MessageRejected(BAD_ARGS, "args must hold exactly one payload map", "args")
+    return payload
+
+
+class OutputNotPlainData(ValueError):
+    """A step returned something that cannot be stored and passed on."""
+
+
+def _check_output(output: Any) -> None:
+    try:
+        codec.check_encodable(output, "output", 0)
+        text = json.dumps(output, allow_nan=False)
+    except (ValueError, TypeError, EncodeFailed) as exc:
+        raise OutputNotPlainData(f"the step's return value is not JSON-compatible data: {exc}") from None
+    if len(text) > codec.MAX_MESSAGE_BYTES // 2:
+        raise OutputNotPlainData(f"the step's return value is {len(text)} bytes as JSON; the limit is "
+                                 f"{codec.MAX_MESSAGE_BYTES // 2}: store large data elsewhere and return a "
+                                 "reference")

@@ -1,0 +1,182 @@
+"""Broker set-up: RabbitMQ (publisher confirms on, priorities, guarded consumers) or embedded.
+
+Both brokers route every consumed body through :class:`~actors.guard.Guard` before dramatiq
+decodes it, so bad input is dead-lettered with a reason instead of crashing or looping.
+"""
+
+from __future__ import annotations
+
+import threading
+from queue import Empty
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dramatiq
+import pika
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.message import Message
+from dramatiq.middleware import (
+    AgeLimit,
+    Middleware,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from protocol.names import QueueNames
+
+from . import encoder
+from .guard import Guard
+
+MAX_PRIORITY = 10
+# Infrastructure retries only (a database restart, a lost connection): MiniFlow owns step retries.
+INFRA_RETRIES = 10
+INFRA_MIN_BACKOFF_MS = 500
+INFRA_MAX_BACKOFF_MS = 30_000
+DEFAULT_URL_OPTIONS = {"heartbeat": "30", "connection_attempts": "3", "retry_delay": "1",
+                       "blocked_connection_timeout": "30"}
+
+
+def default_middleware() -> list[Middleware]:
+    return [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Retries(max_retries=INFRA_RETRIES, min_backoff=INFRA_MIN_BACKOFF_MS, max_backoff=INFRA_MAX_BACKOFF_MS),
+    ]
+
+
+def with_pika_defaults(url: str) -> str:
+    """Add heartbeat / reconnect options to an AMQP URL unless it sets them itself."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for key, value in DEFAULT_URL_OPTIONS.items():
+        query.setdefault(key, value)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class _GuardedRabbitmqConsumer(_RabbitmqConsumer):
+    def __init__(self, broker: GuardedRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.iterator = self._guarded(self.iterator)
+
+    def _guarded(self, frames: Any) -> Any:
+        guard: Guard = self.broker.guard
+        for method, properties, body in frames:
+            if method is not None:
+                rejection = guard.inspect(self.queue_name, body)
+                if rejection is not None:
+                    # Dead-letter it now (we are on the consumer's own thread), then report.
+                    self.channel.basic_nack(method.delivery_tag, requeue=False)
+                    guard.report(self.broker, self.queue_name, rejection)
+                    yield None, None, None
+                    continue
+            yield method, properties, body
+
+
+class GuardedRabbitmqBroker(RabbitmqBroker):
+    """RabbitmqBroker whose consumers dead-letter bad bodies with a reason."""
+
+    def __init__(self, *, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.guard = guard
+
+    @property
+    def consumer_class(self) -> type[_RabbitmqConsumer]:
+        return _GuardedRabbitmqConsumer
+
+
+class _GuardedStubConsumer(_StubConsumer):
+    def __init__(self, broker: EmbeddedBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker.queues[queue_name], broker.dead_letters_by_queue[queue_name], prefetch, timeout)
+        self.broker = broker
+        self.queue_name = queue_name
+
+    def __next__(self) -> Any:
+        if not self.prefetch_semaphore.acquire(timeout=self.timeout / 1000):
+            return None
+        try:
+            data = self.queue.get(timeout=self.timeout / 1000)
+        except Empty:
+            self.prefetch_semaphore.release()
+            return None
+        rejection = self.broker.guard.inspect(self.queue_name, data)
+        if rejection is not None:
+            self.queue.task_done()
+            self.prefetch_semaphore.release()
+            with self.broker.lock:
+                self.broker.rejected_bodies.append((self.queue_name, data))
+            self.broker.guard.report(self.broker, self.queue_name, rejection)
+            return None
+        return _StubMessageProxy(Message.decode(data))
+
+
+class EmbeddedBroker(StubBroker):
+    """dramatiq's in-memory broker, with MiniFlow's guard: the embedded mode (one process)."""
+
+    def __init__(self, *, guard: Guard, middleware: list[Middleware] | None = None) -> None:
+        super().__init__(middleware=middleware)
+        self.guard = guard
+        self.lock = threading.Lock()
+        self.rejected_bodies: list[tuple[str, bytes]] = []
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Any:
+        if queue_name not in self.queues:
+            from dramatiq.errors import QueueNotFound
+
+            raise QueueNotFound(queue_name)
+        return _GuardedStubConsumer(self, queue_name, prefetch, timeout)
+
+    def put_raw(self, queue_name: str, body: bytes) -> None:
+        """Put raw bytes on a queue, as an outside producer could (for tests and tools)."""
+        self.queues[queue_name].put(body)
+
+
+def make_broker(url: str | None, names: QueueNames,
+                middleware: list[Middleware] | None = None) -> dramatiq.Broker:
+    """A RabbitMQ broker for an amqp(s):// URL, or the embedded broker when ``url`` is None.
+
+    Installs the msgpack encoder process-wide and makes the broker dramatiq's global one.
+    """
+    encoder.install()
+    guard = Guard(names)
+    chain = middleware if middleware is not None else default_middleware()
+    broker: dramatiq.Broker
+    if url is None:
+        broker = EmbeddedBroker(guard=guard, middleware=chain)
+    else:
+        broker = GuardedRabbitmqBroker(guard=guard, url=with_pika_defaults(url), confirm_delivery=True,
+                                       max_priority=MAX_PRIORITY, middleware=chain)
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def declare_topology(broker: dramatiq.Broker, names: QueueNames, pools: list[str] | tuple[str, ...] = ()) -> None:
+    """Declare every MiniFlow queue of a namespace (so producers can publish before workers start)."""
+    queues = [names.ingress, names.coordinator, names.results, names.steps]
+    queues += [names.step_queue(p) for p in pools]
+    for queue in queues:
+        if isinstance(broker, RabbitmqBroker):
+            broker.declare_queue(queue, ensure=True)
+        else:
+            broker.declare_queue(queue)
+
+
+def delete_topology(url: str, names: QueueNames) -> int:
+    """Delete every queue of a namespace (tests and `miniflow admin`); returns how many."""
+    params = pika.URLParameters(url)
+    connection = pika.BlockingConnection(params)
+    deleted = 0
+    try:
+        channel = connection.channel()
+        for base in (names.ingress, names.coordinator, names.results, names.steps):
+            for suffix in ("", ".DQ", ".XQ"):
+                try:
+                    channel.queue_delete(base + suffix)
+                    deleted += 1
+                except pika.exceptions.ChannelClosedByBroker:
+                    channel = connection.channel()
+    finally:
+        connection.close()
+    return deleted

@@ -1,0 +1,99 @@
+"""The gate every consumed body passes before dramatiq sees it.
+
+dramatiq's own consumers nack an undecodable body silently (and log its bytes). MiniFlow's
+consumers check each body first: it must decode under the codec's limits, be a well-formed
+envelope, name the queue it arrived on, and address an actor allowed on that queue (outside
+producers may only reach the ingress actors). A body that fails is dead-lettered, reported to the
+results role for archiving in Postgres with its reason code, and logged by message id only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+from protocol import codec
+from protocol.errors import DecodeFailed, MessageRejected
+from protocol.messages import (
+    ACTOR_NOT_ALLOWED,
+    QUEUE_MISMATCH,
+    DeadLetterReport,
+    check_envelope,
+    envelope,
+)
+from protocol.names import RECORD_DEAD_LETTER, QueueNames
+
+logger = logging.getLogger("miniflow.rejections")
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: str
+    detail: str
+    message_id: str | None
+    actor: str | None
+    raw: bytes
+
+
+class Guard:
+    """Inspects raw bodies for a namespace and reports rejections through the broker."""
+
+    def __init__(self, names: QueueNames) -> None:
+        self.names = names
+        self.rejected = 0
+
+    def inspect(self, queue_name: str, body: bytes) -> Rejection | None:
+        try:
+            fields = codec.unpack(body)
+        except DecodeFailed as exc:
+            return Rejection(exc.code, exc.detail, None, None, exc.raw)
+        message_id = fields.get("message_id") if isinstance(fields.get("message_id"), str) else None
+        actor = fields.get("actor_name") if isinstance(fields.get("actor_name"), str) else None
+        raw = bytes(body[:codec.RAW_KEEP])
+        try:
+            check_envelope(fields)
+        except MessageRejected as exc:
+            return Rejection(exc.code, exc.detail, message_id, actor, raw)
+        if fields["queue_name"] != queue_name:
+            return Rejection(QUEUE_MISMATCH, f"envelope names queue {fields['queue_name'][:100]!r} but "
+                             f"arrived on {queue_name!r}", message_id, actor, raw)
+        if fields["actor_name"] not in self.names.allowed_actors(queue_name):
+            return Rejection(ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
+                             f"addressed on queue {queue_name!r}", message_id, actor, raw)
+        return None
+
+    def report(self, broker: dramatiq.Broker, queue_name: str, rejection: Rejection) -> None:
+        """Log the rejection (id and reason, never the payload) and send it to be archived."""
+        self.rejected += 1
+        if rejection.actor == RECORD_DEAD_LETTER:
+            # Never report a rejected report: that could loop. The log line and the XQ keep it.
+            logger.error("rejected dead-letter report %s on %s: %s (%s)", rejection.message_id or "<no id>",
+                         queue_name, rejection.code, rejection.detail)
+            return
+        logger.warning("rejected message %s on %s: %s (%s)", rejection.message_id or "<no id>",
+                       queue_name, rejection.code, rejection.detail)
+        report = DeadLetterReport(queue=queue_name, code=rejection.code, detail=rejection.detail,
+                                  message_id=rejection.message_id, actor=rejection.actor,
+                                  raw=rejection.raw, node=node_name())
+        body = envelope(self.names.results, RECORD_DEAD_LETTER, report.to_payload())
+        body["args"] = tuple(body["args"])
+        try:
+            broker.enqueue(dramatiq.Message(**body))
+        except Exception:
+            logger.exception("could not report rejected message %s for archiving; it is in %s.XQ",
+                             rejection.message_id or "<no id>", queue_name)
+
+
+def as_message(fields: dict[str, Any]) -> dramatiq.Message:
+    fields = dict(fields)
+    fields["args"] = tuple(fields["args"])
+    return dramatiq.Message(**fields)

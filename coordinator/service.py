@@ -1,0 +1,280 @@
+"""The coordinating services: given a transaction and an event, record the change and queue the
+messages it implies in the outbox (same transaction). The caller publishes them after commit.
+
+The coordinator is the only writer of run and step state. The results service only records
+attempts (unique per run, step, attempt) and tells the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from persistence import repository as repo
+from protocol import codec
+from protocol.errors import MessageRejected
+from protocol.messages import (
+    INVALID_PARAMS,
+    UNKNOWN_VERSION,
+    UNKNOWN_WORKFLOW,
+    CancelRun,
+    DeadLetterReport,
+    StartWorkflow,
+    StepFinished,
+    StepResult,
+    StepTask,
+    envelope,
+)
+from protocol.names import EXECUTE_STEP, STEP_FINISHED, QueueNames
+
+from .definitions import Workflow
+from .state import (
+    RUN_CANCELLED,
+    RUN_RUNNING,
+    RUN_TERMINAL,
+    STEP_CANCELLED,
+    STEP_PENDING,
+    STEP_QUEUED,
+    STEP_SKIPPED,
+    Decision,
+    decide,
+)
+
+logger = logging.getLogger("miniflow.coordinator")
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message committed to the outbox, to publish once the transaction has committed."""
+
+    message_id: str
+    queue_name: str
+    body: bytes
+    delay_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    run_id: str
+    created: bool
+    outgoing: list[Outgoing]
+
+
+class Outbox:
+    """Collects the messages of one transaction and writes them to the outbox table."""
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.items: list[Outgoing] = []
+
+    def add(self, queue_name: str, actor_name: str, payload: dict[str, Any], *,
+            options: dict[str, Any] | None = None, delay_ms: int | None = None) -> None:
+        body = envelope(queue_name, actor_name, payload, options=options)
+        self.items.append(Outgoing(body["message_id"], queue_name, codec.pack(body), delay_ms))
+
+    def flush(self) -> list[Outgoing]:
+        repo.add_outbox(self.conn, [
+            {"message_id": o.message_id, "queue_name": o.queue_name, "body": o.body,
+             "delay_ms": o.delay_ms, "created_at": self.now} for o in self.items])
+        return self.items
+
+
+class Coordinator:
+    """Start, advance, cancel and finish runs. Thread-safe; holds a cache of immutable definitions."""
+
+    def __init__(self, names: QueueNames, *, clock: Clock = _utcnow, rng: random.Random | None = None) -> None:
+        self.names = names
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._definitions: dict[tuple[str, int], Workflow] = {}
+
+    # -- definitions ------------------------------------------------------------------------------
+    def deploy(self, conn: Connection, workflow: Workflow, source: str | None = None) -> tuple[int, bool]:
+        return repo.save_definition(conn, workflow.name, workflow.to_spec(), source, workflow.version)
+
+    def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
+        if version is not None and (name, version) in self._definitions:
+            return self._definitions[(name, version)]
+        found = repo.get_definition(conn, name, version)
+        if found is None:
+            return None
+        resolved, spec = found
+        workflow = self._definitions.get((name, resolved))
+        if workflow is None:
+            workflow = self._definitions[(name, resolved)] = Workflow.from_spec(spec, resolved)
+        return workflow
+
+    # -- start ------------------------------------------------------------------------------------
+    def start(self, conn: Connection, start: StartWorkflow, message_id: str,
+              trace_id: str | None = None) -> StartOutcome:
+        """Create the run (once per idempotency key) and dispatch its root steps."""
+        key = start.idempotency_key or f"message:{message_id}"
+        existing = repo.run_id_for_key(conn, key)
+        if existing is not None:
+            return StartOutcome(existing, False, [])
+        workflow = self.workflow(conn, start.workflow, start.version)
+        if workflow is None:
+            if start.version is not None and repo.get_definition(conn, start.workflow) is not None:
+                raise MessageRejected(UNKNOWN_VERSION, f"workflow {start.workflow!r} has no version "
+                                      f"{start.version}", "version")
+            raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {start.workflow!r} is not deployed", "workflow")
+        params = resolve_params(workflow, start.params)
+        now = self.clock()
+        run_id = str(uuid.uuid4())
+        created = repo.insert_run(conn, {
+            "id": run_id, "workflow": workflow.name, "version": workflow.version, "status": RUN_RUNNING,
+            "params": params, "idempotency_key": key, "priority": start.priority, "trace_id": trace_id,
+            "created_at": now, "started_at": now,
+        })
+        if not created:  # a concurrent start with the same key won the race
+            return StartOutcome(repo.run_id_for_key(conn, key) or run_id, False, [])
+        repo.insert_steps(conn, [{"run_id": run_id, "step": s, "status": STEP_PENDING, "attempt": 0}
+                                 for s in workflow.steps])
+        outbox = Outbox(conn, now)
+        run = {"id": run_id, "params": params, "priority": start.priority}
+        for step in workflow.roots():
+            self._dispatch(conn, outbox, run, workflow, step, 1, {}, None)
+        return StartOutcome(run_id, True, outbox.flush())
+
+    def _dispatch(self, conn: Connection, outbox: Outbox, run: Any, workflow: Workflow, step: str,
+                  attempt: int, outputs: dict[str, Any], delay_s: float | None) -> None:
+        spec = workflow.steps[step]
+        task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
+                        task=spec.task, params=run["params"], config=spec.config,
+                        inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout)
+        options: dict[str, Any] = {}
+        if run["priority"]:
+            options["broker_priority"] = run["priority"]
+        if spec.timeout:
+            options["time_limit"] = int(spec.timeout * 1000)
+        delay_ms = int(delay_s * 1000) if delay_s else None
+        outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
+                   delay_ms=delay_ms)
+        repo.update_step(conn, run["id"], step, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
+                         error=None)
+
+    # -- results ----------------------------------------------------------------------------------
+    def record_result(self, conn: Connection, result: StepResult) -> list[Outgoing]:
+        """Record an attempt once; tell the coordinator only the first time."""
+        started = datetime.fromtimestamp(result.started_at, UTC)
+        finished = datetime.fromtimestamp(result.finished_at, UTC)
+        now = self.clock()
+        if repo.get_run(conn, result.run_id) is None:
+            raise MessageRejected("unknown_run", f"run {result.run_id!r} does not exist", "run_id")
+        inserted = repo.insert_attempt(conn, {
+            "run_id": result.run_id, "step": result.step, "attempt": result.attempt, "ok": result.ok,
+            "output": result.output, "error": result.error, "error_type": result.error_type,
+            "node": result.node, "started_at": started, "finished_at": finished,
+            "duration_ms": max(0.0, (result.finished_at - result.started_at) * 1000), "recorded_at": now,
+        })
+        if not inserted:
+            logger.info("duplicate result ignored: run %s step %s attempt %d (the first one recorded wins)",
+                        result.run_id, result.step, result.attempt)
+            return []
+        outbox = Outbox(conn, now)
+        outbox.add(self.names.coordinator, STEP_FINISHED,
+                   StepFinished(result.run_id, result.step, result.attempt).to_payload())
+        return outbox.flush()
+
+    def record_dead_letter(self, conn: Connection, report: DeadLetterReport) -> None:
+        repo.insert_dead_letter(conn, {
+            "queue": report.queue[:255], "message_id": report.message_id, "actor": report.actor,
+            "code": report.code[:64], "detail": report.detail[:2000], "raw": report.raw[:codec.RAW_KEEP],
+            "node": report.node,
+        })
+
+    # -- advance ----------------------------------------------------------------------------------
+    def step_finished(self, conn: Connection, event: StepFinished) -> list[Outgoing]:
+        """Advance the run after a recorded attempt; stale or duplicate events are fenced."""
+        run = repo.lock_run(conn, event.run_id)
+        if run is None:
+            raise MessageRejected("unknown_run", f"run {event.run_id!r} does not exist", "run_id")
+        steps = repo.get_steps(conn, event.run_id)
+        row = steps.get(event.step)
+        attempt = repo.get_attempt(conn, event.run_id, event.step, event.attempt)
+        if row is None or attempt is None:
+            raise MessageRejected("unknown_step", f"run {event.run_id} has no recorded attempt "
+                                  f"{event.attempt} of step {event.step!r}", "step")
+        if run["status"] in RUN_TERMINAL:
+            logger.info("late result of run %s step %s attempt %d ignored: run is %s",
+                        event.run_id, event.step, event.attempt, run["status"])
+            return []
+        if row["status"] != STEP_QUEUED or row["attempt"] != event.attempt:
+            logger.info("stale result fenced: run %s step %s attempt %d (step is %s at attempt %d)",
+                        event.run_id, event.step, event.attempt, row["status"], row["attempt"])
+            return []
+        workflow = self.workflow(conn, run["workflow"], run["version"])
+        if workflow is None:  # pragma: no cover - definitions are never deleted
+            raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {run['workflow']!r} vanished", "workflow")
+        statuses = {name: r["status"] for name, r in steps.items()}
+        decision = decide(workflow, statuses, event.step, event.attempt, attempt["ok"],
+                          attempt["error"], self.rng)
+        return self._apply(conn, run, workflow, steps, event, attempt, decision)
+
+    def _apply(self, conn: Connection, run: Any, workflow: Workflow, steps: dict[str, Any],
+               event: StepFinished, attempt: Any, decision: Decision) -> list[Outgoing]:
+        now = self.clock()
+        outbox = Outbox(conn, now)
+        outputs = {name: r["output"] for name, r in steps.items()}
+        if decision.retry_delay is not None:
+            repo.update_step(conn, run["id"], event.step, error=attempt["error"], node=attempt["node"])
+            self._dispatch(conn, outbox, run, workflow, event.step, event.attempt + 1, outputs,
+                           decision.retry_delay)
+            return outbox.flush()
+        repo.update_step(conn, run["id"], event.step, status=decision.step_status, output=attempt["output"],
+                         error=attempt["error"], node=attempt["node"], started_at=attempt["started_at"],
+                         finished_at=attempt["finished_at"])
+        outputs[event.step] = attempt["output"]
+        for step in decision.dispatch:
+            self._dispatch(conn, outbox, run, workflow, step, 1, outputs, None)
+        repo.update_steps(conn, run["id"], decision.skip, status=STEP_SKIPPED)
+        repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED)
+        if decision.run_status:
+            repo.update_run(conn, run["id"], status=decision.run_status, error=decision.run_error,
+                            finished_at=now)
+        return outbox.flush()
+
+    # -- cancel -----------------------------------------------------------------------------------
+    def cancel(self, conn: Connection, request: CancelRun) -> bool:
+        """Cancel a run that has not ended; False when it had already ended."""
+        run = repo.lock_run(conn, request.run_id)
+        if run is None:
+            raise MessageRejected("unknown_run", f"run {request.run_id!r} does not exist", "run_id")
+        if run["status"] in RUN_TERMINAL:
+            return False
+        steps = repo.get_steps(conn, request.run_id)
+        repo.update_steps(conn, request.run_id, [s for s, r in steps.items() if r["status"] == STEP_PENDING],
+                          status=STEP_SKIPPED)
+        repo.update_steps(conn, request.run_id, [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
+                          status=STEP_CANCELLED)
+        reason = "cancelled" + (f": {request.reason}" if request.reason else "")
+        repo.update_run(conn, request.run_id, status=RUN_CANCELLED, error=reason, finished_at=self.clock())
+        return True
+
+
+def resolve_params(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:
+    """Run params: declared defaults overlaid with the given ones; unknown or missing ones rejected."""
+    if workflow.params:
+        unknown = sorted(set(given) - set(workflow.params))
+        if unknown:
+            raise MessageRejected(INVALID_PARAMS, f"workflow {workflow.name!r} has no param(s) {unknown} "
+                                  f"(declared: {sorted(workflow.params)})", "params")
+    params = {name: p.default for name, p in workflow.params.items() if not p.required or name in given}
+    params.update(given)
+    missing = sorted(name for name, p in workflow.params.items() if p.required and name not in given)
+    if missing:
+        raise MessageRejected(INVALID_PARAMS, f"workflow {workflow.name!r} needs param(s) {missing}", "params")
+    return params

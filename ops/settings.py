@@ -1,0 +1,89 @@
+"""Settings from the environment, read only by the entry points (the CLI), never at import.
+
+    MINIFLOW_BROKER_URL     amqp:// or amqps://; unset means the embedded broker where that makes sense
+    MINIFLOW_DATABASE_URL   postgresql+psycopg2://... or sqlite:///...; unset means SQLite in the
+                            working folder (miniflow.db)
+    MINIFLOW_NAMESPACE      queue-name prefix (default "miniflow")
+    MINIFLOW_LOG_LEVEL      DEBUG, INFO, WARNING (default), ERROR
+    MINIFLOW_LOG_FORMAT     text (default) or json
+
+Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
+ones the test suite and fault injection own (MINIFLOW_TEST_*, MINIFLOW_FAULTPOINT).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from persistence.db import DEFAULT_SQLITE_URL, mask_url, normalise_url
+from protocol.errors import ConfigError
+from protocol.names import DEFAULT_NAMESPACE, check_namespace
+
+KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
+         "MINIFLOW_LOG_FORMAT"}
+OWNED_ELSEWHERE = ("MINIFLOW_TEST_", "MINIFLOW_FAULTPOINT")
+LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def mask_amqp(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str | None = None
+    database_url: str = DEFAULT_SQLITE_URL
+    namespace: str = DEFAULT_NAMESPACE
+    log_level: str = "WARNING"
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        unknown = sorted(k for k in env if k.startswith("MINIFLOW_") and k not in KNOWN
+                         and not k.startswith(OWNED_ELSEWHERE))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
+        settings = cls()
+        broker = env.get("MINIFLOW_BROKER_URL") or None
+        if broker is not None:
+            settings = replace(settings, broker_url=check_broker_url(broker))
+        database = env.get("MINIFLOW_DATABASE_URL") or None
+        if database is not None:
+            settings = replace(settings, database_url=normalise_url(database))
+        namespace = env.get("MINIFLOW_NAMESPACE") or DEFAULT_NAMESPACE
+        try:
+            check_namespace(namespace)
+        except ValueError as exc:
+            raise ConfigError(f"MINIFLOW_NAMESPACE: {exc}") from None
+        level = (env.get("MINIFLOW_LOG_LEVEL") or "WARNING").upper()
+        if level not in LEVELS:
+            raise ConfigError(f"MINIFLOW_LOG_LEVEL {level!r} is not one of {', '.join(sorted(LEVELS))}")
+        fmt = (env.get("MINIFLOW_LOG_FORMAT") or "text").lower()
+        if fmt not in ("text", "json"):
+            raise ConfigError(f"MINIFLOW_LOG_FORMAT {fmt!r} must be text or json")
+        return replace(settings, namespace=namespace, log_level=level, log_format=fmt)
+
+    def require_broker(self) -> str:
+        if not self.broker_url:
+            raise ConfigError("MINIFLOW_BROKER_URL is not set: give the RabbitMQ URL, e.g. "
+                              "amqp://guest:guest@127.0.0.1:5672/%2F")
+        return self.broker_url
+
+    def describe(self) -> str:
+        broker = mask_amqp(self.broker_url) if self.broker_url else "embedded"
+        return f"broker={broker} database={mask_url(self.database_url)} namespace={self.namespace}"
+
+
+def check_broker_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(f"MINIFLOW_BROKER_URL {mask_amqp(url)!r} must be amqp://host... or amqps://host...")
+    return url

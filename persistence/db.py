@@ -1,0 +1,111 @@
+"""Engines, URLs, transactions and migrations for Postgres (psycopg2) and SQLite (embedded mode).
+
+``Database`` is what the rest of MiniFlow holds: an engine plus ``transaction()``, which yields a
+Core connection inside one transaction. On SQLite every write transaction is serialised by a
+process-wide lock (the embedded mode is one process; SQLite has no row locks), on Postgres run
+rows are locked with SELECT ... FOR UPDATE by the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from protocol.errors import ConfigError, DatabaseUnavailable
+
+DEFAULT_SQLITE_URL = "sqlite:///miniflow.db"
+
+
+def normalise_url(url: str) -> str:
+    """postgres:// and postgresql:// mean psycopg2 here (SQLAlchemy 2.1 would pick psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database URL {mask_url(url)!r} is not a valid URL") from exc
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.drivername not in ("postgresql+psycopg2", "sqlite", "sqlite+pysqlite"):
+        raise ConfigError(f"database URL scheme {parsed.drivername!r} is not supported: "
+                          "use postgresql+psycopg2:// or sqlite://")
+    return parsed.render_as_string(hide_password=False)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+class Database:
+    """An engine and its transactions. Create one per process and share it between threads."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.masked_url = mask_url(self.url)
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                          pool_recycle=1800)
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        self._write_lock = threading.RLock() if self.is_sqlite else None
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: commit on success, roll back on error. DB errors become MiniFlow errors."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock:
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except OperationalError as exc:
+                raise DatabaseUnavailable(f"database {self.masked_url} failed: "
+                                          f"{_first_line(exc.orig)}") from exc
+
+    def connect(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for reads (autobegin; nothing is committed)."""
+        return self.engine.connect()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Create or migrate the schema to ``revision`` with Alembic."""
+        from alembic import command
+        from alembic.config import Config
+
+        ini = resources.files("persistence") / "alembic.ini"
+        config = Config(str(ini))
+        config.set_main_option("script_location", str(resources.files("persistence") / "migrations"))
+        try:
+            with self.engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"migrating {self.masked_url} failed: {_first_line(exc.orig)}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc or "").strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

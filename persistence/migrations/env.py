@@ -1,0 +1,18 @@
+"""Alembic environment: the connection is handed over by persistence.db.upgrade()."""
+
+from alembic import context
+
+from persistence.models import Base
+
+config = context.config
+connection = config.attributes.get("connection")
+if connection is None:  # `alembic` run by hand: use the configured URL
+    from sqlalchemy import create_engine
+
+    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    connection = engine.connect()
+
+context.configure(connection=connection, target_metadata=Base.metadata,
+                  render_as_batch=connection.dialect.name == "sqlite")
+with context.begin_transaction():
+    context.run_migrations()

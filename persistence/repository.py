@@ -1,0 +1,218 @@
+"""Queries, in SQLAlchemy Core, each run inside a transaction the caller owns.
+
+Nothing here commits: callers hold ``Database.transaction()`` so that a state change and the
+outbox rows it implies commit together. Durable dedupe is done by unique keys with
+INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from .models import dead_letters, outbox, run_steps, runs, step_attempts, workflow_definitions
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    result = conn.execute(dialect.insert(table).on_conflict_do_nothing(), values)
+    return result.rowcount or 0
+
+
+# -- workflow definitions -------------------------------------------------------------------------
+def spec_checksum(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def save_definition(conn: Connection, name: str, spec: dict[str, Any], source: str | None,
+                    version: int | None = None) -> tuple[int, bool]:
+    """Store a definition as a new version unless the latest one is identical.
+
+    Returns (version, created). Versions are immutable: asking for an existing version number with
+    a different spec raises ValueError.
+    """
+    checksum = spec_checksum(spec)
+    if version is not None:
+        existing = conn.execute(select(workflow_definitions.c.checksum).where(
+            workflow_definitions.c.name == name, workflow_definitions.c.version == version)).scalar()
+        if existing is not None:
+            if existing != checksum:
+                raise ValueError(f"workflow {name!r} version {version} is already deployed with a "
+                                 "different definition; versions are immutable: bump the version")
+            return version, False
+    else:
+        latest = conn.execute(
+            select(workflow_definitions.c.version, workflow_definitions.c.checksum)
+            .where(workflow_definitions.c.name == name)
+            .order_by(workflow_definitions.c.version.desc()).limit(1)).first()
+        if latest is not None and latest.checksum == checksum:
+            return latest.version, False
+        version = (latest.version + 1) if latest is not None else 1
+    conn.execute(insert(workflow_definitions).values(
+        name=name, version=version, spec=spec, checksum=checksum, source=source, created_at=utcnow()))
+    return version, True
+
+
+def get_definition(conn: Connection, name: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    """(version, spec) of a deployed workflow: the given version, or the latest."""
+    query = select(workflow_definitions.c.version, workflow_definitions.c.spec).where(
+        workflow_definitions.c.name == name)
+    if version is not None:
+        query = query.where(workflow_definitions.c.version == version)
+    row = conn.execute(query.order_by(workflow_definitions.c.version.desc()).limit(1)).first()
+    return (row.version, row.spec) if row is not None else None
+
+
+def list_definitions(conn: Connection) -> list[RowMapping]:
+    return list(conn.execute(
+        select(workflow_definitions.c.name, workflow_definitions.c.version,
+               workflow_definitions.c.created_at, workflow_definitions.c.source)
+        .order_by(workflow_definitions.c.name, workflow_definitions.c.version)).mappings())
+
+
+# -- runs and their steps -------------------------------------------------------------------------
+def insert_run(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert a run unless its idempotency key exists; True when this call created it."""
+    return _insert_ignore(conn, runs, values) == 1
+
+
+def run_id_for_key(conn: Connection, idempotency_key: str) -> str | None:
+    return conn.execute(select(runs.c.id).where(runs.c.idempotency_key == idempotency_key)).scalar()
+
+
+def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
+    """The run row, locked until the transaction ends (FOR UPDATE on Postgres)."""
+    query = select(runs).where(runs.c.id == run_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).mappings().first()
+
+
+def get_run(conn: Connection, run_id: str) -> RowMapping | None:
+    return conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+
+
+def update_run(conn: Connection, run_id: str, **values: Any) -> None:
+    conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+
+def insert_steps(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(run_steps), list(rows))
+
+
+def get_steps(conn: Connection, run_id: str) -> dict[str, RowMapping]:
+    rows = conn.execute(select(run_steps).where(run_steps.c.run_id == run_id)).mappings()
+    return {row["step"]: row for row in rows}
+
+
+def update_step(conn: Connection, run_id: str, step: str, **values: Any) -> None:
+    conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step == step)
+                 .values(**values))
+
+
+def update_steps(conn: Connection, run_id: str, steps: Iterable[str], **values: Any) -> None:
+    names = list(steps)
+    if names:
+        conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step.in_(names))
+                     .values(**values))
+
+
+def list_runs(conn: Connection, *, limit: int = 50, status: str | None = None,
+              workflow: str | None = None) -> list[RowMapping]:
+    query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(runs.c.status == status)
+    if workflow:
+        query = query.where(runs.c.workflow == workflow)
+    return list(conn.execute(query).mappings())
+
+
+def find_run(conn: Connection, prefix: str) -> RowMapping | None:
+    """A run by id or by a unique id prefix (at least 6 characters)."""
+    row = get_run(conn, prefix)
+    if row is not None or len(prefix) < 6:
+        return row
+    rows = list(conn.execute(select(runs).where(runs.c.id.like(prefix.replace("%", "") + "%")).limit(2))
+                .mappings())
+    return rows[0] if len(rows) == 1 else None
+
+
+# -- attempts -------------------------------------------------------------------------------------
+def insert_attempt(conn: Connection, values: dict[str, Any]) -> bool:
+    """Record an attempt once: True when this call recorded it, False when it was already there."""
+    return _insert_ignore(conn, step_attempts, values) == 1
+
+
+def get_attempt(conn: Connection, run_id: str, step: str, attempt: int) -> RowMapping | None:
+    return conn.execute(select(step_attempts).where(
+        step_attempts.c.run_id == run_id, step_attempts.c.step == step,
+        step_attempts.c.attempt == attempt)).mappings().first()
+
+
+def get_attempts(conn: Connection, run_id: str) -> list[RowMapping]:
+    return list(conn.execute(select(step_attempts).where(step_attempts.c.run_id == run_id)
+                             .order_by(step_attempts.c.started_at, step_attempts.c.id)).mappings())
+
+
+# -- outbox ---------------------------------------------------------------------------------------
+def add_outbox(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(outbox), list(rows))
+
+
+def delete_outbox(conn: Connection, message_ids: Sequence[str]) -> None:
+    if message_ids:
+        conn.execute(delete(outbox).where(outbox.c.message_id.in_(list(message_ids))))
+
+
+def claim_stale_outbox(conn: Connection, older_than: datetime, limit: int = 500) -> list[RowMapping]:
+    """Outbox rows older than a cut-off (their publisher likely died), locked against other relays."""
+    query = (select(outbox).where(outbox.c.created_at < older_than)
+             .order_by(outbox.c.created_at).limit(limit))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(conn.execute(query).mappings())
+
+
+def count_outbox(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(outbox)).scalar() or 0)
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+def insert_dead_letter(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(dead_letters).values(created_at=utcnow(), **values))
+
+
+def list_dead_letters(conn: Connection, limit: int = 50) -> list[RowMapping]:
+    return list(conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit))
+                .mappings())
+
+
+__all__ = [
+    "IntegrityError", "add_outbox", "as_utc", "claim_stale_outbox", "count_outbox", "delete_outbox",
+    "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps",
+    "insert_attempt", "insert_dead_letter", "insert_run", "insert_steps", "list_dead_letters",
+    "list_definitions", "list_runs", "lock_run", "run_id_for_key", "save_definition", "spec_checksum",
+    "update_run", "update_step", "update_steps", "utcnow",
+]

@@ -1,0 +1,126 @@
+"""The msgpack codec of the wire: strict, bounded, and every failure one error type.
+
+``pack`` turns a message dict into bytes; ``unpack`` turns bytes back into a dict or raises
+:class:`~protocol.errors.DecodeFailed` with a stable code. Limits guard consumers against bombs: a
+body over ``MAX_MESSAGE_BYTES``, containers claiming more items than the body could hold, nesting
+deeper than ``MAX_DEPTH``. Only plain data passes: nil, bool, int (64-bit), finite float, str
+(valid UTF-8), bin, array and map with str keys. Extension types are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+
+from .errors import DecodeFailed, EncodeFailed
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MAX_ITEMS = 100_000
+RAW_KEEP = 4096  # bytes of a rejected body kept for the dead-letter archive
+
+# Stable decode failure codes (documented in PROTOCOL.md).
+TOO_LARGE = "too_large"
+MALFORMED = "malformed"
+TRAILING_BYTES = "trailing_bytes"
+TOO_DEEP = "too_deep"
+LIMIT_EXCEEDED = "limit_exceeded"
+INVALID_UTF8 = "invalid_utf8"
+NON_STR_KEY = "non_str_key"
+EXT_TYPE = "ext_type"
+NON_FINITE_FLOAT = "non_finite_float"
+NOT_A_MAP = "not_a_map"
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise DecodeFailed(EXT_TYPE, f"msgpack extension type {code} is not allowed")
+
+
+def pack(data: Any) -> bytes:
+    """Encode plain data as msgpack (str as str, bytes as bin); tuples become arrays."""
+    check_encodable(data, "message", 0)
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def check_encodable(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise EncodeFailed(path, f"nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise EncodeFailed(path, "integer does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodeFailed(path, "NaN and infinity are not allowed")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_encodable(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodeFailed(path, f"map key {key!r} is not a string")
+            check_encodable(item, f"{path}.{key}", depth + 1)
+        return
+    raise EncodeFailed(path, f"type {type(value).__name__} is not plain data")
+
+
+def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """Decode one msgpack map from ``raw`` or raise DecodeFailed (never anything else)."""
+    keep = bytes(raw[:RAW_KEEP])
+    if len(raw) > max_bytes:
+        raise DecodeFailed(TOO_LARGE, f"body is {len(raw)} bytes, the limit is {max_bytes}", keep)
+    try:
+        value = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=min(MAX_ITEMS, len(raw)),
+            max_map_len=min(MAX_ITEMS, len(raw) // 2 + 1),
+            max_ext_len=0,
+        )
+    except DecodeFailed as exc:
+        exc.raw = keep
+        raise
+    except msgpack.ExtraData:
+        raise DecodeFailed(TRAILING_BYTES, "bytes follow the end of the message", keep) from None
+    except msgpack.exceptions.StackError:
+        raise DecodeFailed(TOO_DEEP, "nesting exceeds the decoder's stack", keep) from None
+    except UnicodeDecodeError:
+        raise DecodeFailed(INVALID_UTF8, "a string is not valid UTF-8", keep) from None
+    except ValueError as exc:
+        text = str(exc)
+        if "map key" in text:
+            raise DecodeFailed(NON_STR_KEY, "map keys must be strings", keep) from None
+        if "exceeds max_" in text:
+            raise DecodeFailed(LIMIT_EXCEEDED, "a length header claims more than the body holds", keep) from None
+        raise DecodeFailed(MALFORMED, "not a complete msgpack value", keep) from None
+    except Exception as exc:  # msgpack may raise TypeError, OverflowError, FormatError, ...
+        raise DecodeFailed(MALFORMED, f"not valid msgpack ({type(exc).__name__})", keep) from None
+    if not isinstance(value, dict):
+        raise DecodeFailed(NOT_A_MAP, f"top level is {type(value).__name__}, not a map", keep)
+    _check_decoded(value, keep)
+    return value
+
+
+def _check_decoded(root: Any, keep: bytes) -> None:
+    """Walk the tree without recursion: depth limit and finite floats."""
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise DecodeFailed(NON_FINITE_FLOAT, "NaN and infinity are not allowed", keep)
+        elif isinstance(value, (list, dict)):
+            if depth >= MAX_DEPTH:
+                raise DecodeFailed(TOO_DEEP, f"nesting exceeds {MAX_DEPTH} levels", keep)
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)

@@ -1,0 +1,296 @@
+"""Protocol version 1: the envelope and the five message types, with validation.
+
+Every MiniFlow message is a dramatiq envelope (a msgpack map with exactly the keys in
+``ENVELOPE_FIELDS``) whose ``args`` hold exactly one payload map and whose ``kwargs`` are empty.
+Each payload carries ``"v": 1``. Validation raises :class:`MessageRejected` with a stable code and
+the name of the offending field; it never echoes values, which may be secret.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from .errors import MessageRejected
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+# Stable rejection codes (documented in PROTOCOL.md).
+ENVELOPE_MISSING_FIELD = "envelope_missing_field"
+ENVELOPE_EXTRA_FIELD = "envelope_extra_field"
+ENVELOPE_BAD_TYPE = "envelope_bad_type"
+QUEUE_MISMATCH = "queue_mismatch"
+ACTOR_NOT_ALLOWED = "actor_not_allowed"
+BAD_ARGS = "bad_args"
+UNSUPPORTED_VERSION = "unsupported_version"
+MISSING_FIELD = "missing_field"
+UNKNOWN_FIELD = "unknown_field"
+BAD_TYPE = "bad_type"
+BAD_VALUE = "bad_value"
+UNKNOWN_WORKFLOW = "unknown_workflow"
+UNKNOWN_VERSION = "unknown_version"
+INVALID_PARAMS = "invalid_params"
+
+ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "queue_name": str,
+    "actor_name": str,
+    "args": list,
+    "kwargs": dict,
+    "options": dict,
+    "message_id": str,
+    "message_timestamp": int,
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MAX_KEY_LEN = 200
+
+
+def check_envelope(envelope: dict[str, Any]) -> None:
+    """Check the dramatiq envelope: exactly the seven keys, each of its type."""
+    for key, kind in ENVELOPE_FIELDS.items():
+        if key not in envelope:
+            raise MessageRejected(ENVELOPE_MISSING_FIELD, f"envelope has no {key!r}", key)
+        value = envelope[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise MessageRejected(ENVELOPE_BAD_TYPE, f"envelope {key!r} must be {_kind(kind)}", key)
+    extra = sorted(set(envelope) - set(ENVELOPE_FIELDS))
+    if extra:
+        raise MessageRejected(ENVELOPE_EXTRA_FIELD, f"envelope has unknown keys {extra}", extra[0])
+
+
+def payload_of(args: Any, kwargs: Any) -> dict[str, Any]:
+    """The single payload map of a message's args (kwargs must be empty)."""
+    if kwargs:
+        raise MessageRejected(BAD_ARGS, "kwargs must be empty", "kwargs")
+    if not isinstance(args, (list, tuple)) or len(args) != 1 or not isinstance(args[0], dict):
+        raise MessageRejected(BAD_ARGS, "args must hold exactly one payload map", "args")
+    return args[0]
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", list: "an array", dict: "a map", bool: "a boolean",
+             float: "a number", type(None): "nil", bytes: "binary"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: type | tuple[type, ...]
+    required: bool = True
+    default: Any = None
+
+
+class Payload:
+    """Base of the payload types: ``from_payload`` validates, ``to_payload`` builds the map."""
+
+    FIELDS: ClassVar[dict[str, _Field]]
+    KIND: ClassVar[str]
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Any:
+        if not isinstance(payload, dict):
+            raise MessageRejected(BAD_ARGS, f"{cls.KIND} payload must be a map", "args")
+        version = payload.get("v")
+        if "v" not in payload:
+            raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no protocol version 'v'", "v")
+        if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+            raise MessageRejected(UNSUPPORTED_VERSION, f"protocol version {version!r} is not supported "
+                                  f"(supported: {sorted(SUPPORTED_VERSIONS)})", "v")
+        values: dict[str, Any] = {}
+        for name, spec in cls.FIELDS.items():
+            if name not in payload or payload[name] is None:
+                if spec.required:
+                    raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no {name!r}", name)
+                values[name] = spec.default() if callable(spec.default) else spec.default
+                continue
+            value = payload[name]
+            kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+            if isinstance(value, bool) and bool not in kinds:
+                raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+            if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kinds):
+                raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+            values[name] = value
+        extra = sorted(set(payload) - set(cls.FIELDS) - {"v"})
+        if extra:
+            raise MessageRejected(UNKNOWN_FIELD, f"{cls.KIND} has unknown fields {extra}", extra[0])
+        obj = cls(**values)
+        obj.check()
+        return obj
+
+    def check(self) -> None:
+        """Field-level value rules beyond types; overridden per type."""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": PROTOCOL_VERSION, **asdict(self)}  # type: ignore[call-overload]
+
+
+def _check_name(kind: str, field_name: str, value: str) -> None:
+    if not _NAME_RE.match(value):
+        raise MessageRejected(BAD_VALUE, f"{kind} {field_name!r} must be 1-128 characters of "
+                              "letters, digits, '_', '.', '-', starting with a letter or digit", field_name)
+
+
+@dataclass(frozen=True)
+class StartWorkflow(Payload):
+    """Start a run of a deployed workflow. Producers publish this to ``<ns>.ingress``."""
+
+    KIND: ClassVar[str] = "start_workflow"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "workflow": _Field(str),
+        "version": _Field(int, required=False),
+        "params": _Field(dict, required=False, default=dict),
+        "idempotency_key": _Field(str, required=False),
+        "priority": _Field(int, required=False, default=0),
+    }
+    workflow: str
+    version: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    priority: int = 0
+
+    def check(self) -> None:
+        _check_name(self.KIND, "workflow", self.workflow)
+        if self.version is not None and self.version < 1:
+            raise MessageRejected(BAD_VALUE, "start_workflow 'version' must be >= 1", "version")
+        if self.idempotency_key is not None and not 0 < len(self.idempotency_key) <= MAX_KEY_LEN:
+            raise MessageRejected(BAD_VALUE, f"start_workflow 'idempotency_key' must be 1-{MAX_KEY_LEN} "
+                                  "characters", "idempotency_key")
+        if not 0 <= self.priority <= 9:
+            raise MessageRejected(BAD_VALUE, "start_workflow 'priority' must be 0-9", "priority")
+
+
+@dataclass(frozen=True)
+class CancelRun(Payload):
+    """Cancel a run: no new steps are dispatched, the run ends as cancelled."""
+
+    KIND: ClassVar[str] = "cancel_run"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+        "reason": _Field(str, required=False, default=""),
+    }
+    run_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StepTask(Payload):
+    """One attempt of one step, sent by the coordinator to a step queue."""
+
+    KIND: ClassVar[str] = "execute_step"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+        "workflow": _Field(str),
+        "step": _Field(str),
+        "attempt": _Field(int),
+        "task": _Field(str),
+        "params": _Field(dict, required=False, default=dict),
+        "config": _Field(dict, required=False, default=dict),
+        "inputs": _Field(dict, required=False, default=dict),
+        "timeout_s": _Field(float, required=False),
+    }
+    run_id: str
+    workflow: str
+    step: str
+    attempt: int
+    task: str
+    params: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across redeliveries of this attempt: use it to dedupe a step's side effects."""
+        return f"{self.run_id}:{self.step}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class StepResult(Payload):
+    """The outcome of one step attempt, sent by an executor to the results queue."""
+
+    KIND: ClassVar[str] = "record_result"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+        "step": _Field(str),
+        "attempt": _Field(int),
+        "ok": _Field(bool),
+        "output": _Field((dict, list, str, int, float, bool, type(None)), required=False),
+        "error": _Field(str, required=False),
+        "error_type": _Field(str, required=False),
+        "node": _Field(str, required=False, default=""),
+        "started_at": _Field(float),
+        "finished_at": _Field(float),
+    }
+    run_id: str
+    step: str
+    attempt: int
+    ok: bool
+    started_at: float
+    finished_at: float
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class StepFinished(Payload):
+    """Tells the coordinator that an attempt's outcome is recorded."""
+
+    KIND: ClassVar[str] = "step_finished"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+        "step": _Field(str),
+        "attempt": _Field(int),
+    }
+    run_id: str
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeadLetterReport(Payload):
+    """A consumer rejected a message: archive it (sent by any node to the results queue)."""
+
+    KIND: ClassVar[str] = "record_dead_letter"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "queue": _Field(str),
+        "code": _Field(str),
+        "detail": _Field(str),
+        "message_id": _Field(str, required=False),
+        "actor": _Field(str, required=False),
+        "raw": _Field(bytes, required=False, default=b""),
+        "node": _Field(str, required=False, default=""),
+    }
+    queue: str
+    code: str
+    detail: str
+    message_id: str | None = None
+    actor: str | None = None
+    raw: bytes = b""
+    node: str = ""
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def envelope(queue_name: str, actor_name: str, payload: dict[str, Any], *,
+             message_id: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dramatiq envelope around one payload map."""
+    return {
+        "queue_name": queue_name,
+        "actor_name": actor_name,
+        "args": [payload],
+        "kwargs": {},
+        "options": dict(options or {}),
+        "message_id": message_id or new_message_id(),
+        "message_timestamp": int(time.time() * 1000),
+    }

@@ -1,0 +1,106 @@
+"""A small pika publisher for Python producers: no dramatiq, no MiniFlow server code.
+
+It does exactly what PROTOCOL.md asks of any producer: build the envelope, encode it with msgpack,
+publish it persistently to the default exchange with the ingress queue as routing key, with
+publisher confirms and ``mandatory`` set, and check passively that the queue exists.
+
+    with Publisher("amqp://guest:guest@127.0.0.1:5672/%2F") as pub:
+        message_id = pub.start_workflow("csv-report", params={"region": "EU"})
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from .codec import pack
+from .errors import ProtocolError
+from .messages import CancelRun, StartWorkflow, envelope
+from .names import CANCEL_RUN, START_WORKFLOW, QueueNames
+
+
+class PublishFailed(ProtocolError):
+    """The broker did not confirm a publish (unreachable, queue missing, or refused)."""
+
+
+class Publisher:
+    """Publishes start/cancel messages to a namespace's ingress queue with confirms."""
+
+    def __init__(self, url: str, namespace: str = "miniflow", *, connect_timeout: float = 10.0) -> None:
+        self.names = QueueNames(namespace)
+        params = pika.URLParameters(url)
+        params.blocked_connection_timeout = connect_timeout
+        params.socket_timeout = connect_timeout
+        self._params = params
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _open(self) -> Any:
+        if self._channel is None or not self._channel.is_open:
+            try:
+                self._connection = pika.BlockingConnection(self._params)
+                channel = self._connection.channel()
+                channel.confirm_delivery()
+                channel.queue_declare(self.names.ingress, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self.close()
+                raise PublishFailed(f"queue {self.names.ingress!r} does not exist: start a coordinator "
+                                    f"worker for namespace {self.names.namespace!r} first") from exc
+            except pika.exceptions.AMQPError as exc:
+                self.close()
+                raise PublishFailed(f"cannot reach the broker at {self._params.host}:{self._params.port}: "
+                                    f"{type(exc).__name__}") from exc
+            self._channel = channel
+        return self._channel
+
+    def publish(self, actor_name: str, payload: dict[str, Any], *, message_id: str | None = None,
+                options: dict[str, Any] | None = None, priority: int = 0) -> str:
+        """Publish one message to the ingress queue; returns its message id once confirmed."""
+        body = envelope(self.names.ingress, actor_name, payload, message_id=message_id, options=options)
+        channel = self._open()
+        try:
+            channel.basic_publish(
+                exchange="",
+                routing_key=self.names.ingress,
+                body=pack(body),
+                properties=pika.BasicProperties(delivery_mode=2, priority=priority or None,
+                                                content_type="application/x-msgpack"),
+                mandatory=True,
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            raise PublishFailed(f"broker refused message {body['message_id']}: {type(exc).__name__}") from exc
+        except pika.exceptions.AMQPError as exc:
+            self.close()
+            raise PublishFailed(f"publish of {body['message_id']} not confirmed: {type(exc).__name__}") from exc
+        return str(body["message_id"])
+
+    def start_workflow(self, workflow: str, *, params: dict[str, Any] | None = None,
+                       version: int | None = None, idempotency_key: str | None = None,
+                       priority: int = 0, traceparent: str | None = None) -> str:
+        start = StartWorkflow(workflow=workflow, version=version, params=dict(params or {}),
+                              idempotency_key=idempotency_key, priority=priority)
+        start.check()
+        payload = {k: v for k, v in start.to_payload().items() if v is not None}
+        options = {"traceparent": traceparent} if traceparent else None
+        return self.publish(START_WORKFLOW, payload, options=options, priority=priority)
+
+    def cancel_run(self, run_id: str, reason: str = "") -> str:
+        return self.publish(CANCEL_RUN, CancelRun(run_id=run_id, reason=reason).to_payload())
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass
