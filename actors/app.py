@@ -47,7 +47,8 @@ from protocol.names import (
 
 from .guard import as_message, node_name
 from .middleware import Rejections
-from .registry import Registry, StepContext, registry as global_registry
+from .registry import Registry, StepContext
+from .registry import registry as global_registry
 from .relay import Relay
 
 logger = logging.getLogger("miniflow.actors")

@@ -26,7 +26,7 @@ from dramatiq.middleware import (
 
 from protocol.names import QueueNames
 
-from . import encoder
+from . import encoder, redaction
 from .guard import Guard
 
 MAX_PRIORITY = 10
@@ -140,6 +140,7 @@ def make_broker(url: str | None, names: QueueNames,
     Installs the msgpack encoder process-wide and makes the broker dramatiq's global one.
     """
     encoder.install()
+    redaction.install()
     guard = Guard(names)
     chain = middleware if middleware is not None else default_middleware()
     broker: dramatiq.Broker

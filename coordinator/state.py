@@ -16,7 +16,7 @@ whether the run ends. The coordinator service applies it in one transaction.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .definitions import Backoff, Workflow
 

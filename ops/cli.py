@@ -75,18 +75,20 @@ def cli(ctx: click.Context) -> None:
 def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str, ...], db_url: str | None,
         threads: int, timeout: float | None, as_json: bool) -> None:
     """Run a workflow FILE in this process (in-memory broker + SQLite): no servers needed."""
-    from .runtime import EmbeddedRunner, import_steps
+    from .runtime import import_steps, run_embedded
 
     settings = _settings(ctx)
     workflow = load_file(file)
     import_steps(list(steps))
-    runner = EmbeddedRunner(db_url or settings.database_url, threads=threads)
+    url = db_url or settings.database_url
     view = LiveView(workflow, quiet=as_json)
     with view:
-        result = runner.run(workflow, parse_params(params), source=file, timeout=timeout, on_event=view.event)
-    runner.close()
-    with runner.db.connect() as conn:
+        result = run_embedded(workflow, parse_params(params), url, source=file, threads=threads,
+                              timeout=timeout, on_event=view.event)
+    database = Database(url)
+    with database.connect() as conn:
         run_row = repo.get_run(conn, result.run_id)
+    database.dispose()
     detail = run_to_dict(run_row, result.steps, result.attempts)
     if as_json:
         print_json(console, detail)

@@ -9,36 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from typing import Any
 
-from dramatiq.broker import MessageProxy
-from dramatiq.message import Message
-
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@", re.I)
-
-
-def mask_secrets(text: str) -> str:
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, (Message, MessageProxy)):
-        return f"{value.actor_name}[{value.message_id}]"
-    if isinstance(value, str):
-        return mask_secrets(value)
-    return value
+from actors.redaction import install as install_redaction
+from actors.redaction import mask_secrets, redact_record
 
 
 class RedactingFilter(logging.Filter):
+    """Redacts records on a handler too (for records made before the factory was installed)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_redact(a) for a in record.args)
-        elif isinstance(record.args, dict):
-            record.args = {k: _redact(v) for k, v in record.args.items()}
-        if isinstance(record.msg, str):
-            record.msg = mask_secrets(record.msg)
+        redact_record(record)
         return True
 
 
@@ -52,6 +34,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "WARNING", fmt: str = "text", stream: Any = None) -> None:
+    install_redaction()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
     if fmt == "json":

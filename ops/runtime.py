@@ -65,7 +65,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     worker.start()
     node.start_background()
     ready(f"miniflow worker ready: node={node.node} roles={','.join(node.roles)} "
-          f"queues={','.join(sorted(node.queues()))} {settings.describe()}")
+          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}")
     try:
         while not stop.wait(0.5):
             pass
@@ -73,7 +73,6 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         logger.info("stopping worker %s", node.node)
         node.stop_background()
         worker.stop(timeout=10_000)
-        broker.emit_before("process_stop")
         broker.close()
         if db is not None:
             db.dispose()
@@ -89,75 +88,122 @@ class EmbeddedRun:
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
-class EmbeddedRunner:
-    """Runs a workflow in this process: dramatiq's in-memory broker, SQLite (or any database)."""
+class EmbeddedEngine:
+    """Every role in this process: dramatiq's in-memory broker and SQLite (or any database).
 
-    def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow") -> None:
+    Used by `miniflow run` and by the unit tests: start it, deploy workflows, submit starts, wait
+    for runs. Events from the executor (step started / finished) go to ``on_event``.
+    """
+
+    def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
+                 pools: list[str] | tuple[str, ...] = (),
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.db = Database(database_url)
-        self.threads = threads
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-
-    def run(self, workflow: Workflow, params: dict[str, Any], source: str | None = None, *,
-            timeout: float | None = None, on_event: Callable[[str, dict[str, Any]], None] | None = None,
-            poll_s: float = 0.05) -> EmbeddedRun:
-        missing = [f"step {s.name!r} uses task {s.task!r}" for s in workflow.steps.values()
-                   if s.task not in step_registry]
-        if missing:
-            raise DefinitionError(source or workflow.name, "no loaded step module registers: " + "; ".join(missing)
-                                  + " (pass --steps MODULE)")
-        resolve_params(workflow, params)  # bad params fail here, before anything runs
+        self.on_event = on_event
         self.db.upgrade()
-        broker = make_broker(None, self.names)
-        pools = [s.queue for s in workflow.steps.values() if s.queue]
-        node = Node(broker, self.names, ROLES, db=self.db, pools=pools,
-                    listener=lambda kind, data: self.events.put((kind, data)))
-        declare_topology(broker, self.names, pools)
+        self.broker = make_broker(None, self.names)
+        self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools,
+                         listener=lambda kind, data: self.events.put((kind, data)))
+        declare_topology(self.broker, self.names, pools)
+        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
+        self._started = False
+
+    def start(self) -> EmbeddedEngine:
+        self.broker.emit_after("process_boot")
+        self.worker.start()
+        self.node.start_background()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.node.stop_background()
+            self.worker.stop()
+            self._started = False
+        self.broker.close()
+        self.db.dispose()
+
+    def __enter__(self) -> EmbeddedEngine:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def deploy(self, workflow: Workflow, source: str | None = None) -> int:
+        for pool in {s.queue for s in workflow.steps.values() if s.queue}:
+            self.broker.declare_queue(self.names.step_queue(pool))
         with self.db.transaction() as conn:
-            version, _ = node.coordinator.deploy(conn, workflow, source)
-        worker = dramatiq.Worker(broker, worker_threads=self.threads, worker_timeout=100)
-        broker.emit_after("process_boot")
-        worker.start()
-        node.start_background()
-        key = f"embedded:{uuid.uuid4()}"
-        start = StartWorkflow(workflow=workflow.name, version=version, params=params, idempotency_key=key)
-        broker.enqueue(as_message(envelope(self.names.ingress, START_WORKFLOW, start.to_payload())))
+            version, _ = self.node.coordinator.deploy(conn, workflow, source)
+        return version
+
+    def submit(self, workflow: str, params: dict[str, Any] | None = None, *, version: int | None = None,
+               key: str | None = None, priority: int = 0) -> str:
+        """Send a start-workflow message; returns the idempotency key to find the run by."""
+        key = key or f"embedded:{uuid.uuid4()}"
+        start = StartWorkflow(workflow=workflow, version=version, params=dict(params or {}),
+                              idempotency_key=key, priority=priority)
+        self.broker.enqueue(as_message(envelope(self.names.ingress, START_WORKFLOW, start.to_payload())))
+        return key
+
+    def wait(self, key: str, *, timeout: float | None = None, poll_s: float = 0.02) -> EmbeddedRun:
+        """Wait until the run of an idempotency key ends; TimeoutError past the deadline."""
         deadline = time.monotonic() + timeout if timeout else None
-        try:
-            run_id = None
-            while True:
-                self._drain(on_event)
-                with self.db.connect() as conn:
-                    run_id = run_id or repo.run_id_for_key(conn, key)
-                    run = repo.get_run(conn, run_id) if run_id else None
-                if run is not None and run["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"run did not finish within {timeout:g}s")
-                time.sleep(poll_s)
-            broker.join(self.names.results, timeout=10_000, fail_fast=False)
-            self._drain(on_event)
-        finally:
-            node.stop_background()
-            worker.stop()
-            broker.close()
+        run_id = None
+        while True:
+            self.drain_events()
+            with self.db.connect() as conn:
+                run_id = run_id or repo.run_id_for_key(conn, key)
+                run = repo.get_run(conn, run_id) if run_id else None
+            if run is not None and run["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run of {key} did not finish within {timeout:g}s "
+                                   f"(status: {run['status'] if run else 'not created'})")
+            time.sleep(poll_s)
+        # Let late messages (results of cancelled steps, dead-letter reports) settle.
+        self.settle()
+        return self.result(run_id)
+
+    def settle(self, timeout_ms: int = 10_000) -> None:
+        for q in (self.names.ingress, self.names.coordinator, self.names.results):
+            self.broker.join(q, timeout=timeout_ms, fail_fast=False)
+        self.drain_events()
+
+    def result(self, run_id: str) -> EmbeddedRun:
         with self.db.connect() as conn:
             run = repo.get_run(conn, run_id)
+            assert run is not None
+            workflow = self.node.coordinator.workflow(conn, run["workflow"], run["version"])
             steps = [dict(r) for r in repo.get_steps(conn, run_id).values()]
             attempts = [dict(a) for a in repo.get_attempts(conn, run_id)]
-        assert run is not None
-        order = list(workflow.steps)
-        steps.sort(key=lambda s: order.index(s["step"]))
+        order = list(workflow.steps) if workflow else []
+        steps.sort(key=lambda s: order.index(s["step"]) if s["step"] in order else 0)
         return EmbeddedRun(run_id, run["status"], run["error"], steps, attempts)
 
-    def _drain(self, on_event: Callable[[str, dict[str, Any]], None] | None) -> None:
+    def drain_events(self) -> None:
         while True:
             try:
                 kind, data = self.events.get_nowait()
             except queue.Empty:
                 return
-            if on_event is not None:
-                on_event(kind, data)
+            if self.on_event is not None:
+                self.on_event(kind, data)
 
-    def close(self) -> None:
-        self.db.dispose()
+
+def run_embedded(workflow: Workflow, params: dict[str, Any], database_url: str, *, source: str | None = None,
+                 threads: int = 8, timeout: float | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> EmbeddedRun:
+    """Run one workflow in this process and return how it ended (`miniflow run`)."""
+    missing = [f"step {s.name!r} uses task {s.task!r}" for s in workflow.steps.values()
+               if s.task not in step_registry]
+    if missing:
+        raise DefinitionError(source or workflow.name, "no loaded step module registers: "
+                              + "; ".join(missing) + " (pass --steps MODULE)")
+    resolve_params(workflow, params)  # bad params fail here, before anything runs
+    pools = [s.queue for s in workflow.steps.values() if s.queue]
+    with EmbeddedEngine(database_url, threads=threads, pools=pools, on_event=on_event) as engine:
+        version = engine.deploy(workflow, source)
+        key = engine.submit(workflow.name, params, version=version)
+        return engine.wait(key, timeout=timeout)

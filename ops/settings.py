@@ -77,9 +77,10 @@ class Settings:
                               "amqp://guest:guest@127.0.0.1:5672/%2F")
         return self.broker_url
 
-    def describe(self) -> str:
+    def describe(self, with_database: bool = True) -> str:
         broker = mask_amqp(self.broker_url) if self.broker_url else "embedded"
-        return f"broker={broker} database={mask_url(self.database_url)} namespace={self.namespace}"
+        database = f" database={mask_url(self.database_url)}" if with_database else ""
+        return f"broker={broker}{database} namespace={self.namespace}"
 
 
 def check_broker_url(url: str) -> str:

@@ -85,7 +85,7 @@ def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
             max_bin_len=max_bytes,
             max_array_len=min(MAX_ITEMS, len(raw)),
             max_map_len=min(MAX_ITEMS, len(raw) // 2 + 1),
-            max_ext_len=0,
+            max_ext_len=len(raw),
         )
     except DecodeFailed as exc:
         exc.raw = keep

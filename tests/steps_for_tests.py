@@ -1,0 +1,49 @@
+"""Steps used by the unit tests (registered in the global registry on import)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from actors import StepContext, step
+
+_calls: Counter[tuple[str, str]] = Counter()
+_lock = threading.Lock()
+
+
+@step("test.flaky")
+def flaky(ctx: StepContext) -> dict[str, Any]:
+    """Fails config.fail_times times for a run, then succeeds."""
+    with _lock:
+        _calls[(ctx.run_id, ctx.step)] += 1
+        n = _calls[(ctx.run_id, ctx.step)]
+    if n <= int(ctx.config.get("fail_times", 0)):
+        raise RuntimeError(f"flaky failure {n}")
+    return {"calls": n, "attempt": ctx.attempt}
+
+
+@step("test.boom")
+def boom(ctx: StepContext) -> None:
+    raise ValueError("the input is broken")
+
+
+@step("test.echo")
+def echo(ctx: StepContext) -> dict[str, Any]:
+    return {"params": ctx.params, "inputs": ctx.inputs, "key": ctx.idempotency_key}
+
+
+@step("test.not_json")
+def not_json(ctx: StepContext) -> object:
+    return {"when": object()}
+
+
+@step("test.sleep")
+def sleep(ctx: StepContext) -> float:
+    """Sleeps in short slices (a blocking C call cannot be interrupted by a time limit)."""
+    seconds = float(ctx.config.get("seconds", 0.01))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    return seconds

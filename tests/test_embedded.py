@@ -1,0 +1,206 @@
+"""A workflow through all four actors in one process: StubBroker + SQLite (the embedded mode)."""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator import StartOutcome, loads
+from persistence import repository as repo
+from protocol import codec
+from protocol.messages import StartWorkflow, StepResult, envelope
+from protocol.names import EXECUTE_STEP, START_WORKFLOW
+
+DIAMOND = """
+name: diamond
+params: {x: {default: 3}}
+steps:
+  - {name: a, task: diamond.source}
+  - {name: b, task: diamond.double, needs: [a]}
+  - {name: c, task: diamond.square, needs: [a]}
+  - {name: d, task: diamond.sum, needs: [b, c]}
+"""
+
+
+def flaky_workflow(fail_times: int, retries: int) -> str:
+    return f"""
+name: flaky
+steps:
+  - name: first
+    task: test.flaky
+    config: {{fail_times: {fail_times}}}
+    retries: {retries}
+    backoff: {{initial: 0.01, max: 0.05, jitter: 0}}
+  - {{name: after, task: test.echo, needs: [first]}}
+"""
+
+
+def dead_letters(engine):
+    with engine.db.connect() as conn:
+        return repo.list_dead_letters(conn)
+
+
+def test_the_diamond_runs_through_all_four_actors_and_passes_outputs(engine):
+    engine.deploy(loads(DIAMOND))
+    run = engine.wait(engine.submit("diamond", {"x": 4}), timeout=30)
+    assert run.status == "succeeded"
+    outputs = {s["step"]: s["output"] for s in run.steps}
+    assert outputs == {"a": 4, "b": 8, "c": 16, "d": 24}
+    assert sorted((a["step"], a["attempt"], a["ok"]) for a in run.attempts) == [
+        ("a", 1, True), ("b", 1, True), ("c", 1, True), ("d", 1, True)]
+    with engine.db.connect() as conn:
+        assert repo.count_outbox(conn) == 0
+
+
+def test_a_step_receives_run_params_and_the_outputs_it_needs(engine):
+    engine.deploy(loads("""
+name: passing
+params: {who: {required: true}, greeting: {default: hello}}
+steps:
+  - {name: a, task: diamond.source}
+  - {name: b, task: test.echo, needs: [a]}
+"""))
+    run = engine.wait(engine.submit("passing", {"who": "ada"}), timeout=30)
+    echo = next(s for s in run.steps if s["step"] == "b")["output"]
+    assert echo["params"] == {"who": "ada", "greeting": "hello"}
+    assert echo["inputs"] == {"a": 1}
+    assert echo["key"] == f"{run.run_id}:b:1"
+
+
+def test_a_step_that_fails_twice_then_succeeds_is_recorded_as_three_attempts(engine):
+    engine.deploy(loads(flaky_workflow(fail_times=2, retries=2)))
+    run = engine.wait(engine.submit("flaky"), timeout=30)
+    assert run.status == "succeeded"
+    first = [a for a in run.attempts if a["step"] == "first"]
+    assert [(a["attempt"], a["ok"]) for a in first] == [(1, False), (2, False), (3, True)]
+    assert "flaky failure 1" in first[0]["error"]
+    assert next(s for s in run.steps if s["step"] == "first")["output"] == {"calls": 3, "attempt": 3}
+
+
+def test_a_step_that_keeps_failing_fails_the_run_with_its_reason_and_skips_the_rest(engine):
+    engine.deploy(loads(flaky_workflow(fail_times=10, retries=1)))
+    run = engine.wait(engine.submit("flaky"), timeout=30)
+    assert run.status == "failed"
+    assert "step 'first' failed after 2 attempts" in run.error
+    assert "flaky failure 2" in run.error
+    statuses = {s["step"]: s["status"] for s in run.steps}
+    assert statuses == {"first": "failed", "after": "skipped"}
+    assert len([a for a in run.attempts if a["step"] == "first"]) == 2
+
+
+def test_the_same_idempotency_key_makes_one_run(engine):
+    engine.deploy(loads(DIAMOND))
+    key = engine.submit("diamond", key="order-1")
+    engine.submit("diamond", key="order-1")
+    run = engine.wait(key, timeout=30)
+    engine.settle()
+    with engine.db.connect() as conn:
+        assert [r["id"] for r in repo.list_runs(conn)] == [run.run_id]
+
+
+def test_a_start_for_an_unknown_workflow_is_rejected_and_archived_without_creating_a_run(engine):
+    engine.submit("nope")
+    engine.settle()
+    with engine.db.connect() as conn:
+        assert repo.list_runs(conn) == []
+    [letter] = dead_letters(engine)
+    assert letter["code"] == "unknown_workflow"
+    assert letter["queue"] == engine.names.ingress
+    assert "nope" in letter["detail"]
+
+
+def test_an_unknown_version_and_bad_params_are_rejected_with_their_own_codes(engine):
+    engine.deploy(loads(DIAMOND))
+    engine.submit("diamond", version=9)
+    engine.submit("diamond", {"y": 1})
+    engine.settle()
+    assert sorted(d["code"] for d in dead_letters(engine)) == ["invalid_params", "unknown_version"]
+
+
+def test_malformed_messages_are_dead_lettered_with_a_reason_while_a_good_start_completes(engine, caplog):
+    engine.deploy(loads(DIAMOND))
+    ingress = engine.names.ingress
+    secret = "hunter2-secret-param"
+    bad_actor = envelope(ingress, EXECUTE_STEP, {"v": 1, "password": secret})
+    wrong_queue = envelope("elsewhere", START_WORKFLOW, StartWorkflow("diamond").to_payload())
+    bad_payload = envelope(ingress, START_WORKFLOW, {"v": 1, "workflow": "diamond", "params": {"pw": secret},
+                                                     "surprise": 1})
+    with caplog.at_level(logging.INFO):
+        engine.broker.put_raw(ingress, b"\xc1 not msgpack " + secret.encode())
+        engine.broker.put_raw(ingress, codec.pack(bad_actor))
+        engine.broker.put_raw(ingress, codec.pack(wrong_queue))
+        engine.broker.put_raw(ingress, codec.pack(bad_payload))
+        engine.broker.put_raw(ingress, codec.pack({"queue_name": ingress}))
+        run = engine.wait(engine.submit("diamond"), timeout=30)
+        engine.settle()
+    assert run.status == "succeeded"
+    letters = dead_letters(engine)
+    assert sorted(d["code"] for d in letters) == [
+        "actor_not_allowed", "envelope_missing_field", "malformed", "queue_mismatch", "unknown_field"]
+    assert all(d["raw"] for d in letters)  # a bounded copy of the bytes is archived
+    assert all(len(d["raw"]) <= codec.RAW_KEEP for d in letters)
+    assert secret not in caplog.text  # the payload never reaches the log
+
+
+def test_a_step_returning_data_that_cannot_be_stored_fails_with_a_clear_error(engine):
+    engine.deploy(loads("name: bad-output\nsteps:\n  - {name: a, task: test.not_json}\n"))
+    run = engine.wait(engine.submit("bad-output"), timeout=30)
+    assert run.status == "failed"
+    assert "not JSON-compatible" in run.attempts[0]["error"]
+
+
+def test_an_unregistered_task_fails_the_attempt_naming_the_task(engine):
+    engine.deploy(loads("name: missing-task\nsteps:\n  - {name: a, task: no.such.task}\n"))
+    run = engine.wait(engine.submit("missing-task"), timeout=30)
+    assert run.status == "failed"
+    assert "task 'no.such.task' is not registered on this node" in run.error
+
+
+def test_a_step_over_its_timeout_fails_as_a_timeout(engine):
+    engine.deploy(loads("name: slow\nsteps:\n  - {name: a, task: test.sleep, timeout: 0.2, config: {seconds: 5}}\n"))
+    run = engine.wait(engine.submit("slow"), timeout=30)
+    assert run.status == "failed"
+    assert run.attempts[0]["error_type"] == "Timeout"
+    assert run.attempts[0]["duration_ms"] < 4500
+
+
+def test_a_result_delivered_twice_is_recorded_once(engine):
+    engine.deploy(loads(DIAMOND))
+    with engine.db.transaction() as conn:
+        outcome: StartOutcome = engine.node.coordinator.start(conn, StartWorkflow("diamond"), "m-1")
+    result = StepResult(run_id=outcome.run_id, step="a", attempt=1, ok=True, started_at=1.0, finished_at=2.0,
+                        output=3)
+    with engine.db.transaction() as conn:
+        first = engine.node.coordinator.record_result(conn, result)
+    with engine.db.transaction() as conn:
+        second = engine.node.coordinator.record_result(conn, result)
+    assert len(first) == 1 and second == []
+    with engine.db.connect() as conn:
+        assert len(repo.get_attempts(conn, outcome.run_id)) == 1
+
+
+def test_a_stale_attempt_is_fenced_by_the_coordinator(engine):
+    engine.deploy(loads(flaky_workflow(fail_times=0, retries=2)))
+    from protocol.messages import StepFinished
+
+    with engine.db.transaction() as conn:
+        outcome = engine.node.coordinator.start(conn, StartWorkflow("flaky"), "m-2")
+        repo.insert_attempt(conn, {"run_id": outcome.run_id, "step": "first", "attempt": 7, "ok": True,
+                                   "output": 1, "started_at": repo.utcnow(), "finished_at": repo.utcnow(),
+                                   "duration_ms": 1.0, "recorded_at": repo.utcnow()})
+        sent = engine.node.coordinator.step_finished(conn, StepFinished(outcome.run_id, "first", 7))
+        steps = repo.get_steps(conn, outcome.run_id)
+    assert sent == []
+    assert steps["first"]["status"] == "queued" and steps["first"]["attempt"] == 1
+
+
+def test_the_csv_example_writes_its_report(tmp_path):
+    from coordinator import load_file
+    from ops.runtime import run_embedded
+
+    workflow = load_file("examples/csv_report.yaml")
+    run = run_embedded(workflow, {"out_dir": str(tmp_path / "out")}, f"sqlite:///{tmp_path / 'x.db'}",
+                       timeout=60)
+    assert run.status == "succeeded"
+    report = next(s for s in run.steps if s["step"] == "report")["output"]
+    text = (tmp_path / "out").joinpath(report["report"].split("/")[-1]).read_text()
+    assert "Total revenue" in text and report["best_region"] in text
