@@ -112,7 +112,7 @@ class Payload:
             kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
             if isinstance(value, bool) and bool not in kinds:
                 raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
-            if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kinds):
                 raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
