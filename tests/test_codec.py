@@ -84,12 +84,6 @@ def test_everything_pack_accepts_unpack_accepts_at_the_depth_limit() -> None:
     assert codec.unpack(body) == message
 
 
-def test_unpack_accepts_bytes_like_bodies() -> None:
-    body = codec.pack({"a": 1})
-    assert codec.unpack(bytearray(body)) == {"a": 1}
-    assert codec.unpack(memoryview(body)) == {"a": 1}
-
-
 # -- decode rejections ---------------------------------------------------------------------------
 def test_a_body_over_max_bytes_is_rejected_as_too_large() -> None:
     body = codec.pack({"secret": SECRET, "blob": b"x" * 10_000})
@@ -214,10 +208,10 @@ def test_random_bytes_either_decode_to_a_map_or_raise_decode_failed() -> None:
         if rng.random() < 0.5:
             body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
         else:
-            body = bytearray(rng.choice(seeds))
+            mutated = bytearray(rng.choice(seeds))
             for _ in range(rng.randrange(1, 4)):
-                body[rng.randrange(len(body))] = rng.randrange(256)
-            body = bytes(body)
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            body = bytes(mutated)
         try:
             value = codec.unpack(body)
         except DecodeFailed as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 
 from coordinator import Backoff, ParamSpec, StepSpec, Workflow, find_cycle, load_file, loads, parse
@@ -115,7 +116,8 @@ def test_the_example_workflows_load(name: str) -> None:
 def test_the_diamond_example_has_its_shape() -> None:
     wf = load_file(EXAMPLES / "diamond.yaml")
     assert wf.name == "diamond"
-    assert {s.name: s.needs for s in wf.steps.values()} == {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
+    needs = {s.name: s.needs for s in wf.steps.values()}
+    assert needs == {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
     assert wf.params["x"].default == 3
 
 
@@ -269,9 +271,10 @@ def test_yaml_tags_for_python_objects_are_refused() -> None:
     assert "not valid YAML" in str(err)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: _construct_mapping puts every key into a set() to find "
-                   "duplicates, so an unhashable YAML key (`? [a, b]`) raises TypeError out of loads() "
-                   "instead of a DefinitionError naming the source")
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="BUG: _construct_mapping puts every key into a set() to find duplicates, so "
+                   "an unhashable YAML key (`? [a, b]`) raises TypeError out of loads() instead of a "
+                   "DefinitionError naming the source")
 def test_an_unhashable_yaml_key_is_a_definition_error() -> None:
     err = error("name: w\n? [a, b]\n: 1\nsteps: [{name: a, task: t}]\n")
     assert "line 2" in str(err)
@@ -374,7 +377,8 @@ def test_a_bad_backoff_is_reported(backoff: str, problem: str) -> None:
 
 
 def test_a_backoff_with_jitter_1_and_max_equal_to_initial_is_accepted() -> None:
-    wf = loads(workflow_text("{name: a, task: t, backoff: {initial: 5, max: 5, jitter: 1}}"), source="wf.yaml")
+    text = workflow_text("{name: a, task: t, backoff: {initial: 5, max: 5, jitter: 1}}")
+    wf = loads(text, source="wf.yaml")
     assert wf.steps["a"].backoff == Backoff(initial=5.0, max=5.0, jitter=1.0)
 
 

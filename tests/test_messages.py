@@ -12,6 +12,7 @@ from protocol.errors import MessageRejected
 from protocol.messages import (
     CancelRun,
     DeadLetterReport,
+    Payload,
     StartWorkflow,
     StepFinished,
     StepResult,
@@ -38,7 +39,7 @@ def an_envelope(**changes: Any) -> dict[str, Any]:
     return env
 
 
-def rejected(cls: type, payload: Any) -> MessageRejected:
+def rejected(cls: type[Payload], payload: Any) -> MessageRejected:
     with pytest.raises(MessageRejected) as info:
         cls.from_payload(payload)
     return info.value
@@ -167,8 +168,9 @@ def test_an_unsupported_version_rejection_does_not_echo_the_value() -> None:
     assert SECRET not in str(err)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: from_payload tests `version not in SUPPORTED_VERSIONS` "
-                   "(a frozenset), so an unhashable 'v' (array or map) raises TypeError instead of "
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="BUG: from_payload tests `version not in SUPPORTED_VERSIONS` (a frozenset), "
+                   "so an unhashable 'v' (array or map) raises TypeError instead of "
                    "MessageRejected(unsupported_version)")
 @pytest.mark.parametrize("v", [[1], {"major": 1}], ids=["array", "map"])
 def test_an_unhashable_version_marker_is_rejected_not_crashed(v: Any) -> None:
@@ -402,7 +404,8 @@ def test_a_queue_of_another_namespace_allows_nothing() -> None:
     assert QueueNames("a").allowed_actors("b.ingress") == frozenset()
 
 
-@pytest.mark.parametrize("namespace", ["", "has.dot", "1starts-with-digit", "has space", "x" * 65, "caf\u00e9"])
+@pytest.mark.parametrize("namespace", ["", "has.dot", "1starts-with-digit", "has space", "x" * 65,
+                                       "caf\u00e9"])
 def test_a_bad_namespace_raises_value_error(namespace: str) -> None:
     with pytest.raises(ValueError):
         QueueNames(namespace)

@@ -64,7 +64,8 @@ def test_the_root_succeeding_dispatches_both_middle_steps() -> None:
 
 
 def test_one_middle_step_succeeding_dispatches_nothing_while_the_other_is_out() -> None:
-    decision = decide(diamond(), statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_QUEUED), "b", 1, ok=True)
+    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_QUEUED)
+    decision = decide(diamond(), given, "b", 1, ok=True)
     assert decision == Decision(s.STEP_SUCCEEDED, dispatch=())
 
 
