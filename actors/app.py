@@ -22,7 +22,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from coordinator.service import Coordinator
+from coordinator.service import Coordinator, mask_values
 from persistence import Database
 from protocol import codec
 from protocol.errors import ConfigError, EncodeFailed, MessageRejected, StepNotFound
@@ -209,6 +209,8 @@ class Node:
                         task.attempt, error_type)
         finished = time.time()
         ok = error is None
+        if error is not None and task.secret_params:
+            error = mask_values(error, task.params, task.secret_params)
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                             output=output if ok else None, error=error, error_type=error_type,
                             node=self.node, started_at=started, finished_at=finished)

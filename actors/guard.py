@@ -25,6 +25,7 @@ from protocol.messages import (
     DeadLetterReport,
     check_envelope,
     envelope,
+    payload_of,
 )
 from protocol.names import RECORD_DEAD_LETTER, QueueNames
 
@@ -61,6 +62,7 @@ class Guard:
         raw = bytes(body[:codec.RAW_KEEP])
         try:
             check_envelope(fields)
+            payload_of(fields["args"], fields["kwargs"])
         except MessageRejected as exc:
             return Rejection(exc.code, exc.detail, message_id, actor, raw)
         if fields["queue_name"] != queue_name:

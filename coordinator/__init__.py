@@ -1,10 +1,11 @@
 """Workflow definitions, DAG validation, the run/step state machine and the coordinating services."""
 
 from .definitions import Backoff, ParamSpec, StepSpec, Workflow, find_cycle, load_file, loads, parse
-from .service import Coordinator, Outgoing, StartOutcome, resolve_params
+from .service import Coordinator, Outgoing, StartOutcome, mask_params, mask_values, resolve_params
 from .state import Decision, backoff_delay, decide, ready_steps
 
 __all__ = [
     "Backoff", "Coordinator", "Decision", "Outgoing", "ParamSpec", "StartOutcome", "StepSpec", "Workflow",
-    "backoff_delay", "decide", "find_cycle", "load_file", "loads", "parse", "ready_steps", "resolve_params",
+    "backoff_delay", "decide", "find_cycle", "load_file", "loads", "mask_params", "mask_values", "parse", "ready_steps",
+    "resolve_params",
 ]

@@ -154,7 +154,8 @@ class Coordinator:
         spec = workflow.steps[step]
         task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
                         task=spec.task, params=run["params"], config=spec.config,
-                        inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout)
+                        inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
+                        secret_params=sorted(workflow.secret_params()))
         options: dict[str, Any] = {}
         if run["priority"]:
             options["broker_priority"] = run["priority"]
@@ -263,6 +264,20 @@ class Coordinator:
         reason = "cancelled" + (f": {request.reason}" if request.reason else "")
         repo.update_run(conn, request.run_id, status=RUN_CANCELLED, error=reason, finished_at=self.clock())
         return True
+
+
+def mask_params(params: dict[str, Any], secrets: frozenset[str] | set[str]) -> dict[str, Any]:
+    """Params for display: the values of secret ones replaced by ***."""
+    return {k: ("***" if k in secrets else v) for k, v in params.items()}
+
+
+def mask_values(text: str, params: dict[str, Any], secrets: frozenset[str] | set[str] | list[str]) -> str:
+    """Replace every occurrence of a secret param's value in a text (an error message) by ***."""
+    for name in secrets:
+        value = params.get(name)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) >= 3:
+            text = text.replace(str(value), "***")
+    return text
 
 
 def resolve_params(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,12 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.obj  # type: ignore[no-any-return]
 
 
+def secret_params(conn: Any, run: Any) -> frozenset[str]:
+    """The secret param names of a run's workflow version (masked whenever a run is shown)."""
+    workflow = Coordinator(QueueNames()).workflow(conn, run["workflow"], run["version"])
+    return workflow.secret_params() if workflow else frozenset()
+
+
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     """-p key=value pairs; values are JSON when they parse as JSON (3, true, [1,2]), else text."""
     params: dict[str, Any] = {}
@@ -89,7 +95,7 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
     with database.connect() as conn:
         run_row = repo.get_run(conn, result.run_id)
     database.dispose()
-    detail = run_to_dict(run_row, result.steps, result.attempts)
+    detail = run_to_dict(run_row, result.steps, result.attempts, workflow.secret_params())
     if as_json:
         print_json(console, detail)
     else:
@@ -284,6 +290,7 @@ def follow(database: Database, key: str, message_id: str, timeout: float | None,
                     return 2
             else:
                 run = repo.get_run(conn, run_id)
+                assert run is not None
                 steps = repo.get_steps(conn, run_id)
                 if not seen and not as_json:
                     console.print(f"run {run_id} ({run['workflow']} v{run['version']})", highlight=False)
@@ -294,7 +301,8 @@ def follow(database: Database, key: str, message_id: str, timeout: float | None,
                         if not as_json and s["status"] != "pending":
                             console.print(f"  {name}: {s['status']} (attempt {s['attempt']})", highlight=False)
                 if run["status"] in TERMINAL:
-                    detail = run_to_dict(run, list(steps.values()), repo.get_attempts(conn, run_id))
+                    detail = run_to_dict(run, list(steps.values()), repo.get_attempts(conn, run_id),
+                                         secret_params(conn, run))
                     if as_json:
                         print_json(console, detail)
                     else:
@@ -322,8 +330,9 @@ def runs_list(ctx: click.Context, status: str | None, workflow: str | None, limi
     database = Database(_settings(ctx).database_url)
     with database.connect() as conn:
         rows = repo.list_runs(conn, limit=limit, status=status, workflow=workflow)
+        items = [run_to_dict(r, secrets=secret_params(conn, r)) for r in rows] if as_json else []
     if as_json:
-        print_json(console, [run_to_dict(r) for r in rows])
+        print_json(console, items)
     else:
         console.print(runs_table(rows))
 
@@ -340,7 +349,7 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         if run is None:
             raise ConfigError(f"no run {run_id!r} (give the full id or a unique prefix of 6+ characters)")
         detail = run_to_dict(run, list(repo.get_steps(conn, run["id"]).values()),
-                             repo.get_attempts(conn, run["id"]))
+                             repo.get_attempts(conn, run["id"]), secret_params(conn, run))
     if as_json:
         print_json(console, detail)
         return

@@ -164,11 +164,12 @@ class EmbeddedEngine:
             time.sleep(poll_s)
         # Let late messages (results of cancelled steps, dead-letter reports) settle.
         self.settle()
+        assert run_id is not None
         return self.result(run_id)
 
     def settle(self, timeout_ms: int = 10_000) -> None:
         for q in (self.names.ingress, self.names.coordinator, self.names.results):
-            self.broker.join(q, timeout=timeout_ms, fail_fast=False)
+            self.broker.join(q, timeout=timeout_ms, fail_fast=False)  # type: ignore[call-arg]
         self.drain_events()
 
     def result(self, run_id: str) -> EmbeddedRun:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from coordinator import mask_params
 from persistence.repository import as_utc
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
@@ -33,10 +34,12 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-def run_to_dict(run: Any, steps: list[Any] | None = None, attempts: list[Any] | None = None) -> dict[str, Any]:
+def run_to_dict(run: Any, steps: list[Any] | None = None, attempts: list[Any] | None = None,
+                secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A run as plain data; the values of secret params are masked."""
     out: dict[str, Any] = {
         "id": run["id"], "workflow": run["workflow"], "version": run["version"], "status": run["status"],
-        "params": run["params"], "priority": run["priority"], "error": run["error"],
+        "params": mask_params(run["params"] or {}, secrets), "priority": run["priority"], "error": run["error"],
         "trace_id": run["trace_id"], "created_at": iso(run["created_at"]),
         "finished_at": iso(run["finished_at"]),
         "duration_ms": duration_ms(run["started_at"], run["finished_at"]),

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -137,9 +138,9 @@ class DeadLetter(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
-workflow_definitions = WorkflowDefinition.__table__
-runs = Run.__table__
-run_steps = RunStep.__table__
-step_attempts = StepAttempt.__table__
-outbox = OutboxMessage.__table__
-dead_letters = DeadLetter.__table__
+workflow_definitions = cast(Table, WorkflowDefinition.__table__)
+runs = cast(Table, Run.__table__)
+run_steps = cast(Table, RunStep.__table__)
+step_attempts = cast(Table, StepAttempt.__table__)
+outbox = cast(Table, OutboxMessage.__table__)
+dead_letters = cast(Table, DeadLetter.__table__)

@@ -57,6 +57,8 @@ def check_encodable(value: Any, path: str, depth: int) -> None:
         if not math.isfinite(value):
             raise EncodeFailed(path, "NaN and infinity are not allowed")
         return
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        raise EncodeFailed(path, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_encodable(item, f"{path}[{i}]", depth + 1)
@@ -112,7 +114,7 @@ def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
 
 
 def _check_decoded(root: Any, keep: bytes) -> None:
-    """Walk the tree without recursion: depth limit and finite floats."""
+    """Walk the tree without recursion: depth limit, str keys, finite floats, no extension types."""
     stack: list[tuple[Any, int]] = [(root, 0)]
     while stack:
         value, depth = stack.pop()
@@ -122,5 +124,11 @@ def _check_decoded(root: Any, keep: bytes) -> None:
         elif isinstance(value, (list, dict)):
             if depth >= MAX_DEPTH:
                 raise DecodeFailed(TOO_DEEP, f"nesting exceeds {MAX_DEPTH} levels", keep)
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+            if isinstance(value, dict):
+                if not all(isinstance(key, str) for key in value):
+                    raise DecodeFailed(NON_STR_KEY, "map keys must be strings", keep)
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, msgpack.Timestamp):
+            raise DecodeFailed(EXT_TYPE, "msgpack extension type -1 (timestamp) is not allowed", keep)

@@ -47,6 +47,8 @@ ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_KEY_LEN = 200
+MAX_MESSAGE_ID_LEN = 192
+RESERVED_KEY_PREFIX = "message:"  # the key of a start without one is "message:<message_id>"
 
 
 def check_envelope(envelope: dict[str, Any]) -> None:
@@ -60,6 +62,9 @@ def check_envelope(envelope: dict[str, Any]) -> None:
     extra = sorted(set(envelope) - set(ENVELOPE_FIELDS))
     if extra:
         raise MessageRejected(ENVELOPE_EXTRA_FIELD, f"envelope has unknown keys {extra}", extra[0])
+    if not 0 < len(envelope["message_id"]) <= MAX_MESSAGE_ID_LEN:
+        raise MessageRejected(ENVELOPE_BAD_TYPE, f"envelope 'message_id' must be 1-{MAX_MESSAGE_ID_LEN} "
+                              "characters", "message_id")
 
 
 def payload_of(args: Any, kwargs: Any) -> dict[str, Any]:
@@ -98,7 +103,7 @@ class Payload:
         version = payload.get("v")
         if "v" not in payload:
             raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no protocol version 'v'", "v")
-        if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
             raise MessageRejected(UNSUPPORTED_VERSION, f"protocol version {version!r} is not supported "
                                   f"(supported: {sorted(SUPPORTED_VERSIONS)})", "v")
         values: dict[str, Any] = {}
@@ -132,7 +137,7 @@ class Payload:
 
 
 def _check_name(kind: str, field_name: str, value: str) -> None:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise MessageRejected(BAD_VALUE, f"{kind} {field_name!r} must be 1-128 characters of "
                               "letters, digits, '_', '.', '-', starting with a letter or digit", field_name)
 
@@ -162,8 +167,28 @@ class StartWorkflow(Payload):
         if self.idempotency_key is not None and not 0 < len(self.idempotency_key) <= MAX_KEY_LEN:
             raise MessageRejected(BAD_VALUE, f"start_workflow 'idempotency_key' must be 1-{MAX_KEY_LEN} "
                                   "characters", "idempotency_key")
+        if self.idempotency_key is not None and self.idempotency_key.startswith(RESERVED_KEY_PREFIX):
+            raise MessageRejected(BAD_VALUE, f"start_workflow 'idempotency_key' must not start with "
+                                  f"{RESERVED_KEY_PREFIX!r} (reserved for starts without a key)", "idempotency_key")
         if not 0 <= self.priority <= 9:
             raise MessageRejected(BAD_VALUE, "start_workflow 'priority' must be 0-9", "priority")
+        _check_storable(self.params, "params")
+
+
+def _check_storable(value: Any, path: str) -> None:
+    """Params are stored as JSON: no binary values, no NUL characters (Postgres refuses them)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, bytes):
+            raise MessageRejected(BAD_VALUE, f"{where} is binary; params must be JSON-compatible "
+                                  "(send text, e.g. base64)", where.split(".")[0])
+        if isinstance(item, str) and "\x00" in item:
+            raise MessageRejected(BAD_VALUE, f"{where} contains a NUL character", where.split(".")[0])
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,7 @@ class StepTask(Payload):
         "config": _Field(dict, required=False, default=dict),
         "inputs": _Field(dict, required=False, default=dict),
         "timeout_s": _Field(float, required=False),
+        "secret_params": _Field(list, required=False, default=list),
     }
     run_id: str
     workflow: str
@@ -204,6 +230,7 @@ class StepTask(Payload):
     config: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    secret_params: list[str] = field(default_factory=list)  # params whose values must never be shown
 
     @property
     def idempotency_key(self) -> str:

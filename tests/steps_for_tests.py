@@ -47,3 +47,9 @@ def sleep(ctx: StepContext) -> float:
     while time.monotonic() < end:
         time.sleep(0.01)
     return seconds
+
+
+@step("test.leaky")
+def leaky(ctx: StepContext) -> None:
+    """Fails with an error message that quotes a secret param, as careless code does."""
+    raise PermissionError(f"token {ctx.params['token']} was refused")

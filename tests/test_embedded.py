@@ -204,3 +204,23 @@ def test_the_csv_example_writes_its_report(tmp_path):
     report = next(s for s in run.steps if s["step"] == "report")["output"]
     text = (tmp_path / "out").joinpath(report["report"].split("/")[-1]).read_text()
     assert "Total revenue" in text and report["best_region"] in text
+
+
+def test_secret_params_are_masked_in_step_errors_and_in_what_the_cli_shows(engine):
+    from ops.views import run_to_dict
+
+    engine.deploy(loads("""
+name: with-secret
+params: {token: {required: true, secret: true}, region: {default: eu}}
+steps:
+  - {name: a, task: test.leaky}
+"""))
+    run = engine.wait(engine.submit("with-secret", {"token": "s3cr3t-value"}), timeout=30)
+    assert run.status == "failed"
+    assert "s3cr3t-value" not in run.error and "***" in run.error
+    assert "s3cr3t-value" not in run.attempts[0]["error"]
+    with engine.db.connect() as conn:
+        row = repo.get_run(conn, run.run_id)
+        workflow = engine.node.coordinator.workflow(conn, row["workflow"], row["version"])
+    shown = run_to_dict(row, run.steps, run.attempts, workflow.secret_params())
+    assert shown["params"] == {"token": "***", "region": "eu"}

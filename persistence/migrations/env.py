@@ -9,7 +9,7 @@ connection = config.attributes.get("connection")
 if connection is None:  # `alembic` run by hand: use the configured URL
     from sqlalchemy import create_engine
 
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     connection = engine.connect()
 
 context.configure(connection=connection, target_metadata=Base.metadata,
