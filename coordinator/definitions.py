@@ -116,6 +116,9 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain names, not lists or mappings", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -170,7 +173,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
         raise DefinitionError(source, "a workflow must be a mapping with 'name' and 'steps'")
     _unknown(set(data), _WORKFLOW_KEYS, "workflow", source, None)
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(source, "'name' must be 1-128 characters of letters, digits, '_', '.', '-'")
     timeout = data.get("timeout")
     if timeout is not None:
@@ -200,7 +203,11 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise DefinitionError(source, "'description' must be text")
-    return Workflow(name=name, steps=steps, params=params, description=description, timeout=timeout)
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise DefinitionError(source, "'version' must be a whole number >= 1 (or left out: deploy numbers it)")
+    return Workflow(name=name, steps=steps, params=params, description=description, version=version,
+                    timeout=timeout)
 
 
 def _parse_params(raw: Any, source: str) -> dict[str, ParamSpec]:
@@ -210,7 +217,7 @@ def _parse_params(raw: Any, source: str) -> dict[str, ParamSpec]:
         raise DefinitionError(source, "'params' must be a mapping of parameter names")
     params: dict[str, ParamSpec] = {}
     for pname, pdef in raw.items():
-        if not isinstance(pname, str) or not NAME_RE.match(pname):
+        if not isinstance(pname, str) or not NAME_RE.fullmatch(pname):
             raise DefinitionError(source, f"param name {pname!r} is not a valid name")
         if pdef is None or not isinstance(pdef, dict):
             pdef = {"default": pdef}
@@ -228,12 +235,12 @@ def _parse_step(raw: Any, index: int, source: str) -> StepSpec:
     if not isinstance(raw, dict):
         raise DefinitionError(source, f"steps[{index}] must be a mapping with 'name' and 'task'")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(source, f"steps[{index}]: 'name' must be 1-128 characters of letters, "
                               "digits, '_', '.', '-'")
     _unknown(set(raw), _STEP_KEYS, "step", source, name)
     task = raw.get("task")
-    if not isinstance(task, str) or not TASK_RE.match(task):
+    if not isinstance(task, str) or not TASK_RE.fullmatch(task):
         raise DefinitionError(source, "'task' must name a registered step, like 'csv.load' "
                               "(letters, digits, '_', '.', '-')", name)
     needs_raw = raw.get("needs") or []
@@ -243,11 +250,12 @@ def _parse_step(raw: Any, index: int, source: str) -> StepSpec:
         raise DefinitionError(source, "'needs' must be a step name or a list of step names", name)
     if len(set(needs_raw)) != len(needs_raw):
         raise DefinitionError(source, "'needs' lists a step twice", name)
-    config = raw.get("config") or {}
+    config = raw.get("config")
+    config = {} if config is None else config
     if not isinstance(config, dict):
         raise DefinitionError(source, "'config' must be a mapping", name)
     queue = raw.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not POOL_RE.match(queue)):
+    if queue is not None and (not isinstance(queue, str) or not POOL_RE.fullmatch(queue)):
         raise DefinitionError(source, "'queue' must be 1-64 characters of letters, digits, '_', '-'", name)
     retries = raw.get("retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
@@ -264,7 +272,7 @@ def _parse_backoff(raw: Any, source: str, step: str) -> Backoff:
     if raw is None:
         return Backoff()
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        raw = {"initial": raw}
+        raw = {"initial": raw, "max": max(60.0, float(raw))}
     if not isinstance(raw, dict):
         raise DefinitionError(source, "'backoff' must be seconds or a mapping "
                               "(initial, max, multiplier, jitter)", step)

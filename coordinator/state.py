@@ -58,7 +58,10 @@ def ready_steps(workflow: Workflow, statuses: dict[str, str]) -> list[str]:
 def backoff_delay(policy: Backoff, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based): initial * multiplier^(n-1),
     capped at max, then spread by +-jitter."""
-    base = min(policy.max, policy.initial * policy.multiplier ** max(0, attempt - 1))
+    try:
+        base = min(policy.max, policy.initial * policy.multiplier ** max(0, attempt - 1))
+    except OverflowError:
+        base = policy.max
     if policy.jitter and base:
         spread = (rng or random).uniform(-policy.jitter, policy.jitter)
         base = max(0.0, base * (1 + spread))

@@ -32,6 +32,18 @@ NON_STR_KEY = "non_str_key"
 EXT_TYPE = "ext_type"
 NON_FINITE_FLOAT = "non_finite_float"
 NOT_A_MAP = "not_a_map"
+DUPLICATE_KEY = "duplicate_key"
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateKey
+    return result
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -83,6 +95,7 @@ def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
             raw=False,
             strict_map_key=True,
             ext_hook=_refuse_ext,
+            object_pairs_hook=_unique_map,
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=min(MAX_ITEMS, len(raw)),
@@ -92,6 +105,8 @@ def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     except DecodeFailed as exc:
         exc.raw = keep
         raise
+    except _DuplicateKey:
+        raise DecodeFailed(DUPLICATE_KEY, "a map repeats a key", keep) from None
     except msgpack.ExtraData:
         raise DecodeFailed(TRAILING_BYTES, "bytes follow the end of the message", keep) from None
     except msgpack.exceptions.StackError:

@@ -101,10 +101,11 @@ class Payload:
         if not isinstance(payload, dict):
             raise MessageRejected(BAD_ARGS, f"{cls.KIND} payload must be a map", "args")
         version = payload.get("v")
-        if "v" not in payload:
+        if version is None:
             raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no protocol version 'v'", "v")
         if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
-            raise MessageRejected(UNSUPPORTED_VERSION, f"protocol version {version!r} is not supported "
+            shown = version if isinstance(version, int) and not isinstance(version, bool) else type(version).__name__
+            raise MessageRejected(UNSUPPORTED_VERSION, f"protocol version {shown} is not supported "
                                   f"(supported: {sorted(SUPPORTED_VERSIONS)})", "v")
         values: dict[str, Any] = {}
         for name, spec in cls.FIELDS.items():
@@ -175,6 +176,11 @@ class StartWorkflow(Payload):
         _check_storable(self.params, "params")
 
 
+def _check_attempt(kind: str, attempt: int) -> None:
+    if attempt < 1:
+        raise MessageRejected(BAD_VALUE, f"{kind} 'attempt' must be >= 1", "attempt")
+
+
 def _check_storable(value: Any, path: str) -> None:
     """Params are stored as JSON: no binary values, no NUL characters (Postgres refuses them)."""
     stack: list[tuple[Any, str]] = [(value, path)]
@@ -186,6 +192,8 @@ def _check_storable(value: Any, path: str) -> None:
         if isinstance(item, str) and "\x00" in item:
             raise MessageRejected(BAD_VALUE, f"{where} contains a NUL character", where.split(".")[0])
         if isinstance(item, dict):
+            if any("\x00" in k for k in item):
+                raise MessageRejected(BAD_VALUE, f"{where} has a key with a NUL character", where.split(".")[0])
             stack.extend((v, f"{where}.{k}") for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
@@ -232,6 +240,9 @@ class StepTask(Payload):
     timeout_s: float | None = None
     secret_params: list[str] = field(default_factory=list)  # params whose values must never be shown
 
+    def check(self) -> None:
+        _check_attempt(self.KIND, self.attempt)
+
     @property
     def idempotency_key(self) -> str:
         """Stable across redeliveries of this attempt: use it to dedupe a step's side effects."""
@@ -266,6 +277,9 @@ class StepResult(Payload):
     error_type: str | None = None
     node: str = ""
 
+    def check(self) -> None:
+        _check_attempt(self.KIND, self.attempt)
+
 
 @dataclass(frozen=True)
 class StepFinished(Payload):
@@ -280,6 +294,9 @@ class StepFinished(Payload):
     run_id: str
     step: str
     attempt: int
+
+    def check(self) -> None:
+        _check_attempt(self.KIND, self.attempt)
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ RECORD_DEAD_LETTER = "record_dead_letter"
 
 
 def check_namespace(namespace: str) -> str:
-    if not _NAMESPACE_RE.match(namespace):
+    if not _NAMESPACE_RE.fullmatch(namespace):
         raise ValueError(f"namespace {namespace!r} must be 1-64 characters of letters, digits, '_' "
                          "or '-', starting with a letter or '_'")
     return namespace
 
 
 def check_pool(pool: str) -> str:
-    if not _POOL_RE.match(pool):
+    if not _POOL_RE.fullmatch(pool):
         raise ValueError(f"step queue {pool!r} must be 1-64 characters of letters, digits, '_' or '-'")
     return pool
 

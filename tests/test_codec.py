@@ -143,9 +143,6 @@ def test_a_string_that_is_not_utf8_is_rejected_as_invalid_utf8(body: bytes) -> N
     assert rejection(body).code == codec.INVALID_UTF8
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PROTOCOL.md section 5 says 'A map MUST NOT repeat a key' and "
-                   "that violations are rejected, but msgpack.unpackb keeps the last value silently, so "
-                   "{'a': 1, 'a': 2} decodes to {'a': 2}")
 @pytest.mark.parametrize("body", [b"\x82\xa1a\x01\xa1a\x02", b"\x81\xa1p\x82\xa1k\x01\xa1k\x02"],
                          ids=["top-level", "nested"])
 def test_a_map_that_repeats_a_key_is_rejected(body: bytes) -> None:

@@ -271,13 +271,25 @@ def test_yaml_tags_for_python_objects_are_refused() -> None:
     assert "not valid YAML" in str(err)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: _construct_mapping puts every key into a set() to find duplicates, so "
-                   "an unhashable YAML key (`? [a, b]`) raises TypeError out of loads() instead of a "
-                   "DefinitionError naming the source")
 def test_an_unhashable_yaml_key_is_a_definition_error() -> None:
     err = error("name: w\n? [a, b]\n: 1\nsteps: [{name: a, task: t}]\n")
     assert "line 2" in str(err)
+
+
+@pytest.mark.parametrize("where", ["workflow", "step", "task", "queue", "param"])
+def test_a_name_with_a_trailing_newline_is_reported(where: str) -> None:
+    step: dict[str, object] = {"name": "a", "task": "t"}
+    data: dict[str, object] = {"name": "w", "steps": [step]}
+    if where == "workflow":
+        data["name"] = "w\n"
+    elif where == "step":
+        step["name"] = "a\n"
+    elif where == "param":
+        data["params"] = {"p\n": 1}
+    else:
+        step[where] = "x\n"
+    with pytest.raises(DefinitionError):
+        parse(data, source="wf.yaml")
 
 
 # -- errors: the top level -----------------------------------------------------------------------
