@@ -26,6 +26,7 @@ from protocol.errors import (
 from protocol.names import QueueNames
 
 from . import logging as mf_logging
+from .cli_schedules import TIMER_COMMANDS, schedules
 from .settings import Settings
 from .views import fmt_ms, print_json, run_to_dict, runs_table, steps_table
 
@@ -384,6 +385,11 @@ def dead_letters_list(ctx: click.Context, limit: int, as_json: bool) -> None:
         table.add_row(str(i["id"]), i["queue"], i["message_id"] or "-", i["code"], i["detail"][:80],
                       i["created_at"][:19])
     console.print(table)
+
+
+cli.add_command(schedules)
+for _extra in TIMER_COMMANDS:
+    cli.add_command(_extra)
 
 
 def main() -> None:
