@@ -46,7 +46,8 @@ from protocol.names import (
 )
 
 from .guard import as_message, node_name
-from .middleware import Rejections
+from .middleware import Rejections, Tracing, TracingInstrument
+from .middleware.tracing import annotate, current_trace_id, record_error
 from .registry import Registry, StepContext
 from .registry import registry as global_registry
 from .relay import Relay
@@ -80,7 +81,7 @@ class Node:
         self.db = db
         self.registry = registry or global_registry
         self.pools = tuple(dict.fromkeys(p for p in pools if p))
-        self.coordinator = coordinator or Coordinator(names)
+        self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
         self.listener = listener
         self.node = node_name()
         self.relay = Relay(broker, db) if db is not None else None
@@ -89,6 +90,8 @@ class Node:
             broker.add_middleware(CurrentMessage())
         if guard is not None and not any(isinstance(m, Rejections) for m in broker.middleware):
             broker.add_middleware(Rejections(guard))
+        if not any(isinstance(m, Tracing) for m in broker.middleware):
+            broker.add_middleware(Tracing())
         self._declare()
 
     # -- wiring -----------------------------------------------------------------------------------
@@ -145,9 +148,12 @@ class Node:
     def _start_workflow(self, payload: dict[str, Any]) -> None:
         message = CurrentMessage.get_current_message()
         start = StartWorkflow.from_payload(_single(payload))
+        annotate(workflow=start.workflow)
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
-            outcome = self.coordinator.start(conn, start, message.message_id if message else "")
+            outcome = self.coordinator.start(conn, start, message.message_id if message else "",
+                                             trace_id=current_trace_id())
+        annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
         self.relay.publish(outcome.outgoing)
         if outcome.created:
             logger.info("run %s of %s started", outcome.run_id, start.workflow)
@@ -157,6 +163,7 @@ class Node:
 
     def _cancel_run(self, payload: dict[str, Any]) -> None:
         request = CancelRun.from_payload(_single(payload))
+        annotate(run_id=request.run_id)
         assert self.db is not None
         with self.db.transaction() as conn:
             cancelled = self.coordinator.cancel(conn, request)
@@ -164,6 +171,7 @@ class Node:
 
     def _step_finished(self, payload: dict[str, Any]) -> None:
         event = StepFinished.from_payload(_single(payload))
+        annotate(run_id=event.run_id, step=event.step, attempt=event.attempt)
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
             outgoing = self.coordinator.step_finished(conn, event)
@@ -172,6 +180,8 @@ class Node:
     # -- results role -----------------------------------------------------------------------------
     def _record_result(self, payload: dict[str, Any]) -> None:
         result = StepResult.from_payload(_single(payload))
+        annotate(run_id=result.run_id, step=result.step, attempt=result.attempt, node=result.node,
+                 outcome="succeeded" if result.ok else "failed")
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
             outgoing = self.coordinator.record_result(conn, result)
@@ -188,22 +198,26 @@ class Node:
         task = StepTask.from_payload(_single(payload))
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=task.inputs, node=self.node)
+        annotate(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt, task=task.task,
+                 node=self.node)
         self._emit("step_started", run_id=task.run_id, step=task.step, attempt=task.attempt, node=self.node)
         started = time.time()
         output: Any = None
         error: str | None = None
         error_type: str | None = None
+        caught: BaseException | None = None
         try:
             fn = self.registry.get(task.task)
             output = fn(ctx)
             _check_output(output)
-        except TimeLimitExceeded:
+        except TimeLimitExceeded as exc:
             error_type, error = "Timeout", f"step exceeded its timeout of {task.timeout_s:g}s" \
                 if task.timeout_s else "step exceeded its time limit"
+            caught = exc
         except StepNotFound as exc:
-            error_type, error = "StepNotFound", str(exc)
+            error_type, error, caught = "StepNotFound", str(exc), exc
         except Exception as exc:
-            error_type = type(exc).__name__
+            error_type, caught = type(exc).__name__, exc
             error = f"{error_type}: {exc}"[:MAX_ERROR_LEN]
             logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id,
                         task.attempt, error_type)
@@ -211,12 +225,20 @@ class Node:
         ok = error is None
         if error is not None and task.secret_params:
             error = mask_values(error, task.params, task.secret_params)
+        if error is not None and caught is not None:
+            # Recorded with the (masked) message only: a traceback's locals could hold secrets.
+            record_error(_StepFailed(error), error[:200])
+        annotate(outcome="succeeded" if ok else "failed")
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                             output=output if ok else None, error=error, error_type=error_type,
                             node=self.node, started_at=started, finished_at=finished)
         self._send(self.names.results, RECORD_RESULT, result.to_payload())
         self._emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                    error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+
+class _StepFailed(Exception):
+    """What a step's span records as its exception: the masked error text, no traceback."""
 
 
 def _single(payload: Any) -> dict[str, Any]:

@@ -72,16 +72,34 @@ class StartOutcome:
     outgoing: list[Outgoing]
 
 
+class Instrument:
+    """Hooks the coordinator calls at its decisions; the default does nothing.
+
+    The actors layer plugs tracing in here: ``outgoing`` returns message options (trace context
+    of a span for the send) and ``run_finished`` marks the end of a run.
+    """
+
+    def outgoing(self, actor_name: str, queue_name: str, attributes: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def run_finished(self, run_id: str, workflow: str, status: str, error: str | None) -> None:
+        return None
+
+
 class Outbox:
     """Collects the messages of one transaction and writes them to the outbox table."""
 
-    def __init__(self, conn: Connection, now: datetime) -> None:
+    def __init__(self, conn: Connection, now: datetime, instrument: Instrument | None = None) -> None:
         self.conn = conn
         self.now = now
+        self.instrument = instrument or Instrument()
         self.items: list[Outgoing] = []
 
     def add(self, queue_name: str, actor_name: str, payload: dict[str, Any], *,
-            options: dict[str, Any] | None = None, delay_ms: int | None = None) -> None:
+            options: dict[str, Any] | None = None, delay_ms: int | None = None,
+            attributes: dict[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        options.update(self.instrument.outgoing(actor_name, queue_name, attributes or {}))
         body = envelope(queue_name, actor_name, payload, options=options)
         self.items.append(Outgoing(body["message_id"], queue_name, codec.pack(body), delay_ms))
 
@@ -95,10 +113,12 @@ class Outbox:
 class Coordinator:
     """Start, advance, cancel and finish runs. Thread-safe; holds a cache of immutable definitions."""
 
-    def __init__(self, names: QueueNames, *, clock: Clock = _utcnow, rng: random.Random | None = None) -> None:
+    def __init__(self, names: QueueNames, *, clock: Clock = _utcnow, rng: random.Random | None = None,
+                 instrument: Instrument | None = None) -> None:
         self.names = names
         self.clock = clock
         self.rng = rng or random.Random()
+        self.instrument = instrument or Instrument()
         self._definitions: dict[tuple[str, int], Workflow] = {}
 
     # -- definitions ------------------------------------------------------------------------------
@@ -143,7 +163,7 @@ class Coordinator:
             return StartOutcome(repo.run_id_for_key(conn, key) or run_id, False, [])
         repo.insert_steps(conn, [{"run_id": run_id, "step": s, "status": STEP_PENDING, "attempt": 0}
                                  for s in workflow.steps])
-        outbox = Outbox(conn, now)
+        outbox = Outbox(conn, now, self.instrument)
         run = {"id": run_id, "params": params, "priority": start.priority}
         for step in workflow.roots():
             self._dispatch(conn, outbox, run, workflow, step, 1, {}, None)
@@ -163,7 +183,8 @@ class Coordinator:
             options["time_limit"] = int(spec.timeout * 1000)
         delay_ms = int(delay_s * 1000) if delay_s else None
         outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
-                   delay_ms=delay_ms)
+                   delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name, "step": step,
+                                                  "attempt": attempt, "delay_ms": delay_ms})
         repo.update_step(conn, run["id"], step, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
                          error=None)
 
@@ -185,9 +206,10 @@ class Coordinator:
             logger.info("duplicate result ignored: run %s step %s attempt %d (the first one recorded wins)",
                         result.run_id, result.step, result.attempt)
             return []
-        outbox = Outbox(conn, now)
+        outbox = Outbox(conn, now, self.instrument)
         outbox.add(self.names.coordinator, STEP_FINISHED,
-                   StepFinished(result.run_id, result.step, result.attempt).to_payload())
+                   StepFinished(result.run_id, result.step, result.attempt).to_payload(),
+                   attributes={"run_id": result.run_id, "step": result.step, "attempt": result.attempt})
         return outbox.flush()
 
     def record_dead_letter(self, conn: Connection, report: DeadLetterReport) -> None:
@@ -228,7 +250,7 @@ class Coordinator:
     def _apply(self, conn: Connection, run: Any, workflow: Workflow, steps: dict[str, Any],
                event: StepFinished, attempt: Any, decision: Decision) -> list[Outgoing]:
         now = self.clock()
-        outbox = Outbox(conn, now)
+        outbox = Outbox(conn, now, self.instrument)
         outputs = {name: r["output"] for name, r in steps.items()}
         if decision.retry_delay is not None:
             repo.update_step(conn, run["id"], event.step, error=attempt["error"], node=attempt["node"])
@@ -246,6 +268,7 @@ class Coordinator:
         if decision.run_status:
             repo.update_run(conn, run["id"], status=decision.run_status, error=decision.run_error,
                             finished_at=now)
+            self.instrument.run_finished(run["id"], workflow.name, decision.run_status, decision.run_error)
         return outbox.flush()
 
     # -- cancel -----------------------------------------------------------------------------------
@@ -263,6 +286,7 @@ class Coordinator:
                           status=STEP_CANCELLED)
         reason = "cancelled" + (f": {request.reason}" if request.reason else "")
         repo.update_run(conn, request.run_id, status=RUN_CANCELLED, error=reason, finished_at=self.clock())
+        self.instrument.run_finished(request.run_id, run["workflow"], RUN_CANCELLED, reason)
         return True
 
 

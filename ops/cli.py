@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import click
+from opentelemetry.trace import SpanKind
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -28,6 +29,7 @@ from protocol.names import QueueNames
 from . import logging as mf_logging
 from .cli_schedules import TIMER_COMMANDS, schedules
 from .settings import Settings
+from .telemetry import setup as telemetry_setup
 from .views import fmt_ms, print_json, run_to_dict, runs_table, steps_table
 
 console = Console()
@@ -89,9 +91,13 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
     import_steps(list(steps))
     url = db_url or settings.database_url
     view = LiveView(workflow, quiet=as_json)
-    with view:
-        result = run_embedded(workflow, parse_params(params), url, source=file, threads=threads,
-                              timeout=timeout, on_event=view.event)
+    telemetry = telemetry_setup("miniflow-embedded")
+    try:
+        with view:
+            result = run_embedded(workflow, parse_params(params), url, source=file, threads=threads,
+                                  timeout=timeout, on_event=view.event)
+    finally:
+        telemetry.shutdown()
     database = Database(url)
     with database.connect() as conn:
         run_row = repo.get_run(conn, result.run_id)
@@ -259,14 +265,24 @@ def worker(ctx: click.Context, roles: tuple[str, ...], steps: tuple[str, ...], p
 def start(ctx: click.Context, workflow: str, params: tuple[str, ...], version: int | None, key: str | None,
           priority: int, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Publish a start-workflow message (exit 0 once confirmed; with --wait, once the run succeeds)."""
+    from actors.middleware.tracing import inject, tracer
     from protocol.publisher import Publisher
 
     settings = _settings(ctx)
     url = settings.require_broker()
     key = key or str(uuid.uuid4())
-    with Publisher(url, settings.namespace) as publisher:
-        message_id = publisher.start_workflow(workflow, params=parse_params(params), version=version,
-                                              idempotency_key=key, priority=priority)
+    telemetry = telemetry_setup("miniflow-cli")
+    try:
+        with tracer().start_as_current_span(f"start {workflow}", kind=SpanKind.PRODUCER, attributes={
+                "messaging.system": "rabbitmq", "messaging.operation.type": "send",
+                "messaging.destination.name": f"{settings.namespace}.ingress", "miniflow.workflow": workflow}):
+            traceparent = inject({}).get("traceparent")
+            with Publisher(url, settings.namespace) as publisher:
+                message_id = publisher.start_workflow(workflow, params=parse_params(params), version=version,
+                                                      idempotency_key=key, priority=priority,
+                                                      traceparent=traceparent)
+    finally:
+        telemetry.shutdown()
     if not wait:
         if as_json:
             print_json(console, {"message_id": message_id, "idempotency_key": key})
@@ -351,11 +367,18 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
             raise ConfigError(f"no run {run_id!r} (give the full id or a unique prefix of 6+ characters)")
         detail = run_to_dict(run, list(repo.get_steps(conn, run["id"]).values()),
                              repo.get_attempts(conn, run["id"]), secret_params(conn, run))
+    jaeger = _settings(ctx).jaeger_url
+    if jaeger and detail["trace_id"]:
+        detail["trace_url"] = f"{jaeger}/trace/{detail['trace_id']}"
     if as_json:
         print_json(console, detail)
         return
     console.print(f"run {detail['id']}  {detail['workflow']} v{detail['version']}  {detail['status']}  "
                   f"{fmt_ms(detail['duration_ms'])}", highlight=False)
+    if detail["trace_id"]:
+        jaeger = _settings(ctx).jaeger_url
+        link = f"  {jaeger}/trace/{detail['trace_id']}" if jaeger else ""
+        console.print(f"trace {detail['trace_id']}{link}", highlight=False)
     if detail["error"]:
         console.print(f"error: {detail['error']}", highlight=False)
     console.print(steps_table(detail))

@@ -27,6 +27,7 @@ from protocol.messages import StartWorkflow, envelope
 from protocol.names import START_WORKFLOW, QueueNames
 
 from .settings import Settings
+from .telemetry import setup as telemetry_setup
 
 logger = logging.getLogger("miniflow.runtime")
 
@@ -48,7 +49,10 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
             raise ConfigError("the executor role needs --steps MODULE (the module(s) that register steps)")
         import_steps(steps)
     needs_db = bool({"coordinator", "results"} & set(roles))
+    telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
     db = Database(settings.database_url, pool_size=threads + 2) if needs_db else None
+    if db is not None:
+        telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     broker = make_broker(url, names)
     node = Node(broker, names, roles, db=db, pools=pools)
@@ -76,6 +80,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         broker.close()
         if db is not None:
             db.dispose()
+        telemetry.shutdown()
     return 0
 
 

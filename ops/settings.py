@@ -6,6 +6,7 @@
     MINIFLOW_NAMESPACE      queue-name prefix (default "miniflow")
     MINIFLOW_LOG_LEVEL      DEBUG, INFO, WARNING (default), ERROR
     MINIFLOW_LOG_FORMAT     text (default) or json
+    MINIFLOW_JAEGER_URL     base URL of a Jaeger UI: `miniflow runs show` then links a run's trace
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 ones the test suite and fault injection own (MINIFLOW_TEST_*, MINIFLOW_FAULTPOINT).
@@ -23,7 +24,7 @@ from protocol.errors import ConfigError
 from protocol.names import DEFAULT_NAMESPACE, check_namespace
 
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
-         "MINIFLOW_LOG_FORMAT"}
+         "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL"}
 OWNED_ELSEWHERE = ("MINIFLOW_TEST_", "MINIFLOW_FAULTPOINT")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
@@ -43,6 +44,7 @@ class Settings:
     namespace: str = DEFAULT_NAMESPACE
     log_level: str = "WARNING"
     log_format: str = "text"
+    jaeger_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,7 +71,10 @@ class Settings:
         fmt = (env.get("MINIFLOW_LOG_FORMAT") or "text").lower()
         if fmt not in ("text", "json"):
             raise ConfigError(f"MINIFLOW_LOG_FORMAT {fmt!r} must be text or json")
-        return replace(settings, namespace=namespace, log_level=level, log_format=fmt)
+        jaeger = (env.get("MINIFLOW_JAEGER_URL") or "").rstrip("/") or None
+        if jaeger is not None and not jaeger.startswith(("http://", "https://")):
+            raise ConfigError(f"MINIFLOW_JAEGER_URL {jaeger!r} must start with http:// or https://")
+        return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger)
 
     def require_broker(self) -> str:
         if not self.broker_url:

@@ -1,5 +1,6 @@
 """dramatiq middleware of MiniFlow, one per module."""
 
 from .rejections import Rejections
+from .tracing import Tracing, TracingInstrument
 
-__all__ = ["Rejections"]
+__all__ = ["Rejections", "Tracing", "TracingInstrument"]

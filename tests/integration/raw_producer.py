@@ -9,7 +9,8 @@ import msgpack
 import pika
 
 
-def publish_start(url: str, namespace: str, workflow: str, params: dict, idempotency_key: str) -> str:
+def publish_start(url: str, namespace: str, workflow: str, params: dict, idempotency_key: str,
+                  options: dict | None = None) -> str:
     queue = f"{namespace}.ingress"
     message_id = str(uuid.uuid4())
     body = msgpack.packb({
@@ -17,7 +18,7 @@ def publish_start(url: str, namespace: str, workflow: str, params: dict, idempot
         "actor_name": "start_workflow",
         "args": [{"v": 1, "workflow": workflow, "params": params, "idempotency_key": idempotency_key}],
         "kwargs": {},
-        "options": {},
+        "options": options or {},
         "message_id": message_id,
         "message_timestamp": int(time.time() * 1000),
     }, use_bin_type=True)
