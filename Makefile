@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-integration lint clean
+.PHONY: install demo test test-unit test-integration lint bench clean
 
 install: $(STAMP)
 
@@ -32,3 +32,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .miniflow-demo.db build *.egg-info
+
+bench: install
+	$(BIN)/python -m bench.run

@@ -1,15 +1,17 @@
 """Publishing the outbox: right after each commit, and by a sweeper for rows left behind.
 
-A row stays in the outbox until its message is published (with a publisher confirm on RabbitMQ).
-If the process dies between commit and publish, the sweeper of any coordinator/results process
-publishes it later; if it dies between publish and delete, the message goes out twice and the
-consumers dedupe (runs by idempotency key, attempts by their unique key, events by fencing).
+A row stays in the outbox until its message is published (with a publisher confirm on RabbitMQ);
+published rows are deleted in batches by a background thread. If the process dies between commit
+and publish, the sweeper of any coordinator/results process publishes the row once it is stale
+(10 s); if it dies between publish and delete, the message goes out twice and the consumers dedupe
+(runs by idempotency key, attempts by their unique key, events by fencing).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,6 +26,7 @@ from protocol import codec
 from .guard import as_message
 
 logger = logging.getLogger("miniflow.relay")
+DELETE_BATCH_WINDOW_S = 0.005
 
 
 class Relay:
@@ -34,16 +37,35 @@ class Relay:
         self.stale_after = timedelta(seconds=stale_after_s)
         self.sweep_every_s = sweep_every_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._published: list[str] = []
         self._thread: threading.Thread | None = None
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """Publish committed outbox messages, then delete their rows."""
+        """Publish committed outbox messages (confirmed); their rows are deleted in batches by the
+        background thread, a few milliseconds later, instead of one more commit per message."""
         if not items:
             return
         for item in items:
             self._send(item.body, item.delay_ms)
-        with self.db.transaction() as conn:
-            repo.delete_outbox(conn, [item.message_id for item in items])
+        with self._lock:
+            self._published.extend(item.message_id for item in items)
+        self._wake.set()
+
+    def delete_published(self) -> int:
+        """Delete the rows of messages already published; returns how many."""
+        with self._lock:
+            ids, self._published = self._published, []
+        if ids:
+            try:
+                with self.db.transaction() as conn:
+                    repo.delete_outbox(conn, ids)
+            except Exception:
+                with self._lock:  # try again next time; the rows are only re-sent if they get stale
+                    self._published[:0] = ids
+                raise
+        return len(ids)
 
     def _send(self, body: bytes, delay_ms: int | None) -> None:
         message = as_message(codec.unpack(body))
@@ -65,16 +87,29 @@ class Relay:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.sweep_every_s):
+        next_sweep = time.monotonic() + self.sweep_every_s
+        while not self._stop.is_set():
+            self._wake.wait(min(self.sweep_every_s, max(0.0, next_sweep - time.monotonic())))
+            self._wake.clear()
             try:
-                self.sweep_once()
-            except Exception as exc:  # keep sweeping: the database or broker may come back
-                logger.warning("outbox sweep failed: %s", _short(exc))
+                self.delete_published()
+                time.sleep(DELETE_BATCH_WINDOW_S)  # let a batch of ids gather
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_every_s
+                    self.sweep_once()
+            except Exception as exc:  # keep going: the database or broker may come back
+                logger.warning("outbox upkeep failed: %s", _short(exc))
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        try:
+            self.delete_published()
+        except Exception as exc:
+            logger.warning("could not delete published outbox rows at stop (they will be re-sent): %s",
+                           _short(exc))
 
 
 def _short(exc: Any) -> str:

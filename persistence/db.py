@@ -56,8 +56,9 @@ class Database:
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                          pool_recycle=1800)
+            # No pre-ping (a round trip per checkout): a connection broken by a database restart
+            # fails its transaction, which the actors' infrastructure retries redo on a fresh one.
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
         self.engine: Engine = create_engine(self.url, **kwargs)
         self._write_lock = threading.RLock() if self.is_sqlite else None
         if self.is_sqlite:

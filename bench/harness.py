@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: a private namespace and database, worker processes, facts
+about the machine. Everything runs against the local RabbitMQ and Postgres."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BROKER_URL = os.environ.get("MINIFLOW_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def machine() -> dict[str, Any]:
+    import dramatiq
+    import pika
+    import sqlalchemy
+
+    def cmd(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    with psycopg2.connect(ADMIN_DSN) as conn, conn.cursor() as cur:
+        cur.execute("show server_version")
+        pg = cur.fetchone()[0]
+    return {
+        "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "dramatiq": dramatiq.__version__, "pika": pika.__version__, "sqlalchemy": sqlalchemy.__version__,
+        "rabbitmq": cmd("rabbitmqctl", "version"), "postgres": pg,
+    }
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"miniflow_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(ADMIN_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def delete_queues(namespace: str) -> None:
+    from actors.broker import delete_topology
+    from protocol.names import QueueNames
+
+    delete_topology(BROKER_URL, QueueNames(namespace))
+
+
+def bench_env(namespace: str, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIFLOW_", "OTEL_"))}
+    env.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url, MINIFLOW_NAMESPACE=namespace,
+               MINIFLOW_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def miniflow(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([str(BIN / "miniflow"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"miniflow {' '.join(args)} failed: {result.stderr[-2000:]}")
+
+
+class Worker:
+    """A `miniflow worker` process; ready when it prints its ready line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen([str(BIN / "miniflow"), "worker", *args], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.ready = threading.Event()
+        self.tail: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.tail = (self.tail + [line])[-50:]
+            if "miniflow worker ready" in line:
+                self.ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> Worker:
+        if not self.ready.wait(timeout):
+            raise RuntimeError("worker not ready:\n" + "".join(self.tail))
+        return self
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the process, in MB."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_terminal(database_url: str, expected: int, timeout: float = 300) -> float:
+    """Poll until `expected` runs are terminal; returns the monotonic time it happened."""
+    dsn = database_url.replace("postgresql+psycopg2", "postgresql")
+    deadline = time.monotonic() + timeout
+    with psycopg2.connect(dsn) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("select count(*) from runs where status in ('succeeded','failed','cancelled')")
+                done = cur.fetchone()[0]
+                if done >= expected:
+                    return time.monotonic()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {done}/{expected} runs finished in {timeout}s")
+                time.sleep(0.02)

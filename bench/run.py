@@ -1,0 +1,208 @@
+"""`make bench`: MiniFlow beside raw dramatiq on the same RabbitMQ, in one invocation.
+
+Measures (full persistence in Postgres, workers as separate processes):
+  baseline      raw dramatiq: no-op drain msg/s (1 process x 8 threads) and sequential hop latency
+  diamond-10    1 -> 8 parallel -> 1 no-op steps, RUNS runs started at once: steps/s and runs/s
+  chain-10      ten sequential steps, one run at a time: ms per step (median, p99)
+  start latency publish of a start -> first step running (median, p99)
+  tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
+  memory        peak RSS of each worker process
+Writes bench/results.json and prints a table with each figure's ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from bench.harness import (
+    BROKER_URL,
+    ROOT,
+    Worker,
+    bench_env,
+    delete_queues,
+    machine,
+    miniflow,
+    scratch_database,
+    wait_terminal,
+)
+
+DIAMOND = "name: bench-diamond\nsteps:\n  - {name: first, task: bench.noop}\n" + "".join(
+    f"  - {{name: p{i}, task: bench.noop, needs: [first]}}\n" for i in range(8)) + \
+    "  - {name: last, task: bench.noop, needs: [" + ", ".join(f"p{i}" for i in range(8)) + "]}\n"
+CHAIN = "name: bench-chain\nsteps:\n  - {name: s0, task: bench.noop}\n" + "".join(
+    f"  - {{name: s{i}, task: bench.noop, needs: [s{i - 1}]}}\n" for i in range(1, 10))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
+def baseline(threads: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "bench.raw_dramatiq", BROKER_URL, "5000", str(threads), "300"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], threads: int) -> None:
+        self.coordinator = Worker(env, "--role", "coordinator", "--role", "results", "--threads", str(threads))
+        self.executor = Worker(env, "--steps", "bench.steps", "--threads", str(threads))
+        self.coordinator.wait_ready()
+        self.executor.wait_ready()
+
+    def rss(self) -> dict[str, float]:
+        return {"coordinator+results": round(self.coordinator.peak_rss_mb(), 1),
+                "executor": round(self.executor.peak_rss_mb(), 1)}
+
+    def stop(self) -> None:
+        self.coordinator.stop()
+        self.executor.stop()
+
+
+def diamond(env: dict[str, str], runs: int) -> dict[str, float]:
+    from protocol.publisher import Publisher
+
+    dsn = env["MINIFLOW_DATABASE_URL"]
+    with psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from runs")
+        before = cur.fetchone()[0]
+    with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub:
+        start = time.monotonic()
+        for _ in range(runs):
+            pub.start_workflow("bench-diamond", idempotency_key=str(uuid.uuid4()))
+    end = wait_terminal(dsn, before + runs)
+    elapsed = end - start
+    return {"runs": runs, "seconds": round(elapsed, 3), "steps_per_s": round(runs * 10 / elapsed, 1),
+            "runs_per_s": round(runs / elapsed, 1)}
+
+
+def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
+    from protocol.publisher import Publisher
+
+    dsn = env["MINIFLOW_DATABASE_URL"].replace("postgresql+psycopg2", "postgresql")
+    per_step, start_latency = [], []
+    with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub, psycopg2.connect(dsn) as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+        for _ in range(runs):
+            key = str(uuid.uuid4())
+            published = time.time()
+            pub.start_workflow("bench-chain", idempotency_key=key)
+            deadline = time.monotonic() + 60
+            while True:
+                cur.execute("select id, status from runs where idempotency_key = %s", (key,))
+                row = cur.fetchone()
+                if row and row[1] in ("succeeded", "failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("chain run did not finish")
+                time.sleep(0.002)
+            cur.execute("select step, extract(epoch from started_at), extract(epoch from finished_at) "
+                        "from step_attempts where run_id = %s order by started_at", (row[0],))
+            attempts = cur.fetchall()
+            first_start, last_end = float(attempts[0][1]), float(attempts[-1][2])
+            start_latency.append((first_start - published) * 1000)
+            per_step.append((last_end - first_start) * 1000 / 9)  # nine gaps between ten steps
+    return {"chain10_ms_per_step_median": round(statistics.median(per_step), 2),
+            "chain10_ms_per_step_p99": round(pct(per_step, 0.99), 2),
+            "start_latency_ms_median": round(statistics.median(start_latency), 2),
+            "start_latency_ms_p99": round(pct(start_latency, 0.99), 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=200, help="diamond-10 runs started at once")
+    parser.add_argument("--chain-runs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"machine: {results['machine']}", flush=True)
+    results["baseline"] = base = baseline(args.threads)
+    print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms", flush=True)
+
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.otlp_receiver import OtlpReceiver
+
+    namespace = f"bench_{uuid.uuid4().hex[:6]}"
+    with scratch_database() as db:
+        env = bench_env(namespace, db)
+        try:
+            miniflow(env, "db", "upgrade")
+            for name, text in (("diamond", DIAMOND), ("chain", CHAIN)):
+                path = Path(f"/tmp/{namespace}-{name}.yaml")
+                path.write_text(text)
+                miniflow(env, "deploy", str(path))
+            cluster = Cluster(env, args.threads)
+            try:
+                diamond(env, 20)  # warm-up: connections, caches
+                results["diamond10"] = diamond(env, args.runs)
+                print(f"diamond-10: {results['diamond10']}", flush=True)
+                results.update(chain_and_start_latency(env, args.chain_runs))
+                results["rss_mb"] = cluster.rss()
+            finally:
+                cluster.stop()
+            with OtlpReceiver() as receiver:
+                traced_env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+                cluster = Cluster(traced_env, args.threads)
+                try:
+                    diamond(env, 20)
+                    results["diamond10_traced"] = diamond(env, args.runs)
+                    results["diamond10_traced"]["spans_received"] = len(receiver.spans)
+                finally:
+                    cluster.stop()
+        finally:
+            delete_queues(namespace)
+
+    steps = results["diamond10"]["steps_per_s"]
+    traced = results["diamond10_traced"]["steps_per_s"]
+    results["ratios"] = {
+        "diamond10_steps_per_s_vs_raw_drain": round(steps / base["drain_msgs_per_s"], 3),
+        "chain10_ms_per_step_vs_raw_hop": round(results["chain10_ms_per_step_median"] / base["hop_ms_median"], 2),
+        "tracing_on_vs_off": round(traced / steps, 3),
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    base = r["baseline"]
+    rows = [
+        ("raw dramatiq no-op drain (1 proc x 8 threads)", f"{base['drain_msgs_per_s']:.0f} msg/s", "1.00"),
+        ("raw dramatiq sequential hop", f"{base['hop_ms_median']:.2f} ms", "1.00"),
+        ("diamond-10 steps/s", f"{r['diamond10']['steps_per_s']:.0f}",
+         f"{r['ratios']['diamond10_steps_per_s_vs_raw_drain']:.2f} of drain"),
+        ("diamond-10 runs/s", f"{r['diamond10']['runs_per_s']:.1f}", ""),
+        ("chain-10 ms per step (median / p99)",
+         f"{r['chain10_ms_per_step_median']:.2f} / {r['chain10_ms_per_step_p99']:.2f}",
+         f"{r['ratios']['chain10_ms_per_step_vs_raw_hop']:.1f}x hop"),
+        ("start latency ms (median / p99)",
+         f"{r['start_latency_ms_median']:.2f} / {r['start_latency_ms_p99']:.2f}", ""),
+        ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
+         f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
+        ("peak RSS MB (coordinator+results / executor)",
+         f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    print(f"\n{'figure'.ljust(width)}  {'value':>20}  ratio")
+    for name, value, ratio in rows:
+        print(f"{name.ljust(width)}  {value:>20}  {ratio}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
