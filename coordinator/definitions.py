@@ -25,7 +25,7 @@ TASK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 POOL_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 MAX_RETRIES = 100
 
-_WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout"}
+_WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules"}
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
 _PARAM_KEYS = {"default", "required", "description", "secret"}
@@ -172,6 +172,11 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     if not isinstance(data, dict):
         raise DefinitionError(source, "a workflow must be a mapping with 'name' and 'steps'")
     _unknown(set(data), _WORKFLOW_KEYS, "workflow", source, None)
+    # Schedules live beside the workflow (coordinator.scheduling reads them; `miniflow schedules add
+    # --from FILE`): they are not part of the versioned spec, so changing one makes no new version.
+    raw_schedules = data.get("schedules")
+    if raw_schedules is not None and not isinstance(raw_schedules, list):
+        raise DefinitionError(source, "'schedules' must be a list of schedules")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(source, "'name' must be 1-128 characters of letters, digits, '_', '.', '-'")

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from persistence import schedule_models  # noqa: F401  (registers the schedule tables)
 from persistence.models import Base
 
 config = context.config
