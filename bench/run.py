@@ -7,6 +7,7 @@ Measures (full persistence in Postgres, workers as separate processes):
   start latency publish of a start -> first step running (median, p99)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
   memory        peak RSS of each worker process
+  cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
 Writes bench/results.json and prints a table with each figure's ratio to the baseline.
 """
 
@@ -128,6 +129,7 @@ def main() -> int:
     parser.add_argument("--chain-runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -168,6 +170,13 @@ def main() -> int:
         finally:
             delete_queues(namespace)
 
+    if not args.skip_cron:
+        cron_out = Path(f"/tmp/{namespace}-cron.json")
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "cron_lateness.py"), "--out", str(cron_out)],
+                              cwd=ROOT, timeout=900)
+        if done.returncode == 0:
+            results["cron_lateness"] = json.loads(cron_out.read_text())
+
     steps = results["diamond10"]["steps_per_s"]
     traced = results["diamond10_traced"]["steps_per_s"]
     results["ratios"] = {
@@ -198,6 +207,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("peak RSS MB (coordinator+results / executor)",
          f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
     ]
+    if "cron_lateness" in r:
+        cron = r["cron_lateness"]["run_created_ms"]
+        rows.append(("cron fire lateness ms (median / p99)", f"{cron['median']:.1f} / {cron['p99']:.1f}", ""))
     width = max(len(a) for a, _, _ in rows)
     print(f"\n{'figure'.ljust(width)}  {'value':>20}  ratio")
     for name, value, ratio in rows:

@@ -28,6 +28,8 @@ class ReceivedSpan:
     attributes: dict[str, Any] = field(default_factory=dict)
     status_code: int = 0
     events: tuple[str, ...] = ()
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: Any) -> Any:
@@ -76,7 +78,8 @@ class OtlpReceiver:
                         trace_id=s.trace_id.hex(), span_id=s.span_id.hex(), parent_id=s.parent_span_id.hex(),
                         name=s.name, kind=s.kind, service=service,
                         attributes={a.key: _value(a.value) for a in s.attributes},
-                        status_code=s.status.code, events=tuple(e.name for e in s.events)))
+                        status_code=s.status.code, events=tuple(e.name for e in s.events),
+                        start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano))
         with self.lock:
             self.spans.extend(spans)
 
