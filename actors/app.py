@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,6 +30,7 @@ from protocol.errors import ConfigError, EncodeFailed, MessageRejected, StepNotF
 from protocol.messages import (
     CancelRun,
     DeadLetterReport,
+    RetryRun,
     StartWorkflow,
     StepFinished,
     StepResult,
@@ -40,11 +42,14 @@ from protocol.names import (
     EXECUTE_STEP,
     RECORD_DEAD_LETTER,
     RECORD_RESULT,
+    RETRY_RUN,
     START_WORKFLOW,
     STEP_FINISHED,
     QueueNames,
 )
 
+from .faults import NONE as NO_FAULTS
+from .faults import FaultPoints
 from .guard import as_message, node_name
 from .middleware import Rejections, Tracing, TracingInstrument
 from .middleware.tracing import annotate, current_trace_id, record_error
@@ -59,6 +64,7 @@ RESULTS = "results"
 EXECUTOR = "executor"
 ROLES = (COORDINATOR, RESULTS, EXECUTOR)
 MAX_ERROR_LEN = 2000
+MAX_DELIVERIES = 3  # deliveries of one step attempt before it counts as a poison step
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -69,7 +75,8 @@ class Node:
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, roles: Iterable[str], *,
                  db: Database | None = None, registry: Registry | None = None,
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
+                 max_deliveries: int = MAX_DELIVERIES) -> None:
         self.broker = broker
         self.names = names
         self.roles = tuple(dict.fromkeys(roles))
@@ -84,7 +91,11 @@ class Node:
         self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
         self.listener = listener
         self.node = node_name()
-        self.relay = Relay(broker, db) if db is not None else None
+        self.faults = faults
+        self.max_deliveries = max_deliveries
+        self.relay = Relay(broker, db, faults=faults) if db is not None else None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         guard = getattr(broker, "guard", None)
         if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
             broker.add_middleware(CurrentMessage())
@@ -104,6 +115,7 @@ class Node:
         if COORDINATOR in self.roles:
             self._actor(self._start_workflow, START_WORKFLOW, self.names.ingress)
             self._actor(self._cancel_run, CANCEL_RUN, self.names.ingress)
+            self._actor(self._retry_run, RETRY_RUN, self.names.ingress)
             self._actor(self._step_finished, STEP_FINISHED, self.names.coordinator)
         if RESULTS in self.roles:
             self._actor(self._record_result, RECORD_RESULT, self.names.results)
@@ -129,10 +141,29 @@ class Node:
     def start_background(self) -> None:
         if self.relay is not None:
             self.relay.start()
+        if COORDINATOR in self.roles:
+            thread = threading.Thread(target=self._watch_deadlines, name="miniflow-deadlines", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop_background(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self.relay is not None:
             self.relay.stop()
+
+    def _watch_deadlines(self, every_s: float = 1.0) -> None:
+        """Fail runs past their workflow timeout (any coordinator may do it; row locks serialise)."""
+        assert self.db is not None
+        while not self._stop.wait(every_s):
+            try:
+                with self.db.transaction() as conn:
+                    expired = self.coordinator.expire_overdue(conn)
+                for run_id in expired:
+                    logger.warning("run %s failed: workflow timeout", run_id)
+            except Exception as exc:  # keep watching: the database may come back
+                logger.warning("deadline check failed: %s", type(exc).__name__)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:
@@ -153,6 +184,7 @@ class Node:
         with self.db.transaction() as conn:
             outcome = self.coordinator.start(conn, start, message.message_id if message else "",
                                              trace_id=current_trace_id())
+        self.faults.hit("coordinator.after_commit")
         annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
         self.relay.publish(outcome.outgoing)
         if outcome.created:
@@ -169,12 +201,26 @@ class Node:
             cancelled = self.coordinator.cancel(conn, request)
         logger.info("run %s %s", request.run_id, "cancelled" if cancelled else "had already ended")
 
+    def _retry_run(self, payload: dict[str, Any]) -> None:
+        request = RetryRun.from_payload(_single(payload))
+        annotate(run_id=request.run_id)
+        assert self.db is not None and self.relay is not None
+        with self.db.transaction() as conn:
+            outgoing = self.coordinator.retry(conn, request)
+        if outgoing is None:
+            logger.info("retry of run %s ignored: it is not failed or cancelled", request.run_id)
+            return
+        self.faults.hit("coordinator.after_commit")
+        self.relay.publish(outgoing)
+        logger.info("run %s retried", request.run_id)
+
     def _step_finished(self, payload: dict[str, Any]) -> None:
         event = StepFinished.from_payload(_single(payload))
         annotate(run_id=event.run_id, step=event.step, attempt=event.attempt)
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
             outgoing = self.coordinator.step_finished(conn, event)
+        self.faults.hit("coordinator.after_commit")
         self.relay.publish(outgoing)
 
     # -- results role -----------------------------------------------------------------------------
@@ -185,6 +231,7 @@ class Node:
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
             outgoing = self.coordinator.record_result(conn, result)
+        self.faults.hit("results.after_commit")
         self.relay.publish(outgoing)
 
     def _record_dead_letter(self, payload: dict[str, Any]) -> None:
@@ -196,6 +243,9 @@ class Node:
     # -- executor role ----------------------------------------------------------------------------
     def _execute_step(self, payload: dict[str, Any]) -> None:
         task = StepTask.from_payload(_single(payload))
+        message = CurrentMessage.get_current_message()
+        if message is not None and getattr(message, "redelivered", False) and self._redelivered(message, task):
+            return
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=task.inputs, node=self.node)
         annotate(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt, task=task.task,
@@ -222,6 +272,7 @@ class Node:
             logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id,
                         task.attempt, error_type)
         finished = time.time()
+        self.faults.hit("executor.after_body")
         ok = error is None
         if error is not None and task.secret_params:
             error = mask_values(error, task.params, task.secret_params)
@@ -235,6 +286,29 @@ class Node:
         self._send(self.names.results, RECORD_RESULT, result.to_payload())
         self._emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                    error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+
+    def _redelivered(self, message: Any, task: StepTask) -> bool:
+        """A step message RabbitMQ redelivered: its last executor died (or lost its connection)
+        while running it. Count deliveries in the message options by re-publishing a copy; past
+        the limit, report the attempt as failed instead of running it again (a poison step).
+        Returns True when this delivery is handled (the caller acks it without running the step)."""
+        deliveries = int(message.options.get("miniflow_deliveries", 1)) + 1
+        annotate(deliveries=deliveries)
+        if deliveries > self.max_deliveries:
+            now = time.time()
+            error = (f"step killed its executor {deliveries - 1} times (each delivery of attempt "
+                     f"{task.attempt} was lost with its process): treated as a poison step")
+            logger.error("run %s step %s attempt %d: %s", task.run_id, task.step, task.attempt, error)
+            result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=False,
+                                error=error, error_type="Poison", node=self.node, started_at=now, finished_at=now)
+            self._send(self.names.results, RECORD_RESULT, result.to_payload())
+            return True
+        copy = message.copy(options={**message.options, "miniflow_deliveries": deliveries})
+        self.broker.enqueue(copy)  # confirmed before the original is acked: nothing is lost
+        logger.warning("run %s step %s attempt %d redelivered (delivery %d of at most %d)",
+                       task.run_id, task.step, task.attempt, deliveries, self.max_deliveries)
+        return True
 
 
 class _StepFailed(Exception):

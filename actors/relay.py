@@ -23,6 +23,7 @@ from persistence import Database
 from persistence import repository as repo
 from protocol import codec
 
+from .faults import NONE, FaultPoints
 from .guard import as_message
 
 logger = logging.getLogger("miniflow.relay")
@@ -31,8 +32,9 @@ DELETE_BATCH_WINDOW_S = 0.005
 
 class Relay:
     def __init__(self, broker: dramatiq.Broker, db: Database, *, stale_after_s: float = 10.0,
-                 sweep_every_s: float = 5.0) -> None:
+                 sweep_every_s: float = 5.0, faults: FaultPoints = NONE) -> None:
         self.broker = broker
+        self.faults = faults
         self.db = db
         self.stale_after = timedelta(seconds=stale_after_s)
         self.sweep_every_s = sweep_every_s
@@ -49,6 +51,7 @@ class Relay:
             return
         for item in items:
             self._send(item.body, item.delay_ms)
+        self.faults.hit("coordinator.after_publish")
         with self._lock:
             self._published.extend(item.message_id for item in items)
         self._wake.set()

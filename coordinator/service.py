@@ -12,7 +12,7 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -26,6 +26,7 @@ from protocol.messages import (
     UNKNOWN_WORKFLOW,
     CancelRun,
     DeadLetterReport,
+    RetryRun,
     StartWorkflow,
     StepFinished,
     StepResult,
@@ -37,14 +38,17 @@ from protocol.names import EXECUTE_STEP, STEP_FINISHED, QueueNames
 from .definitions import Workflow
 from .state import (
     RUN_CANCELLED,
+    RUN_FAILED,
     RUN_RUNNING,
     RUN_TERMINAL,
     STEP_CANCELLED,
+    STEP_FAILED,
     STEP_PENDING,
     STEP_QUEUED,
     STEP_SKIPPED,
     Decision,
     decide,
+    ready_steps,
 )
 
 logger = logging.getLogger("miniflow.coordinator")
@@ -158,6 +162,7 @@ class Coordinator:
             "id": run_id, "workflow": workflow.name, "version": workflow.version, "status": RUN_RUNNING,
             "params": params, "idempotency_key": key, "priority": start.priority, "trace_id": trace_id,
             "created_at": now, "started_at": now,
+            "deadline_at": now + timedelta(seconds=workflow.timeout) if workflow.timeout else None,
         })
         if not created:  # a concurrent start with the same key won the race
             return StartOutcome(repo.run_id_for_key(conn, key) or run_id, False, [])
@@ -243,8 +248,9 @@ class Coordinator:
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {run['workflow']!r} vanished", "workflow")
         statuses = {name: r["status"] for name, r in steps.items()}
-        decision = decide(workflow, statuses, event.step, event.attempt, attempt["ok"],
-                          attempt["error"], self.rng)
+        # Attempts count from the step's current budget (a run retry starts a new one).
+        used = event.attempt - (row["first_attempt"] or 1) + 1
+        decision = decide(workflow, statuses, event.step, used, attempt["ok"], attempt["error"], self.rng)
         return self._apply(conn, run, workflow, steps, event, attempt, decision)
 
     def _apply(self, conn: Connection, run: Any, workflow: Workflow, steps: dict[str, Any],
@@ -262,7 +268,7 @@ class Coordinator:
                          finished_at=attempt["finished_at"])
         outputs[event.step] = attempt["output"]
         for step in decision.dispatch:
-            self._dispatch(conn, outbox, run, workflow, step, 1, outputs, None)
+            self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None)
         repo.update_steps(conn, run["id"], decision.skip, status=STEP_SKIPPED)
         repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED)
         if decision.run_status:
@@ -288,6 +294,59 @@ class Coordinator:
         repo.update_run(conn, request.run_id, status=RUN_CANCELLED, error=reason, finished_at=self.clock())
         self.instrument.run_finished(request.run_id, run["workflow"], RUN_CANCELLED, reason)
         return True
+
+
+    # -- retry ------------------------------------------------------------------------------------
+    def retry(self, conn: Connection, request: RetryRun) -> list[Outgoing] | None:
+        """Re-run a failed or cancelled run from its unfinished steps; succeeded outputs are kept.
+
+        Each re-run step gets a fresh retry budget; attempt numbers keep counting up, so every
+        attempt stays unique. Returns None when the run is not failed or cancelled."""
+        run = repo.lock_run(conn, request.run_id)
+        if run is None:
+            raise MessageRejected("unknown_run", f"run {request.run_id!r} does not exist", "run_id")
+        if run["status"] not in (RUN_FAILED, RUN_CANCELLED):
+            return None
+        workflow = self.workflow(conn, run["workflow"], run["version"])
+        if workflow is None:  # pragma: no cover - definitions are never deleted
+            raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {run['workflow']!r} vanished", "workflow")
+        steps = repo.get_steps(conn, request.run_id)
+        now = self.clock()
+        for name, row in steps.items():
+            if row["status"] in (STEP_FAILED, STEP_SKIPPED, STEP_CANCELLED):
+                repo.update_step(conn, request.run_id, name, status=STEP_PENDING, error=None,
+                                 first_attempt=row["attempt"] + 1, finished_at=None)
+        repo.update_run(conn, request.run_id, status=RUN_RUNNING, error=None, finished_at=None,
+                        deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+        steps = repo.get_steps(conn, request.run_id)
+        statuses = {name: r["status"] for name, r in steps.items()}
+        outputs = {name: r["output"] for name, r in steps.items()}
+        outbox = Outbox(conn, now, self.instrument)
+        for step in ready_steps(workflow, statuses):
+            self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None)
+        return outbox.flush()
+
+    # -- deadlines --------------------------------------------------------------------------------
+    def expire_overdue(self, conn: Connection, limit: int = 100) -> list[str]:
+        """Fail running runs past their workflow timeout; returns their ids."""
+        now = self.clock()
+        expired = []
+        for run_id in repo.overdue_run_ids(conn, now, limit):
+            run = repo.lock_run(conn, run_id)
+            if run is None or run["status"] != RUN_RUNNING or run["deadline_at"] is None \
+                    or repo.as_utc(run["deadline_at"]) > now:  # type: ignore[operator]
+                continue
+            steps = repo.get_steps(conn, run_id)
+            repo.update_steps(conn, run_id, [s for s, r in steps.items() if r["status"] == STEP_PENDING],
+                              status=STEP_SKIPPED)
+            repo.update_steps(conn, run_id, [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
+                              status=STEP_CANCELLED)
+            seconds = (repo.as_utc(run["deadline_at"]) - repo.as_utc(run["started_at"])).total_seconds()  # type: ignore[operator]
+            reason = f"workflow timeout: the run did not finish within {seconds:g}s"
+            repo.update_run(conn, run_id, status=RUN_FAILED, error=reason, finished_at=now)
+            self.instrument.run_finished(run_id, run["workflow"], RUN_FAILED, reason)
+            expired.append(run_id)
+        return expired
 
 
 def mask_params(params: dict[str, Any], secrets: frozenset[str] | set[str]) -> dict[str, Any]:

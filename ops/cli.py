@@ -384,6 +384,80 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     console.print(steps_table(detail))
 
 
+def _publish_to_run(ctx: click.Context, run_id: str, action: str, reason: str = "") -> tuple[Settings, str]:
+    """Resolve a run id (or prefix) in the database, then publish a cancel/retry message for it."""
+    from protocol.publisher import Publisher
+
+    settings = _settings(ctx)
+    url = settings.require_broker()
+    database = Database(settings.database_url)
+    with database.connect() as conn:
+        run = repo.find_run(conn, run_id)
+    if run is None:
+        raise ConfigError(f"no run {run_id!r} (give the full id or a unique prefix of 6+ characters)")
+    if action == "cancel" and run["status"] in TERMINAL:
+        raise ConfigError(f"run {run['id']} already ended ({run['status']})")
+    if action == "retry" and run["status"] not in ("failed", "cancelled"):
+        raise ConfigError(f"run {run['id']} is {run['status']}: only failed or cancelled runs can be retried")
+    with Publisher(url, settings.namespace) as publisher:
+        if action == "cancel":
+            publisher.cancel_run(run["id"], reason)
+        else:
+            publisher.retry_run(run["id"])
+    return settings, run["id"]
+
+
+def _wait_status(settings: Settings, run_id: str, accept: tuple[str, ...], timeout: float) -> str | None:
+    database = Database(settings.database_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with database.connect() as conn:
+            run = repo.get_run(conn, run_id)
+        if run is not None and run["status"] in accept:
+            return str(run["status"])
+        time.sleep(0.1)
+    return None
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="", help="Recorded as the run's error.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run shows as ended.")
+@click.pass_context
+def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool) -> None:
+    """Cancel a run: no new steps are dispatched, late results are recorded but change nothing."""
+    settings, full_id = _publish_to_run(ctx, run_id, "cancel", reason)
+    if not wait:
+        console.print(f"cancel of run {full_id} published", highlight=False)
+        return
+    status = _wait_status(settings, full_id, TERMINAL, 30)
+    if status is None:
+        raise ConfigError(f"run {full_id} did not end within 30s: is a coordinator worker running?")
+    console.print(f"run {full_id} is {status}", highlight=False)
+    if status != "cancelled":
+        sys.exit(1)
+
+
+@runs.command("retry")
+@click.argument("run_id")
+@click.option("--wait", is_flag=True, help="Follow the run to its end.")
+@click.option("--timeout", default=None, type=float)
+@click.pass_context
+def runs_retry(ctx: click.Context, run_id: str, wait: bool, timeout: float | None) -> None:
+    """Re-run a failed or cancelled run from its unfinished steps, keeping succeeded outputs."""
+    settings, full_id = _publish_to_run(ctx, run_id, "retry")
+    if _wait_status(settings, full_id, ("running", "succeeded"), 30) is None:
+        raise ConfigError(f"run {full_id} was not retried within 30s: is it failed or cancelled, and is a "
+                          "coordinator worker running?")
+    if not wait:
+        console.print(f"run {full_id} retried", highlight=False)
+        return
+    database = Database(settings.database_url)
+    with database.connect() as conn:
+        key = repo.get_run(conn, full_id)["idempotency_key"]  # type: ignore[index]
+    sys.exit(follow(database, key, "", timeout, False))
+
+
 @cli.group("dead-letters")
 def dead_letters() -> None:
     """Rejected messages, archived with their reason."""

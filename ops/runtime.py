@@ -18,13 +18,14 @@ import dramatiq
 
 from actors import ROLES, Node, declare_topology, load_step_modules, make_broker
 from actors import registry as step_registry
+from actors.faults import FaultPoints
 from actors.guard import as_message
 from coordinator import Workflow, resolve_params
 from persistence import Database
 from persistence import repository as repo
 from protocol.errors import ConfigError, DefinitionError
-from protocol.messages import StartWorkflow, envelope
-from protocol.names import START_WORKFLOW, QueueNames
+from protocol.messages import CancelRun, RetryRun, StartWorkflow, envelope
+from protocol.names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 
 from .settings import Settings
 from .telemetry import setup as telemetry_setup
@@ -55,7 +56,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     broker = make_broker(url, names)
-    node = Node(broker, names, roles, db=db, pools=pools)
+    node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints))
     declare_topology(broker, names, pools)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     stop = threading.Event()
@@ -151,6 +152,13 @@ class EmbeddedEngine:
                               idempotency_key=key, priority=priority)
         self.broker.enqueue(as_message(envelope(self.names.ingress, START_WORKFLOW, start.to_payload())))
         return key
+
+    def cancel(self, run_id: str, reason: str = "") -> None:
+        self.broker.enqueue(as_message(envelope(self.names.ingress, CANCEL_RUN,
+                                                CancelRun(run_id=run_id, reason=reason).to_payload())))
+
+    def retry(self, run_id: str) -> None:
+        self.broker.enqueue(as_message(envelope(self.names.ingress, RETRY_RUN, RetryRun(run_id=run_id).to_payload())))
 
     def wait(self, key: str, *, timeout: float | None = None, poll_s: float = 0.02) -> EmbeddedRun:
         """Wait until the run of an idempotency key ends; TimeoutError past the deadline."""

@@ -45,6 +45,7 @@ class Settings:
     log_level: str = "WARNING"
     log_format: str = "text"
     jaeger_url: str | None = None
+    faultpoints: frozenset[str] = frozenset()  # MINIFLOW_FAULTPOINT: crash points for fault tests
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,7 +75,14 @@ class Settings:
         jaeger = (env.get("MINIFLOW_JAEGER_URL") or "").rstrip("/") or None
         if jaeger is not None and not jaeger.startswith(("http://", "https://")):
             raise ConfigError(f"MINIFLOW_JAEGER_URL {jaeger!r} must start with http:// or https://")
-        return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger)
+        faults = frozenset(p.strip() for p in (env.get("MINIFLOW_FAULTPOINT") or "").split(",") if p.strip())
+        from actors.faults import POINTS
+
+        if faults - POINTS:
+            raise ConfigError(f"MINIFLOW_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
+                              f"known: {', '.join(sorted(POINTS))}")
+        return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
+                       faultpoints=faults)
 
     def require_broker(self) -> str:
         if not self.broker_url:

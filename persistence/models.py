@@ -61,7 +61,7 @@ class WorkflowDefinition(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_created_at", "created_at"),)
+    __table_args__ = (Index("ix_runs_created_at", "created_at"), Index("ix_runs_deadline_at", "deadline_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(128))
@@ -75,6 +75,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    deadline_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class RunStep(Base):
@@ -85,6 +86,7 @@ class RunStep(Base):
     step: Mapped[str] = mapped_column(String(128), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     output: Mapped[Any] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -108,6 +108,12 @@ def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
     return conn.execute(query).mappings().first()
 
 
+def overdue_run_ids(conn: Connection, now: datetime, limit: int = 100) -> list[str]:
+    """Running runs whose workflow deadline has passed."""
+    return list(conn.execute(select(runs.c.id).where(runs.c.status == "running", runs.c.deadline_at.is_not(None),
+                                                     runs.c.deadline_at < now).limit(limit)).scalars())
+
+
 def get_run(conn: Connection, run_id: str) -> RowMapping | None:
     return conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
 
@@ -211,7 +217,7 @@ def list_dead_letters(conn: Connection, limit: int = 50) -> list[RowMapping]:
 
 __all__ = [
     "IntegrityError", "add_outbox", "as_utc", "claim_stale_outbox", "count_outbox", "delete_outbox",
-    "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps",
+    "find_run", "get_attempt", "overdue_run_ids", "get_attempts", "get_definition", "get_run", "get_steps",
     "insert_attempt", "insert_dead_letter", "insert_run", "insert_steps", "list_dead_letters",
     "list_definitions", "list_runs", "lock_run", "run_id_for_key", "save_definition", "spec_checksum",
     "update_run", "update_step", "update_steps", "utcnow",

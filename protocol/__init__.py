@@ -24,6 +24,7 @@ from .messages import (
     PROTOCOL_VERSION,
     CancelRun,
     DeadLetterReport,
+    RetryRun,
     StartWorkflow,
     StepFinished,
     StepResult,
@@ -37,6 +38,6 @@ __all__ = [
     "MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "ActorError", "CancelRun", "ConfigError",
     "CoordinatorError", "DatabaseUnavailable", "DeadLetterReport", "DecodeFailed", "DefinitionError",
     "EncodeFailed", "MessageRejected", "MiniFlowError", "PersistenceError", "ProtocolError",
-    "QueueNames", "StartWorkflow", "StepFinished", "StepNotFound", "StepResult", "StepTask",
+    "QueueNames", "RetryRun", "StartWorkflow", "StepFinished", "StepNotFound", "StepResult", "StepTask",
     "UnknownWorkflow", "check_envelope", "pack", "payload_of", "unpack",
 ]

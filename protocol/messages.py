@@ -213,6 +213,17 @@ class CancelRun(Payload):
 
 
 @dataclass(frozen=True)
+class RetryRun(Payload):
+    """Re-run a failed or cancelled run from its unfinished steps, keeping succeeded outputs."""
+
+    KIND: ClassVar[str] = "retry_run"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+    }
+    run_id: str
+
+
+@dataclass(frozen=True)
 class StepTask(Payload):
     """One attempt of one step, sent by the coordinator to a step queue."""
 

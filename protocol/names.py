@@ -11,6 +11,7 @@ _POOL_RE = re.compile(r"^[a-zA-Z0-9_\-]{1,64}$")
 # Actor names: what a message's ``actor_name`` must say.
 START_WORKFLOW = "start_workflow"
 CANCEL_RUN = "cancel_run"
+RETRY_RUN = "retry_run"
 EXECUTE_STEP = "execute_step"
 RECORD_RESULT = "record_result"
 STEP_FINISHED = "step_finished"
@@ -35,7 +36,7 @@ class QueueNames:
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = check_namespace(namespace)
-        self.ingress = f"{namespace}.ingress"  # start_workflow, cancel_run: open to producers
+        self.ingress = f"{namespace}.ingress"  # start_workflow, cancel_run, retry_run: open to producers
         self.coordinator = f"{namespace}.coordinator"  # step_finished: internal
         self.results = f"{namespace}.results"  # record_result, record_dead_letter: internal
         self.steps = f"{namespace}.steps"  # execute_step for the default pool
@@ -48,7 +49,7 @@ class QueueNames:
         """Which actor names may be addressed on a queue (or its delay queue)."""
         base = queue_name[:-3] if queue_name.endswith(".DQ") else queue_name
         if base == self.ingress:
-            return frozenset({START_WORKFLOW, CANCEL_RUN})
+            return frozenset({START_WORKFLOW, CANCEL_RUN, RETRY_RUN})
         if base == self.coordinator:
             return frozenset({STEP_FINISHED})
         if base == self.results:

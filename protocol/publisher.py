@@ -18,8 +18,8 @@ import pika.exceptions
 
 from .codec import pack
 from .errors import ProtocolError
-from .messages import CancelRun, StartWorkflow, envelope
-from .names import CANCEL_RUN, START_WORKFLOW, QueueNames
+from .messages import CancelRun, RetryRun, StartWorkflow, envelope
+from .names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 
 
 class PublishFailed(ProtocolError):
@@ -96,6 +96,9 @@ class Publisher:
 
     def cancel_run(self, run_id: str, reason: str = "") -> str:
         return self.publish(CANCEL_RUN, CancelRun(run_id=run_id, reason=reason).to_payload())
+
+    def retry_run(self, run_id: str) -> str:
+        return self.publish(RETRY_RUN, RetryRun(run_id=run_id).to_payload())
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -237,3 +237,100 @@ steps:
         workflow = engine.node.coordinator.workflow(conn, row["workflow"], row["version"])
     shown = run_to_dict(row, run.steps, run.attempts, workflow.secret_params())
     assert shown["params"] == {"token": "***", "region": "eu"}
+
+
+def poll_result(engine, run_id, check, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        engine.settle()
+        result = engine.result(run_id)
+        if check(result):
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def wait_status(engine, run_id, statuses, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.db.connect() as conn:
+            run = repo.get_run(conn, run_id)
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {statuses}")
+
+
+def run_id_of(engine, key, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.db.connect() as conn:
+            run_id = repo.run_id_for_key(conn, key)
+        if run_id:
+            return run_id
+        time.sleep(0.02)
+    raise AssertionError("run not created")
+
+
+SLOW_THEN_FAST = """
+name: slow
+steps:
+  - {name: first, task: test.sleep, config: {seconds: 30}}
+  - {name: second, task: test.echo, needs: [first]}
+"""
+
+
+def test_a_cancelled_run_dispatches_nothing_more_and_ignores_the_late_result(engine):
+    engine.deploy(loads(SLOW_THEN_FAST.replace("seconds: 30", "seconds: 0.5")))
+    key = engine.submit("slow")
+    run_id = run_id_of(engine, key)
+    engine.cancel(run_id, reason="operator said so")
+    run = engine.wait(key, timeout=30)
+    assert run.status == "cancelled" and run.error == "cancelled: operator said so"
+    # the step still finishes on its node: its result is recorded, and changes nothing
+    final = poll_result(engine, run_id, lambda r: [a for a in r.attempts if a["step"] == "first"])
+    assert final.status == "cancelled"
+    assert {s["step"]: s["status"] for s in final.steps} == {"first": "cancelled", "second": "skipped"}
+    assert [a["step"] for a in final.attempts] == ["first"]
+
+
+def test_retry_reruns_a_failed_run_from_its_failed_steps_keeping_succeeded_outputs(engine):
+    engine.deploy(loads("""
+name: half
+steps:
+  - {name: good, task: diamond.source}
+  - name: flaky
+    task: test.flaky
+    needs: [good]
+    config: {fail_times: 2}
+    retries: 1
+    backoff: {initial: 0.01, jitter: 0}
+  - {name: after, task: test.echo, needs: [flaky]}
+"""))
+    key = engine.submit("half")
+    first = engine.wait(key, timeout=30)
+    assert first.status == "failed"
+    engine.retry(first.run_id)
+    wait_status(engine, first.run_id, ("running", "succeeded"))
+    second = engine.wait(key, timeout=30)
+    assert second.status == "succeeded" and second.error is None
+    by_step = {}
+    for a in second.attempts:
+        by_step.setdefault(a["step"], []).append((a["attempt"], a["ok"]))
+    assert by_step["good"] == [(1, True)]  # kept, not re-run
+    assert by_step["flaky"] == [(1, False), (2, False), (3, True)]  # a fresh budget, numbers go on
+    assert by_step["after"] == [(1, True)]
+
+
+def test_a_run_past_its_workflow_timeout_fails_with_that_reason(engine):
+    engine.deploy(loads("name: bounded\ntimeout: 0.5\nsteps:\n  - {name: a, task: test.sleep, config: {seconds: 2}}\n"))
+    run = engine.wait(engine.submit("bounded"), timeout=30)
+    assert run.status == "failed"
+    assert run.error.startswith("workflow timeout")
+    assert {s["step"]: s["status"] for s in run.steps} == {"a": "cancelled"}
