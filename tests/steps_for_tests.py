@@ -53,3 +53,12 @@ def sleep(ctx: StepContext) -> float:
 def leaky(ctx: StepContext) -> None:
     """Fails with an error message that quotes a secret param, as careless code does."""
     raise PermissionError(f"token {ctx.params['token']} was refused")
+
+
+@step("test.crash")
+def crash(ctx: StepContext) -> None:
+    """Kills the executor process running it, every time: a poison step."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
