@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-integration lint bench clean
+.PHONY: install demo test test-unit test-integration lint bench faults clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .miniflow-demo.db build *.egg-info
+
+faults: install
+	rm -f reports/faults.json
+	$(BIN)/pytest tests/integration/test_fault_matrix.py tests/integration/test_faults.py
+	$(BIN)/python -m tests.integration.faults_report
 
 bench: install
 	$(BIN)/python -m bench.run

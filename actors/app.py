@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -64,7 +66,7 @@ RESULTS = "results"
 EXECUTOR = "executor"
 ROLES = (COORDINATOR, RESULTS, EXECUTOR)
 MAX_ERROR_LEN = 2000
-MAX_DELIVERIES = 3  # deliveries of one step attempt before it counts as a poison step
+
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -75,8 +77,7 @@ class Node:
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, roles: Iterable[str], *,
                  db: Database | None = None, registry: Registry | None = None,
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
-                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
-                 max_deliveries: int = MAX_DELIVERIES) -> None:
+                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS) -> None:
         self.broker = broker
         self.names = names
         self.roles = tuple(dict.fromkeys(roles))
@@ -92,7 +93,6 @@ class Node:
         self.listener = listener
         self.node = node_name()
         self.faults = faults
-        self.max_deliveries = max_deliveries
         self.relay = Relay(broker, db, faults=faults) if db is not None else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -244,8 +244,10 @@ class Node:
     def _execute_step(self, payload: dict[str, Any]) -> None:
         task = StepTask.from_payload(_single(payload))
         message = CurrentMessage.get_current_message()
-        if message is not None and getattr(message, "redelivered", False) and self._redelivered(message, task):
-            return
+        # RabbitMQ redelivers a step whose executor died holding it. It may be the step that killed
+        # that process (a poison step): run it in a child process, so that if it kills again, only
+        # the child dies and the attempt is recorded as failed with the reason.
+        isolate = bool(getattr(message, "redelivered", False))
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=task.inputs, node=self.node)
         annotate(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt, task=task.task,
@@ -258,7 +260,11 @@ class Node:
         caught: BaseException | None = None
         try:
             fn = self.registry.get(task.task)
-            output = fn(ctx)
+            if isolate:
+                annotate(isolated=True)
+                output = run_isolated(fn, ctx, task.timeout_s)
+            else:
+                output = fn(ctx)
             _check_output(output)
         except TimeLimitExceeded as exc:
             error_type, error = "Timeout", f"step exceeded its timeout of {task.timeout_s:g}s" \
@@ -266,16 +272,21 @@ class Node:
             caught = exc
         except StepNotFound as exc:
             error_type, error, caught = "StepNotFound", str(exc), exc
+        except StepCrashed as exc:
+            error_type, error, caught = "Poison", str(exc), exc
+        except StepFailedInChild as exc:
+            error_type, caught = str(exc).split(":", 1)[0], exc
+            error = str(exc)[:MAX_ERROR_LEN]
         except Exception as exc:
             error_type, caught = type(exc).__name__, exc
-            error = f"{error_type}: {exc}"[:MAX_ERROR_LEN]
+            error = f"{error_type}: {exc}"
             logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id,
                         task.attempt, error_type)
         finished = time.time()
         self.faults.hit("executor.after_body")
         ok = error is None
-        if error is not None and task.secret_params:
-            error = mask_values(error, task.params, task.secret_params)
+        if error is not None:  # mask first, then truncate: a cut could split a secret
+            error = mask_values(error, task.params, task.secret_params)[:MAX_ERROR_LEN]
         if error is not None and caught is not None:
             # Recorded with the (masked) message only: a traceback's locals could hold secrets.
             record_error(_StepFailed(error), error[:200])
@@ -288,27 +299,52 @@ class Node:
                    error=error, duration_ms=(finished - started) * 1000, node=self.node)
 
 
-    def _redelivered(self, message: Any, task: StepTask) -> bool:
-        """A step message RabbitMQ redelivered: its last executor died (or lost its connection)
-        while running it. Count deliveries in the message options by re-publishing a copy; past
-        the limit, report the attempt as failed instead of running it again (a poison step).
-        Returns True when this delivery is handled (the caller acks it without running the step)."""
-        deliveries = int(message.options.get("miniflow_deliveries", 1)) + 1
-        annotate(deliveries=deliveries)
-        if deliveries > self.max_deliveries:
-            now = time.time()
-            error = (f"step killed its executor {deliveries - 1} times (each delivery of attempt "
-                     f"{task.attempt} was lost with its process): treated as a poison step")
-            logger.error("run %s step %s attempt %d: %s", task.run_id, task.step, task.attempt, error)
-            result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=False,
-                                error=error, error_type="Poison", node=self.node, started_at=now, finished_at=now)
-            self._send(self.names.results, RECORD_RESULT, result.to_payload())
-            return True
-        copy = message.copy(options={**message.options, "miniflow_deliveries": deliveries})
-        self.broker.enqueue(copy)  # confirmed before the original is acked: nothing is lost
-        logger.warning("run %s step %s attempt %d redelivered (delivery %d of at most %d)",
-                       task.run_id, task.step, task.attempt, deliveries, self.max_deliveries)
-        return True
+class StepCrashed(Exception):
+    """A step killed the (child) process running it."""
+
+
+def run_isolated(fn: Callable[[StepContext], Any], ctx: StepContext, timeout_s: float | None) -> Any:
+    """Run a step function in a forked child process; return its output or raise its failure.
+
+    A child killed by a signal raises StepCrashed; past ``timeout_s`` the child is killed and
+    TimeoutError is raised. The child only runs the function and writes to a pipe."""
+    mp = multiprocessing.get_context("fork")
+    reader, writer = mp.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            writer.send(("ok", fn(ctx)))
+        except BaseException as exc:  # report everything, then leave without clean-up
+            writer.send(("error", type(exc).__name__, str(exc)[:MAX_ERROR_LEN]))
+        finally:
+            os._exit(0)
+
+    process = mp.Process(target=child, daemon=True)
+    process.start()
+    writer.close()
+    try:
+        if not reader.poll(timeout_s):
+            raise TimeoutError(f"step exceeded its timeout of {timeout_s:g}s (run in an isolated process)")
+        try:
+            reply = reader.recv()
+        except EOFError:
+            process.join(5)
+            code = process.exitcode
+            raise StepCrashed(f"step killed the process running it (exit {code}"
+                              + (f", signal {-code}" if code is not None and code < 0 else "") + "); it had "
+                              "already been delivered to an executor that died: treated as a poison step") from None
+        if reply[0] == "ok":
+            return reply[1]
+        raise StepFailedInChild(f"{reply[1]}: {reply[2]}")
+    finally:
+        reader.close()
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+
+
+class StepFailedInChild(Exception):
+    """A step raised in its isolated child process (the message names the original type)."""
 
 
 class _StepFailed(Exception):

@@ -355,11 +355,23 @@ def mask_params(params: dict[str, Any], secrets: frozenset[str] | set[str]) -> d
 
 
 def mask_values(text: str, params: dict[str, Any], secrets: frozenset[str] | set[str] | list[str]) -> str:
-    """Replace every occurrence of a secret param's value in a text (an error message) by ***."""
-    for name in secrets:
-        value = params.get(name)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) >= 3:
-            text = text.replace(str(value), "***")
+    """Replace every occurrence of a secret param's value in a text (an error message) by ***.
+
+    Scalars nested in lists and maps are masked too, each in its plain, repr() and JSON forms."""
+    import json
+
+    found: list[str] = []
+    stack: list[Any] = [params.get(name) for name in secrets]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif value is not None and not isinstance(value, bool):
+            found += [str(value), repr(value), json.dumps(value)]
+    for form in sorted({f for f in found if f}, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 

@@ -405,10 +405,10 @@ def test_a_step_pool_has_its_own_queue_and_none_is_the_default_pool() -> None:
     assert names.step_queue("gpu") == "miniflow.steps.gpu"
 
 
-def test_ingress_allows_start_and_cancel_but_not_execute_step() -> None:
+def test_ingress_allows_start_cancel_and_retry_but_not_execute_step() -> None:
     names = QueueNames()
     allowed = names.allowed_actors("miniflow.ingress")
-    assert allowed == {"start_workflow", "cancel_run"}
+    assert allowed == {"start_workflow", "cancel_run", "retry_run"}
     assert "execute_step" not in allowed
     assert names.allowed_actors("miniflow.ingress.DQ") == allowed
 

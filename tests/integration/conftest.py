@@ -79,7 +79,10 @@ def database_url(services: None) -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN_DB_URL).set(drivername="postgresql+psycopg2", database=name)
+    admin.close()
     yield url.render_as_string(hide_password=False)
+    admin = psycopg2.connect(_pg_dsn(ADMIN_DB_URL))  # a fresh one: a fault test may restart Postgres
+    admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()

@@ -94,10 +94,10 @@ def test_a_poison_step_fails_its_run_with_a_reason_while_other_runs_flow(space, 
             publish(space, "diamond", key, "x=2")
         _, status, error = poll(lambda: run_status(db, poison_key), timeout=120, what="the poison run to end")
         assert status == "failed"
-        assert "poison" in error and "killed its executor" in error
+        assert "poison" in error and "killed the process running it" in error
         for key in good_keys:
             assert poll(lambda k=key: run_status(db, k), timeout=120, what="a good run")[1] == "succeeded"
-        assert executors.starts >= 3  # the executor really died, and came back each time
+        assert executors.starts >= 2  # the executor really died once, and came back
         attempts = query(db, "select count(*) from step_attempts a join runs r on r.id = a.run_id "
                              "where r.idempotency_key = %s", poison_key)
         assert attempts == [(1,)]  # one attempt, recorded once, as failed

@@ -1,0 +1,86 @@
+"""The guarantees under faults (issue: nothing lost, nothing recorded twice). Each test runs one row
+of the matrix and records its figures in reports/faults.json (`make faults` turns them into
+docs/reliability.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .fault_matrix import (
+    Outcome,
+    ensure_postgres_up,
+    ensure_rabbit_up,
+    rabbit,
+    record,
+    restart_postgres,
+    run_scenario,
+)
+
+
+def assert_guarantees(outcome: Outcome) -> None:
+    record(outcome)
+    assert outcome.runs > 0
+    assert outcome.lost == 0, outcome
+    assert outcome.duplicates == 0, outcome
+    assert outcome.non_terminal == 0, outcome
+    assert outcome.failed_runs == 0, outcome
+    assert outcome.outbox_left == 0, outcome
+    assert outcome.queued_left == 0, outcome
+    assert outcome.dead_letters == 0, outcome
+
+
+CRASH_POINTS = [
+    ("executor.after_body", "executor", "an executor SIGKILLs itself after a step body, before reporting"),
+    ("results.after_commit", "coordinator", "a results process SIGKILLs itself after its commit, before notifying"),
+    ("coordinator.after_commit", "coordinator",
+     "a coordinator SIGKILLs itself after its commit, before publishing"),
+    ("coordinator.after_publish", "coordinator",
+     "a coordinator SIGKILLs itself after publishing, before its outbox rows are deleted"),
+]
+
+
+@pytest.mark.parametrize("point, role, injected", CRASH_POINTS, ids=[p for p, _, _ in CRASH_POINTS])
+def test_a_process_killed_at_a_crash_point_loses_nothing_and_records_nothing_twice(env, tmp_path: Path, point,
+                                                                                  role, injected):
+    outcome = run_scenario(env, tmp_path, point, injected,
+                           coordinator_fault=point if role == "coordinator" else None,
+                           executor_fault=point if role == "executor" else None)
+    assert outcome.restarts >= 1, "the fault point was never reached"
+    assert_guarantees(outcome)
+
+
+def test_rabbitmq_stopped_during_a_burst_of_starts_loses_no_confirmed_start(env, tmp_path: Path):
+    def stop_app_for_a_while() -> None:
+        time.sleep(0.4)  # the burst (60 starts, one every 20 ms) is under way
+        try:
+            rabbit("stop_app")
+            time.sleep(10)
+        finally:
+            ensure_rabbit_up()
+
+    try:
+        outcome = run_scenario(env, tmp_path, "rabbitmq.stop_app",
+                               "rabbitmqctl stop_app for 10 s during a burst of starts, then start_app",
+                               runs=60, pace_s=0.02, inject=stop_app_for_a_while)
+    finally:
+        ensure_rabbit_up()
+    assert_guarantees(outcome)
+
+
+def test_postgres_restarted_under_load_loses_nothing(env, tmp_path: Path):
+    def restart() -> None:
+        time.sleep(0.4)  # starts are flowing and runs are going
+        try:
+            restart_postgres()
+        finally:
+            ensure_postgres_up()
+
+    try:
+        outcome = run_scenario(env, tmp_path, "postgres.restart", "pg_ctlcluster restart while runs are going",
+                               runs=60, pace_s=0.02, inject=restart)
+    finally:
+        ensure_postgres_up()
+    assert_guarantees(outcome)
