@@ -31,7 +31,8 @@ from .guard import Guard
 
 MAX_PRIORITY = 10
 # Infrastructure retries only (a database restart, a lost connection): MiniFlow owns step retries.
-INFRA_RETRIES = 10
+# 120 retries with a 30 s cap ride out about an hour of outage before a message is dead-lettered.
+INFRA_RETRIES = 120
 INFRA_MIN_BACKOFF_MS = 500
 INFRA_MAX_BACKOFF_MS = 30_000
 DEFAULT_URL_OPTIONS = {"heartbeat": "30", "connection_attempts": "3", "retry_delay": "1",

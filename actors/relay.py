@@ -22,6 +22,7 @@ from coordinator.service import Outgoing
 from persistence import Database
 from persistence import repository as repo
 from protocol import codec
+from protocol.errors import DecodeFailed
 
 from .faults import NONE, FaultPoints
 from .guard import as_message
@@ -79,7 +80,10 @@ class Relay:
         with self.db.transaction() as conn:
             rows = repo.claim_stale_outbox(conn, repo.utcnow() - self.stale_after)
             for row in rows:
-                self._send(row["body"], row["delay_ms"])
+                try:
+                    self._send(row["body"], row["delay_ms"])
+                except DecodeFailed as exc:  # permanent: never let one bad row block the others
+                    logger.error("dropping outbox message %s that can never be sent: %s", row["message_id"], exc.code)
             repo.delete_outbox(conn, [row["message_id"] for row in rows])
         if rows:
             logger.warning("relayed %d outbox message(s) left behind by a stopped publisher", len(rows))

@@ -76,6 +76,14 @@ class StartOutcome:
     outgoing: list[Outgoing]
 
 
+class MessageTooLarge(Exception):
+    """A message the coordinator wants to send is over the wire limit."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
 class Instrument:
     """Hooks the coordinator calls at its decisions; the default does nothing.
 
@@ -105,7 +113,10 @@ class Outbox:
         options = dict(options or {})
         options.update(self.instrument.outgoing(actor_name, queue_name, attributes or {}))
         body = envelope(queue_name, actor_name, payload, options=options)
-        self.items.append(Outgoing(body["message_id"], queue_name, codec.pack(body), delay_ms))
+        packed = codec.pack(body)
+        if len(packed) > codec.MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(len(packed))
+        self.items.append(Outgoing(body["message_id"], queue_name, packed, delay_ms))
 
     def flush(self) -> list[Outgoing]:
         repo.add_outbox(self.conn, [
@@ -175,7 +186,8 @@ class Coordinator:
         return StartOutcome(run_id, True, outbox.flush())
 
     def _dispatch(self, conn: Connection, outbox: Outbox, run: Any, workflow: Workflow, step: str,
-                  attempt: int, outputs: dict[str, Any], delay_s: float | None) -> None:
+                  attempt: int, outputs: dict[str, Any], delay_s: float | None) -> bool:
+        """Queue an attempt of a step; False (and the run failed) when its message cannot be sent."""
         spec = workflow.steps[step]
         task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
                         task=spec.task, params=run["params"], config=spec.config,
@@ -187,11 +199,20 @@ class Coordinator:
         if spec.timeout:
             options["time_limit"] = int(spec.timeout * 1000)
         delay_ms = int(delay_s * 1000) if delay_s else None
-        outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
-                   delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name, "step": step,
-                                                  "attempt": attempt, "delay_ms": delay_ms})
+        try:
+            outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
+                       delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name,
+                                                      "step": step, "attempt": attempt, "delay_ms": delay_ms})
+        except MessageTooLarge as exc:
+            reason = (f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
+                      f"come to {exc.size} bytes, over the {codec.MAX_MESSAGE_BYTES}-byte message limit; "
+                      "return references (paths, keys) instead of bulk data")
+            repo.update_step(conn, run["id"], step, status=STEP_FAILED, error=reason)
+            self._end_run(conn, run, RUN_FAILED, reason)
+            return False
         repo.update_step(conn, run["id"], step, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
                          error=None)
+        return True
 
     # -- results ----------------------------------------------------------------------------------
     def record_result(self, conn: Connection, result: StepResult) -> list[Outgoing]:
@@ -268,7 +289,8 @@ class Coordinator:
                          finished_at=attempt["finished_at"])
         outputs[event.step] = attempt["output"]
         for step in decision.dispatch:
-            self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None)
+            if not self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None):
+                return outbox.flush()
         repo.update_steps(conn, run["id"], decision.skip, status=STEP_SKIPPED)
         repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED)
         if decision.run_status:
@@ -278,6 +300,17 @@ class Coordinator:
         return outbox.flush()
 
     # -- cancel -----------------------------------------------------------------------------------
+    def _end_run(self, conn: Connection, run: Any, status: str, reason: str) -> None:
+        """End a run early: pending steps are skipped, queued ones cancelled (their late results
+        are recorded as attempts and change nothing)."""
+        steps = repo.get_steps(conn, run["id"])
+        repo.update_steps(conn, run["id"], [s for s, r in steps.items() if r["status"] == STEP_PENDING],
+                          status=STEP_SKIPPED)
+        repo.update_steps(conn, run["id"], [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
+                          status=STEP_CANCELLED)
+        repo.update_run(conn, run["id"], status=status, error=reason, finished_at=self.clock())
+        self.instrument.run_finished(run["id"], run["workflow"], status, reason)
+
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
         """Cancel a run that has not ended; False when it had already ended."""
         run = repo.lock_run(conn, request.run_id)
@@ -285,14 +318,7 @@ class Coordinator:
             raise MessageRejected("unknown_run", f"run {request.run_id!r} does not exist", "run_id")
         if run["status"] in RUN_TERMINAL:
             return False
-        steps = repo.get_steps(conn, request.run_id)
-        repo.update_steps(conn, request.run_id, [s for s, r in steps.items() if r["status"] == STEP_PENDING],
-                          status=STEP_SKIPPED)
-        repo.update_steps(conn, request.run_id, [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
-                          status=STEP_CANCELLED)
-        reason = "cancelled" + (f": {request.reason}" if request.reason else "")
-        repo.update_run(conn, request.run_id, status=RUN_CANCELLED, error=reason, finished_at=self.clock())
-        self.instrument.run_finished(request.run_id, run["workflow"], RUN_CANCELLED, reason)
+        self._end_run(conn, run, RUN_CANCELLED, "cancelled" + (f": {request.reason}" if request.reason else ""))
         return True
 
 
@@ -323,7 +349,8 @@ class Coordinator:
         outputs = {name: r["output"] for name, r in steps.items()}
         outbox = Outbox(conn, now, self.instrument)
         for step in ready_steps(workflow, statuses):
-            self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None)
+            if not self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None):
+                break
         return outbox.flush()
 
     # -- deadlines --------------------------------------------------------------------------------
@@ -336,15 +363,9 @@ class Coordinator:
             if run is None or run["status"] != RUN_RUNNING or run["deadline_at"] is None \
                     or repo.as_utc(run["deadline_at"]) > now:  # type: ignore[operator]
                 continue
-            steps = repo.get_steps(conn, run_id)
-            repo.update_steps(conn, run_id, [s for s, r in steps.items() if r["status"] == STEP_PENDING],
-                              status=STEP_SKIPPED)
-            repo.update_steps(conn, run_id, [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
-                              status=STEP_CANCELLED)
-            seconds = (repo.as_utc(run["deadline_at"]) - repo.as_utc(run["started_at"])).total_seconds()  # type: ignore[operator]
-            reason = f"workflow timeout: the run did not finish within {seconds:g}s"
-            repo.update_run(conn, run_id, status=RUN_FAILED, error=reason, finished_at=now)
-            self.instrument.run_finished(run_id, run["workflow"], RUN_FAILED, reason)
+            workflow = self.workflow(conn, run["workflow"], run["version"])
+            bound = f" of {workflow.timeout:g}s" if workflow and workflow.timeout else ""
+            self._end_run(conn, run, RUN_FAILED, f"workflow timeout{bound}: the run did not finish in time")
             expired.append(run_id)
         return expired
 

@@ -40,10 +40,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def schedule_to_dict(row: dict[str, Any], count: int = 0) -> dict[str, Any]:
+def _secrets(conn: Any, row: dict[str, Any]) -> frozenset[str]:
+    """Secret param names of the schedule's workflow (the pinned version, or the latest)."""
+    from coordinator import Coordinator
+
+    workflow = Coordinator(QueueNames()).workflow(conn, row["workflow"], row["version"])
+    return workflow.secret_params() if workflow else frozenset()
+
+
+def schedule_to_dict(row: dict[str, Any], count: int = 0, secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A schedule as plain data; the values of secret params are masked."""
+    from coordinator import mask_params
+
     out = {
         "id": row["id"], "name": row["name"], "workflow": row["workflow"], "version": row["version"],
-        "cron": row["cron"], "timezone": row["timezone"], "params": row["params"],
+        "cron": row["cron"], "timezone": row["timezone"], "params": mask_params(row["params"] or {}, secrets),
         "start": _iso(row["start_at"]), "end": _iso(row["end_at"]), "jitter": row["jitter_s"],
         "catch_up": {"policy": row["catch_up"], "limit": row["catch_up_limit"], "grace": row["catch_up_grace_s"]},
         "overlap": row["overlap"], "priority": row["priority"], "paused": row["paused"],
@@ -120,9 +131,10 @@ def add(ctx: click.Context, name: str | None, from_file: str | None, workflow: s
     now = _now()
     with database.transaction() as conn:
         added = [scheduler.add(conn, spec, now, replace=replace, source=from_file) for spec in specs]
+        shown = [schedule_to_dict(row, secrets=_secrets(conn, row)) for row, _ in added] if as_json else []
     database.dispose()
     if as_json:
-        print_json(console, [schedule_to_dict(row) for row, _ in added])
+        print_json(console, shown)
         return
     for row, created in added:
         console.print(f"schedule {row['name']}: {'added' if created else 'replaced'}, next tick "
@@ -137,9 +149,10 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     database = Database(_settings(ctx).database_url)
     with database.connect() as conn:
         rows = srepo.list_schedules(conn)
+        shown = [schedule_to_dict(r, secrets=_secrets(conn, r)) for r in rows] if as_json else []
     database.dispose()
     if as_json:
-        print_json(console, [schedule_to_dict(r) for r in rows])
+        print_json(console, shown)
         return
     table = Table("name", "workflow", "cron", "timezone", "catch-up", "overlap", "next tick", "state")
     for r in rows:
@@ -169,8 +182,9 @@ def show(ctx: click.Context, name: str, count: int, ticks: int, as_json: bool) -
         ledger = srepo.recent_ticks(conn, row["id"], ticks)
         runs = {t["idempotency_key"]: repo.run_id_for_key(conn, t["idempotency_key"])
                 for t in ledger if t["idempotency_key"]}
+        secrets = _secrets(conn, row)
     database.dispose()
-    detail = schedule_to_dict(row, count)
+    detail = schedule_to_dict(row, count, secrets)
     detail["ticks"] = [{
         "due_at": _iso(t["due_at"]), "kind": t["kind"], "outcome": t["outcome"],
         "idempotency_key": t["idempotency_key"], "run_id": runs.get(t["idempotency_key"] or ""),
@@ -251,7 +265,9 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
         key, outgoing = Scheduler(names, node="cli").trigger(conn, name, _now())
     broker = make_broker(url, names)
     try:
-        Relay(broker, database).publish(outgoing)
+        relay = Relay(broker, database)
+        relay.publish(outgoing)
+        relay.delete_published()  # no background deleter in this one-shot command
     finally:
         broker.close()
         database.dispose()
@@ -273,6 +289,9 @@ def timer(ctx: click.Context, max_sleep: float) -> None:
 
     settings = _settings(ctx)
     url = settings.require_broker()
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError("timers need Postgres (MINIFLOW_DATABASE_URL=postgresql://...): several timers "
+                          "fence each tick with row locks that SQLite does not have across processes")
     names = QueueNames(settings.namespace)
     database = Database(settings.database_url, pool_size=4)
     limit_idle_transactions(database)

@@ -50,6 +50,9 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
             raise ConfigError("the executor role needs --steps MODULE (the module(s) that register steps)")
         import_steps(steps)
     needs_db = bool({"coordinator", "results"} & set(roles))
+    if needs_db and settings.database_url.startswith("sqlite"):
+        raise ConfigError("workers need Postgres (MINIFLOW_DATABASE_URL=postgresql://...): SQLite has no row "
+                          "locks across processes; use `miniflow run` for the embedded, single-process mode")
     telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
     db = Database(settings.database_url, pool_size=threads + 2) if needs_db else None
     if db is not None:

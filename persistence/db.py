@@ -51,7 +51,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = normalise_url(url)
         self.masked_url = mask_url(self.url)
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # hide_parameters: a failing statement's bound values (params, outputs: maybe secrets) never
+        # reach an exception text, a log line or a span.
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -76,9 +78,14 @@ class Database:
                 raise DatabaseUnavailable(f"database {self.masked_url} failed: "
                                           f"{_first_line(exc.orig)}") from exc
 
-    def connect(self) -> contextlib.AbstractContextManager[Connection]:
-        """A connection for reads (autobegin; nothing is committed)."""
-        return self.engine.connect()
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads (autobegin; nothing is committed). DB errors become MiniFlow errors."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"database {self.masked_url} failed: {_first_line(exc.orig)}") from exc
 
     def upgrade(self, revision: str = "head") -> None:
         """Create or migrate the schema to ``revision`` with Alembic."""

@@ -62,3 +62,9 @@ def crash(ctx: StepContext) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@step("test.blob")
+def blob(ctx: StepContext) -> str:
+    """Returns config.kib KiB of text."""
+    return "x" * (int(ctx.config.get("kib", 1)) * 1024)

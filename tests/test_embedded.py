@@ -334,3 +334,19 @@ def test_a_run_past_its_workflow_timeout_fails_with_that_reason(engine):
     assert run.status == "failed"
     assert run.error.startswith("workflow timeout")
     assert {s["step"]: s["status"] for s in run.steps} == {"a": "cancelled"}
+
+
+def test_a_step_whose_inputs_exceed_the_message_limit_fails_the_run_with_a_clear_reason(engine):
+    engine.deploy(loads("""
+name: big-fan-in
+steps:
+  - {name: a, task: test.blob, config: {kib: 400}}
+  - {name: b, task: test.blob, config: {kib: 400}}
+  - {name: c, task: test.blob, config: {kib: 400}}
+  - {name: j, task: test.echo, needs: [a, b, c]}
+"""))
+    run = engine.wait(engine.submit("big-fan-in"), timeout=30)
+    assert run.status == "failed"
+    assert "step 'j' cannot be dispatched" in run.error and "message limit" in run.error
+    assert {s["step"]: s["status"] for s in run.steps}["j"] == "failed"
+    assert outbox_drains(engine)

@@ -112,7 +112,9 @@ class Tracing(Middleware):
             return
         span, token = stack.pop()
         if exception is not None and span.is_recording():
-            span.record_exception(exception)
+            # The type and first line only: a traceback or a chained cause could carry values.
+            first = (str(exception).strip().splitlines() or [""])[0][:200]
+            span.add_event("exception", {"exception.type": type(exception).__name__, "exception.message": first})
             span.set_status(Status(StatusCode.ERROR, type(exception).__name__))
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
