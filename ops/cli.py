@@ -301,7 +301,7 @@ def follow(database: Database, key: str, message_id: str, timeout: float | None,
         with database.connect() as conn:
             run_id = run_id or repo.run_id_for_key(conn, key)
             if run_id is None:
-                rejected = [d for d in repo.list_dead_letters(conn, 200) if d["message_id"] == message_id]
+                rejected = repo.dead_letters_for_message(conn, message_id) if message_id else []
                 if rejected:
                     err.print(f"start rejected: {rejected[0]['code']}: {rejected[0]['detail']}", highlight=False)
                     return 2

@@ -210,13 +210,19 @@ def insert_dead_letter(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(dead_letters).values(created_at=utcnow(), **values))
 
 
+def dead_letters_for_message(conn: Connection, message_id: str) -> list[RowMapping]:
+    return list(conn.execute(select(dead_letters).where(dead_letters.c.message_id == message_id)
+                             .order_by(dead_letters.c.id)).mappings())
+
+
 def list_dead_letters(conn: Connection, limit: int = 50) -> list[RowMapping]:
     return list(conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit))
                 .mappings())
 
 
 __all__ = [
-    "IntegrityError", "add_outbox", "as_utc", "claim_stale_outbox", "count_outbox", "delete_outbox",
+    "IntegrityError", "add_outbox", "as_utc", "claim_stale_outbox", "count_outbox", "dead_letters_for_message",
+    "delete_outbox",
     "find_run", "get_attempt", "overdue_run_ids", "get_attempts", "get_definition", "get_run", "get_steps",
     "insert_attempt", "insert_dead_letter", "insert_run", "insert_steps", "list_dead_letters",
     "list_definitions", "list_runs", "lock_run", "run_id_for_key", "save_definition", "spec_checksum",

@@ -176,6 +176,11 @@ class StartWorkflow(Payload):
         _check_storable(self.params, "params")
 
 
+def _check_run_id(kind: str, run_id: str) -> None:
+    if not 0 < len(run_id) <= 64:
+        raise MessageRejected(BAD_VALUE, f"{kind} 'run_id' must be 1-64 characters (a run id is a UUID)", "run_id")
+
+
 def _check_attempt(kind: str, attempt: int) -> None:
     if attempt < 1:
         raise MessageRejected(BAD_VALUE, f"{kind} 'attempt' must be >= 1", "attempt")
@@ -211,6 +216,9 @@ class CancelRun(Payload):
     run_id: str
     reason: str = ""
 
+    def check(self) -> None:
+        _check_run_id(self.KIND, self.run_id)
+
 
 @dataclass(frozen=True)
 class RetryRun(Payload):
@@ -221,6 +229,9 @@ class RetryRun(Payload):
         "run_id": _Field(str),
     }
     run_id: str
+
+    def check(self) -> None:
+        _check_run_id(self.KIND, self.run_id)
 
 
 @dataclass(frozen=True)
