@@ -248,6 +248,9 @@ class Node:
         # that process (a poison step): run it in a child process, so that if it kills again, only
         # the child dies and the attempt is recorded as failed with the reason.
         isolate = bool(getattr(message, "redelivered", False))
+        if isolate:
+            logger.warning("run %s step %s attempt %d redelivered: running it in an isolated process",
+                           task.run_id, task.step, task.attempt)
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=task.inputs, node=self.node)
         annotate(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt, task=task.task,

@@ -197,7 +197,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
             time.sleep(0.5)
         outcome.dead_letters = query(db, "select count(*) from dead_letters")[0][0] - before_letters
         logs_text = "".join(w.log_text() for w in workers)
-        outcome.re_executions = logs_text.count("redelivered (delivery")
+        outcome.re_executions = logs_text.count("redelivered: running it in an isolated process")
         outcome.duplicate_results_ignored = logs_text.count("duplicate result ignored")
         outcome.restarts = sum(w.restarts for w in workers)
         return outcome
