@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+
+from tests.integration.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,46 +82,15 @@ def miniflow(env: dict[str, str], *args: str) -> None:
         raise RuntimeError(f"miniflow {' '.join(args)} failed: {result.stderr[-2000:]}")
 
 
-class Worker:
-    """A `miniflow worker` process; ready when it prints its ready line."""
+class Worker(WorkerProcess):
+    """A `miniflow worker` process for a benchmark, its log in the temporary folder."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([str(BIN / "miniflow"), "worker", *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        self.tail: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        super().__init__(env, list(args), Path(tempfile.mkstemp(prefix="miniflow-bench-", suffix=".log")[1]))
 
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.tail = (self.tail + [line])[-50:]
-            if "miniflow worker ready" in line:
-                self.ready.set()
-
-    def wait_ready(self, timeout: float = 60) -> Worker:
-        if not self.ready.wait(timeout):
-            raise RuntimeError("worker not ready:\n" + "".join(self.tail))
+    def wait_ready(self, timeout: float = 60) -> Worker:  # type: ignore[override]
+        super().wait_ready(timeout)
         return self
-
-    def peak_rss_mb(self) -> float:
-        """Peak resident memory (VmHWM) of the process, in MB."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def wait_terminal(database_url: str, expected: int, timeout: float = 300) -> float:

@@ -9,22 +9,19 @@ Nothing connects at import or collection time.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from .processes import BIN, ROOT, WorkerProcess
+
+__all__ = ["BIN", "ROOT", "WorkerProcess"]
 BROKER_URL = os.environ.get("MINIFLOW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 ADMIN_DB_URL = os.environ.get("MINIFLOW_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -100,43 +97,6 @@ def miniflow(env: dict[str, str], *args: str, timeout: float = 120) -> subproces
     """Run the `miniflow` command line as a user would."""
     return subprocess.run([str(BIN / "miniflow"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-class WorkerProcess:
-    """A `miniflow worker` subprocess; ready once it prints its ready line."""
-
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
-        self.log_path = log
-        self._log = log.open("w")
-        self.proc = subprocess.Popen([str(BIN / "miniflow"), "worker", *args], cwd=ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._log.write(line)
-            self._log.flush()
-            if "miniflow worker ready" in line:
-                self.ready.set()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        if not self.ready.wait(timeout):
-            self.stop()
-            raise AssertionError(f"worker not ready in {timeout}s:\n{''.join(self.lines[-30:])}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -18,7 +16,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from .conftest import BIN, ROOT, _pg_dsn, miniflow, poll
+from .conftest import _pg_dsn, miniflow, poll
+from .processes import TimerProcess
 
 SLOW_YAML = """\
 name: timer-slow
@@ -36,42 +35,6 @@ def query(database_url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
             return cur.fetchall()
     finally:
         conn.close()
-
-
-class TimerProcess:
-    """A `miniflow timer` subprocess; ready once it prints its ready line."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self._log = log.open("w")
-        self.proc = subprocess.Popen([str(BIN / "miniflow"), "timer"], cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._log.write(line)
-            self._log.flush()
-            if "miniflow timer ready" in line:
-                self.ready.set()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        if not self.ready.wait(timeout):
-            raise AssertionError(f"timer not ready in {timeout}s:\n{''.join(self.lines[-30:])}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # never leave one stopped
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
