@@ -230,7 +230,7 @@ class Node:
                  outcome="succeeded" if result.ok else "failed")
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
-            outgoing = self.coordinator.record_result(conn, result)
+            outgoing = self.coordinator.record_result(conn, result, advance=COORDINATOR in self.roles)
         self.faults.hit("results.after_commit")
         self.relay.publish(outgoing)
 

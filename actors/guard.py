@@ -29,6 +29,8 @@ from protocol.messages import (
 )
 from protocol.names import RECORD_DEAD_LETTER, QueueNames
 
+from .encoder import MsgpackEncoder
+
 logger = logging.getLogger("miniflow.rejections")
 
 
@@ -71,6 +73,9 @@ class Guard:
         if fields["actor_name"] not in self.names.allowed_actors(queue_name):
             return Rejection(ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
                              f"addressed on queue {queue_name!r}", message_id, actor, raw)
+        current = dramatiq.get_encoder()
+        if isinstance(current, MsgpackEncoder):
+            current.remember(body, fields)  # dramatiq's decode of this body, next, is then free
         return None
 
     def report(self, broker: dramatiq.Broker, queue_name: str, rejection: Rejection) -> None:

@@ -51,7 +51,10 @@ class Relay:
         if not items:
             return
         for item in items:
-            self._send(item.body, item.delay_ms)
+            if item.envelope is not None:  # fresh from this process: no need to decode the stored bytes
+                self.broker.enqueue(as_message(item.envelope), delay=item.delay_ms)
+            else:
+                self._send(item.body, item.delay_ms)
         self.faults.hit("coordinator.after_publish")
         with self._lock:
             self._published.extend(item.message_id for item in items)

@@ -11,7 +11,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,7 @@ class Outgoing:
     queue_name: str
     body: bytes
     delay_ms: int | None = None
+    envelope: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # in-memory copy of body
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class Outbox:
         packed = codec.pack(body)
         if len(packed) > codec.MAX_MESSAGE_BYTES:
             raise MessageTooLarge(len(packed))
-        self.items.append(Outgoing(body["message_id"], queue_name, packed, delay_ms))
+        self.items.append(Outgoing(body["message_id"], queue_name, packed, delay_ms, body))
 
     def flush(self) -> list[Outgoing]:
         repo.add_outbox(self.conn, [
@@ -215,12 +216,18 @@ class Coordinator:
         return True
 
     # -- results ----------------------------------------------------------------------------------
-    def record_result(self, conn: Connection, result: StepResult) -> list[Outgoing]:
-        """Record an attempt once; tell the coordinator only the first time."""
+    def record_result(self, conn: Connection, result: StepResult, *, advance: bool = False) -> list[Outgoing]:
+        """Record an attempt once; tell the coordinator only the first time.
+
+        With ``advance`` (the coordinator runs in the same process) the run is advanced in this
+        same transaction instead of through a step_finished message: one hop and one commit less
+        per step, with the same fencing. The run row is locked first, so concurrent results of one
+        run queue up instead of deadlocking on the attempt's foreign key."""
         started = datetime.fromtimestamp(result.started_at, UTC)
         finished = datetime.fromtimestamp(result.finished_at, UTC)
         now = self.clock()
-        if repo.get_run(conn, result.run_id) is None:
+        run = repo.lock_run(conn, result.run_id) if advance else repo.get_run(conn, result.run_id)
+        if run is None:
             raise MessageRejected("unknown_run", f"run {result.run_id!r} does not exist", "run_id")
         inserted = repo.insert_attempt(conn, {
             "run_id": result.run_id, "step": result.step, "attempt": result.attempt, "ok": result.ok,
@@ -232,6 +239,8 @@ class Coordinator:
             logger.info("duplicate result ignored: run %s step %s attempt %d (the first one recorded wins)",
                         result.run_id, result.step, result.attempt)
             return []
+        if advance:
+            return self.step_finished(conn, StepFinished(result.run_id, result.step, result.attempt))
         outbox = Outbox(conn, now, self.instrument)
         outbox.add(self.names.coordinator, STEP_FINISHED,
                    StepFinished(result.run_id, result.step, result.attempt).to_payload(),
