@@ -159,3 +159,21 @@ def test_cancel_and_retry_from_the_command_line(space, tmp_path):
     finally:
         executor.stop()
         coordinator.stop()
+
+
+def test_coordinator_and_results_in_separate_processes_talk_through_step_finished(space, tmp_path):
+    workers = [WorkerProcess(space, ["--role", "coordinator"], tmp_path / "coord.log"),
+               WorkerProcess(space, ["--role", "results"], tmp_path / "results.log"),
+               WorkerProcess(space, ["--steps", "examples.steps"], tmp_path / "exec.log")]
+    try:
+        for w in workers:
+            w.wait_ready()
+        result = miniflow(space, "start", "diamond", "-p", "x=4", "--wait", "--timeout", "60", "--json")
+        assert result.returncode == 0, result.stderr + result.stdout
+        detail = json.loads(result.stdout)
+        assert {s["step"]: s["output"] for s in detail["steps"]} == {"a": 4, "b": 8, "c": 16, "d": 24}
+        poll(lambda: query(space["MINIFLOW_DATABASE_URL"], "select count(*) from outbox") == [(0,)],
+             what="the outbox to drain")
+    finally:
+        for w in workers:
+            w.stop()

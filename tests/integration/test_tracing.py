@@ -60,8 +60,8 @@ def traced(env: dict[str, str], namespace: str, tmp_path_factory: pytest.TempPat
 
 def expected_spans(spans: list[ReceivedSpan]) -> bool:
     names = [s.name for s in spans]
-    return names.count("process record_result") == 4 and names.count("process step_finished") == 4 \
-        and "run succeeded" in names
+    # coordinator and results share a process here, so each result advances the run in place
+    return names.count("process record_result") == 4 and "run succeeded" in names
 
 
 def assert_one_tree(spans: list[ReceivedSpan], root_parent: str = "") -> ReceivedSpan:
