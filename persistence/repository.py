@@ -111,7 +111,8 @@ def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
 def overdue_run_ids(conn: Connection, now: datetime, limit: int = 100) -> list[str]:
     """Running runs whose workflow deadline has passed."""
     return list(conn.execute(select(runs.c.id).where(runs.c.status == "running", runs.c.deadline_at.is_not(None),
-                                                     runs.c.deadline_at < now).limit(limit)).scalars())
+                                                     runs.c.deadline_at < now)
+                             .order_by(runs.c.id).limit(limit)).scalars())  # one lock order for all coordinators
 
 
 def get_run(conn: Connection, run_id: str) -> RowMapping | None:
