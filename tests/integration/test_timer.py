@@ -91,7 +91,7 @@ def test_three_timers_fire_each_tick_of_a_per_second_schedule_exactly_once(clust
     db = cluster["MINIFLOW_DATABASE_URL"]
     start_timers(3)
     sid = add_schedule(cluster, f"race-{uuid.uuid4().hex[:6]}", "diamond", "--grace", "5")
-    poll(lambda: len(ticks(db, sid)) >= 20, timeout=40, interval=0.5, what="20 ticks")
+    poll(lambda: len(ticks(db, sid)) >= 60, timeout=90, interval=0.5, what="60 ticks (a minute)")
     pause(cluster, query(db, "select name from schedules where id = %s", sid)[0][0])
     rows = ticks(db, sid)
     dues = [r[0] for r in rows]
