@@ -30,7 +30,7 @@ from . import logging as mf_logging
 from .cli_schedules import TIMER_COMMANDS, schedules
 from .settings import Settings
 from .telemetry import setup as telemetry_setup
-from .views import fmt_ms, print_json, run_to_dict, runs_table, steps_table
+from .views import fmt_ms, print_json, run_to_dict, runs_table, secret_params, steps_table
 
 console = Console()
 err = Console(stderr=True)
@@ -39,12 +39,6 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.obj  # type: ignore[no-any-return]
-
-
-def secret_params(conn: Any, run: Any) -> frozenset[str]:
-    """The secret param names of a run's workflow version (masked whenever a run is shown)."""
-    workflow = Coordinator(QueueNames()).workflow(conn, run["workflow"], run["version"])
-    return workflow.secret_params() if workflow else frozenset()
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -319,7 +313,7 @@ def follow(database: Database, key: str, message_id: str, timeout: float | None,
                             console.print(f"  {name}: {s['status']} (attempt {s['attempt']})", highlight=False)
                 if run["status"] in TERMINAL:
                     detail = run_to_dict(run, list(steps.values()), repo.get_attempts(conn, run_id),
-                                         secret_params(conn, run))
+                                         secret_params(conn, run["workflow"], run["version"]))
                     if as_json:
                         print_json(console, detail)
                     else:
@@ -347,7 +341,8 @@ def runs_list(ctx: click.Context, status: str | None, workflow: str | None, limi
     database = Database(_settings(ctx).database_url)
     with database.connect() as conn:
         rows = repo.list_runs(conn, limit=limit, status=status, workflow=workflow)
-        items = [run_to_dict(r, secrets=secret_params(conn, r)) for r in rows] if as_json else []
+        items = [run_to_dict(r, secrets=secret_params(conn, r["workflow"], r["version"]))
+                 for r in rows] if as_json else []
     if as_json:
         print_json(console, items)
     else:
@@ -366,7 +361,7 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         if run is None:
             raise ConfigError(f"no run {run_id!r} (give the full id or a unique prefix of 6+ characters)")
         detail = run_to_dict(run, list(repo.get_steps(conn, run["id"]).values()),
-                             repo.get_attempts(conn, run["id"]), secret_params(conn, run))
+                             repo.get_attempts(conn, run["id"]), secret_params(conn, run["workflow"], run["version"]))
     jaeger = _settings(ctx).jaeger_url
     if jaeger and detail["trace_id"]:
         detail["trace_url"] = f"{jaeger}/trace/{detail['trace_id']}"

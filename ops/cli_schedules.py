@@ -21,7 +21,7 @@ from protocol.errors import ConfigError
 from protocol.names import QueueNames
 
 from .settings import Settings
-from .views import print_json
+from .views import print_json, secret_params
 
 console = Console()
 err = Console(stderr=True)
@@ -38,14 +38,6 @@ def _now() -> datetime:
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
-
-
-def _secrets(conn: Any, row: dict[str, Any]) -> frozenset[str]:
-    """Secret param names of the schedule's workflow (the pinned version, or the latest)."""
-    from coordinator import Coordinator
-
-    workflow = Coordinator(QueueNames()).workflow(conn, row["workflow"], row["version"])
-    return workflow.secret_params() if workflow else frozenset()
 
 
 def schedule_to_dict(row: dict[str, Any], count: int = 0, secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -131,7 +123,8 @@ def add(ctx: click.Context, name: str | None, from_file: str | None, workflow: s
     now = _now()
     with database.transaction() as conn:
         added = [scheduler.add(conn, spec, now, replace=replace, source=from_file) for spec in specs]
-        shown = [schedule_to_dict(row, secrets=_secrets(conn, row)) for row, _ in added] if as_json else []
+        shown = [schedule_to_dict(row, secrets=secret_params(conn, row["workflow"], row["version"]))
+                 for row, _ in added] if as_json else []
     database.dispose()
     if as_json:
         print_json(console, shown)
@@ -149,7 +142,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     database = Database(_settings(ctx).database_url)
     with database.connect() as conn:
         rows = srepo.list_schedules(conn)
-        shown = [schedule_to_dict(r, secrets=_secrets(conn, r)) for r in rows] if as_json else []
+        shown = [schedule_to_dict(r, secrets=secret_params(conn, r["workflow"], r["version"]))
+                 for r in rows] if as_json else []
     database.dispose()
     if as_json:
         print_json(console, shown)
@@ -182,7 +176,7 @@ def show(ctx: click.Context, name: str, count: int, ticks: int, as_json: bool) -
         ledger = srepo.recent_ticks(conn, row["id"], ticks)
         runs = {t["idempotency_key"]: repo.run_id_for_key(conn, t["idempotency_key"])
                 for t in ledger if t["idempotency_key"]}
-        secrets = _secrets(conn, row)
+        secrets = secret_params(conn, row["workflow"], row["version"])
     database.dispose()
     detail = schedule_to_dict(row, count, secrets)
     detail["ticks"] = [{

@@ -9,11 +9,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from coordinator import mask_params
+from coordinator import Coordinator, mask_params
 from persistence.repository import as_utc
+from protocol.names import QueueNames
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
                 "queued": "cyan", "pending": "dim", "skipped": "dim"}
+
+
+_definitions = Coordinator(QueueNames())  # only its cache of immutable definitions is used
+
+
+def secret_params(conn: Any, workflow: str, version: int | None) -> frozenset[str]:
+    """Names of the secret params of a workflow version (the latest when None): masked when shown."""
+    found = _definitions.workflow(conn, workflow, version)
+    return found.secret_params() if found else frozenset()
 
 
 def iso(value: datetime | None) -> str | None:
