@@ -35,7 +35,8 @@ clean:
 
 faults: install
 	rm -f reports/faults.json
-	$(BIN)/pytest tests/integration/test_fault_matrix.py tests/integration/test_faults.py
+	$(BIN)/pytest tests/integration/test_fault_matrix.py tests/integration/test_partition.py \
+		tests/integration/test_faults.py
 	$(BIN)/python -m tests.integration.faults_report
 
 bench: install

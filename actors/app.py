@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import BrokerConnectionError as BrokerUnreachable
 from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
@@ -66,6 +67,10 @@ RESULTS = "results"
 EXECUTOR = "executor"
 ROLES = (COORDINATOR, RESULTS, EXECUTOR)
 MAX_ERROR_LEN = 2000
+# How long an executor keeps trying to hand in a finished step's result while the broker is out of
+# reach (a partition, a broker restart). Past it the step message goes back to dramatiq's retries.
+RESULT_RESEND_S = 3600.0
+RESULT_RESEND_MAX_DELAY_S = 10.0
 
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -297,9 +302,43 @@ class Node:
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                             output=output if ok else None, error=error, error_type=error_type,
                             node=self.node, started_at=started, finished_at=finished)
-        self._send(self.names.results, RECORD_RESULT, result.to_payload())
+        self._report(result)
         self._emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=ok,
                    error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+
+    def _report(self, result: StepResult) -> None:
+        """Send a step's result, riding out a broker that is out of reach.
+
+        A result is the only copy of work already done, so an executor cut off from the broker
+        keeps it and tries again (with backoff, up to RESULT_RESEND_S) instead of dropping it. If
+        the cut outlasted the broker's heartbeat, the step was meanwhile redelivered and recorded
+        from another node: this late result then arrives as a duplicate and is fenced by the
+        results role (the first recorded attempt wins). A stopping worker gives up at once; its
+        step message was not acked, so it is redelivered."""
+        payload = result.to_payload()
+        deadline = time.monotonic() + RESULT_RESEND_S
+        delay, failures = 0.5, 0
+        while True:
+            try:
+                self._send(self.names.results, RECORD_RESULT, payload)
+            except BrokerUnreachable as exc:
+                failures += 1
+                if time.monotonic() + delay > deadline or self._stop.is_set():
+                    logger.error("result of run %s step %s attempt %d not delivered after %d tries: %s",
+                                 result.run_id, result.step, result.attempt, failures, type(exc).__name__)
+                    raise
+                logger.warning("result of run %s step %s attempt %d not delivered (broker out of reach: %s); "
+                               "trying again in %.1fs", result.run_id, result.step, result.attempt,
+                               type(exc).__name__, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, RESULT_RESEND_MAX_DELAY_S)
+                continue
+            if failures:
+                logger.warning("result of run %s step %s attempt %d delivered after %d failed tries",
+                               result.run_id, result.step, result.attempt, failures)
+            return
 
 
 class StepCrashed(Exception):

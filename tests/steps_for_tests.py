@@ -68,3 +68,20 @@ def crash(ctx: StepContext) -> None:
 def blob(ctx: StepContext) -> str:
     """Returns config.kib KiB of text."""
     return "x" * (int(ctx.config.get("kib", 1)) * 1024)
+
+
+@step("test.hold")
+def hold(ctx: StepContext) -> dict[str, Any]:
+    """On a node started with MINIFLOW_TEST_HOLD_DIR: leave a marker, then wait for a `release` file
+    there (up to 5 minutes). Elsewhere: return at once. Lets a test cut a node off mid-step."""
+    import os
+    from pathlib import Path
+
+    where = os.environ.get("MINIFLOW_TEST_HOLD_DIR")
+    if where:
+        gate = Path(where)
+        (gate / f"started.{ctx.run_id}.{ctx.step}.{ctx.attempt}").write_text(ctx.node)
+        end = time.monotonic() + 300
+        while not (gate / "release").exists() and time.monotonic() < end:
+            time.sleep(0.05)
+    return {"node": ctx.node}

@@ -350,3 +350,26 @@ steps:
     assert "step 'j' cannot be dispatched" in run.error and "message limit" in run.error
     assert {s["step"]: s["status"] for s in run.steps}["j"] == "failed"
     assert outbox_drains(engine)
+
+
+def test_an_executor_keeps_a_result_it_could_not_send_and_delivers_it_when_the_broker_is_back(engine, caplog):
+    """A partitioned executor must not drop finished work: the result is sent again, with backoff."""
+    import dramatiq.errors
+
+    engine.deploy(loads(DIAMOND))
+    real_enqueue = engine.broker.enqueue
+    refused: list[str] = []
+
+    def flaky_enqueue(message, *, delay=None):
+        if message.queue_name == engine.names.results and len(refused) < 2:
+            refused.append(message.message_id)
+            raise dramatiq.errors.ConnectionClosed(OSError("network is unreachable"))
+        return real_enqueue(message, delay=delay)
+
+    engine.broker.enqueue = flaky_enqueue
+    with caplog.at_level(logging.WARNING, logger="miniflow.actors"):
+        run = engine.wait(engine.submit("diamond", {"x": 1}), timeout=30)
+    assert run.status == "succeeded"
+    assert len(refused) == 2
+    assert sorted((a["step"], a["attempt"]) for a in run.attempts) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert "delivered after 2 failed tries" in caplog.text

@@ -17,10 +17,11 @@ BIN = Path(sys.executable).parent
 class MiniflowProcess:
     COMMAND = "worker"
 
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None) -> None:
         self.log_path = log
         self._log = log.open("w")
-        self.proc = subprocess.Popen([str(BIN / "miniflow"), self.COMMAND, *args], cwd=ROOT, env=env,
+        # prefix: run it through another command, e.g. `ip netns exec <ns>` for a node of its own
+        self.proc = subprocess.Popen([*(prefix or []), str(BIN / "miniflow"), self.COMMAND, *args], cwd=ROOT, env=env,
                                      stdout=self._log, stderr=subprocess.PIPE, text=True)
         self.ready = threading.Event()
         self.lines: list[str] = []
