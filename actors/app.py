@@ -208,12 +208,12 @@ class Node:
 
     def _retry_run(self, payload: dict[str, Any]) -> None:
         request = RetryRun.from_payload(_single(payload))
+        message = CurrentMessage.get_current_message()
         annotate(run_id=request.run_id)
         assert self.db is not None and self.relay is not None
         with self.db.transaction() as conn:
-            outgoing = self.coordinator.retry(conn, request)
+            outgoing = self.coordinator.retry(conn, request, message.message_id if message else "")
         if outgoing is None:
-            logger.info("retry of run %s ignored: it is not failed or cancelled", request.run_id)
             return
         self.faults.hit("coordinator.after_commit")
         self.relay.publish(outgoing)

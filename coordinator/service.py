@@ -332,21 +332,28 @@ class Coordinator:
 
 
     # -- retry ------------------------------------------------------------------------------------
-    def retry(self, conn: Connection, request: RetryRun) -> list[Outgoing] | None:
+    def retry(self, conn: Connection, request: RetryRun, message_id: str = "") -> list[Outgoing] | None:
         """Re-run a failed or cancelled run from its unfinished steps; succeeded outputs are kept.
 
         Each re-run step gets a fresh retry budget; attempt numbers keep counting up, so every
-        attempt stays unique. Returns None when the run is not failed or cancelled."""
+        attempt stays unique. Returns None (and logs why) when the run is not failed or cancelled,
+        or when this request message (``message_id``) was already acted on: a redelivered retry
+        must not re-run a run whose re-run has failed again."""
         run = repo.lock_run(conn, request.run_id)
         if run is None:
             raise MessageRejected("unknown_run", f"run {request.run_id!r} does not exist", "run_id")
         if run["status"] not in (RUN_FAILED, RUN_CANCELLED):
+            logger.info("retry of run %s ignored: it is %s, not failed or cancelled", request.run_id, run["status"])
+            return None
+        now = self.clock()
+        if message_id and not repo.mark_handled(conn, message_id, RetryRun.KIND, request.run_id, now):
+            logger.info("retry of run %s ignored: request %s was already handled (a redelivery)",
+                        request.run_id, message_id)
             return None
         workflow = self.workflow(conn, run["workflow"], run["version"])
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {run['workflow']!r} vanished", "workflow")
         steps = repo.get_steps(conn, request.run_id)
-        now = self.clock()
         for name, row in steps.items():
             if row["status"] in (STEP_FAILED, STEP_SKIPPED, STEP_CANCELLED):
                 repo.update_step(conn, request.run_id, name, status=STEP_PENDING, error=None,

@@ -160,8 +160,11 @@ class EmbeddedEngine:
         self.broker.enqueue(as_message(envelope(self.names.ingress, CANCEL_RUN,
                                                 CancelRun(run_id=run_id, reason=reason).to_payload())))
 
-    def retry(self, run_id: str) -> None:
-        self.broker.enqueue(as_message(envelope(self.names.ingress, RETRY_RUN, RetryRun(run_id=run_id).to_payload())))
+    def retry(self, run_id: str, *, message_id: str | None = None) -> str:
+        """Send a retry request; returns its message id (the same id twice is one retry)."""
+        body = envelope(self.names.ingress, RETRY_RUN, RetryRun(run_id=run_id).to_payload(), message_id=message_id)
+        self.broker.enqueue(as_message(body))
+        return str(body["message_id"])
 
     def wait(self, key: str, *, timeout: float | None = None, poll_s: float = 0.02) -> EmbeddedRun:
         """Wait until the run of an idempotency key ends; TimeoutError past the deadline."""

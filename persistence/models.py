@@ -6,6 +6,7 @@
     step_attempts         every recorded attempt, unique per (run, step, attempt)
     outbox                messages committed with a state change, waiting to be published
     dead_letters          every rejected message, with its reason code and a bounded raw copy
+    handled_requests      message ids of the retry requests acted on (a redelivery is not a second retry)
 """
 
 from __future__ import annotations
@@ -140,9 +141,20 @@ class DeadLetter(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class HandledRequest(Base):
+    __tablename__ = "handled_requests"
+    __table_args__ = (Index("ix_handled_requests_handled_at", "handled_at"),)
+
+    message_id: Mapped[str] = mapped_column(String(192), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(String(36))
+    handled_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 workflow_definitions = cast(Table, WorkflowDefinition.__table__)
 runs = cast(Table, Run.__table__)
 run_steps = cast(Table, RunStep.__table__)
 step_attempts = cast(Table, StepAttempt.__table__)
 outbox = cast(Table, OutboxMessage.__table__)
 dead_letters = cast(Table, DeadLetter.__table__)
+handled_requests = cast(Table, HandledRequest.__table__)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from .models import dead_letters, outbox, run_steps, runs, step_attempts, workflow_definitions
+from .models import dead_letters, handled_requests, outbox, run_steps, runs, step_attempts, workflow_definitions
 
 
 def utcnow() -> datetime:
@@ -32,7 +32,7 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> int:
+def insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     result = conn.execute(dialect.insert(table).on_conflict_do_nothing(), values)
@@ -93,7 +93,7 @@ def list_definitions(conn: Connection) -> list[RowMapping]:
 # -- runs and their steps -------------------------------------------------------------------------
 def insert_run(conn: Connection, values: dict[str, Any]) -> bool:
     """Insert a run unless its idempotency key exists; True when this call created it."""
-    return _insert_ignore(conn, runs, values) == 1
+    return insert_ignore(conn, runs, values) == 1
 
 
 def run_id_for_key(conn: Connection, idempotency_key: str) -> str | None:
@@ -168,7 +168,13 @@ def find_run(conn: Connection, prefix: str) -> RowMapping | None:
 # -- attempts -------------------------------------------------------------------------------------
 def insert_attempt(conn: Connection, values: dict[str, Any]) -> bool:
     """Record an attempt once: True when this call recorded it, False when it was already there."""
-    return _insert_ignore(conn, step_attempts, values) == 1
+    return insert_ignore(conn, step_attempts, values) == 1
+
+
+def mark_handled(conn: Connection, message_id: str, kind: str, run_id: str, at: datetime) -> bool:
+    """Remember that a request message was acted on; False if it already was (a redelivery)."""
+    return insert_ignore(conn, handled_requests, {"message_id": message_id, "kind": kind, "run_id": run_id,
+                                                  "handled_at": at}) == 1
 
 
 def get_attempt(conn: Connection, run_id: str, step: str, attempt: int) -> RowMapping | None:

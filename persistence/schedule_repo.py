@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from .repository import _insert_ignore, as_utc
+from .repository import as_utc, insert_ignore
 from .schedule_models import schedule_ticks, schedules
 
 ScheduleRow = dict[str, Any]
@@ -36,7 +36,7 @@ def _tick(row: RowMapping) -> dict[str, Any]:
 # -- schedules ------------------------------------------------------------------------------------
 def insert_schedule(conn: Connection, values: dict[str, Any]) -> bool:
     """Insert a schedule unless its name exists; True when this call created it."""
-    return _insert_ignore(conn, schedules, values) == 1
+    return insert_ignore(conn, schedules, values) == 1
 
 def update_schedule(conn: Connection, schedule_id: str, **values: Any) -> int:
     return conn.execute(update(schedules).where(schedules.c.id == schedule_id).values(**values)).rowcount or 0
@@ -71,8 +71,8 @@ def insert_ticks(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     if not rows:
         return 0
     if len(rows) == 1:
-        return _insert_ignore(conn, schedule_ticks, dict(rows[0]))
-    return _insert_ignore(conn, schedule_ticks, list(rows))
+        return insert_ignore(conn, schedule_ticks, dict(rows[0]))
+    return insert_ignore(conn, schedule_ticks, list(rows))
 
 def tick_exists(conn: Connection, schedule_id: str, due_at: datetime) -> bool:
     return conn.execute(select(schedule_ticks.c.id).where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from coordinator import StartOutcome, loads
 from persistence import repository as repo
@@ -373,3 +374,25 @@ def test_an_executor_keeps_a_result_it_could_not_send_and_delivers_it_when_the_b
     assert len(refused) == 2
     assert sorted((a["step"], a["attempt"]) for a in run.attempts) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
     assert "delivered after 2 failed tries" in caplog.text
+
+
+def test_a_retry_request_delivered_twice_re_runs_the_run_once(engine, caplog):
+    engine.deploy(loads("""
+name: doomed
+steps:
+  - {name: only, task: test.boom, retries: 0}
+"""))
+    key = engine.submit("doomed")
+    first = engine.wait(key, timeout=30)
+    assert first.status == "failed"
+    request = engine.retry(first.run_id)
+    poll_result(engine, first.run_id, lambda r: r.status == "failed" and len(r.attempts) == 2)
+    with caplog.at_level(logging.INFO, logger="miniflow.coordinator"):
+        engine.retry(first.run_id, message_id=request)  # the same request again, as a redelivery brings it
+        deadline = time.monotonic() + 30
+        while "already handled" not in caplog.text:
+            assert time.monotonic() < deadline, "the duplicate retry was never handled"
+            time.sleep(0.02)
+    assert [a["attempt"] for a in engine.wait(key, timeout=30).attempts] == [1, 2]  # not re-run again
+    engine.retry(first.run_id)  # a new request is a new retry
+    poll_result(engine, first.run_id, lambda r: r.status == "failed" and len(r.attempts) == 3)
