@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from persistence import repository as repo
+from persistence.db import after_commit
 from protocol import codec
 from protocol.errors import MessageRejected
 from protocol.messages import (
@@ -305,8 +306,12 @@ class Coordinator:
         if decision.run_status:
             repo.update_run(conn, run["id"], status=decision.run_status, error=decision.run_error,
                             finished_at=now)
-            self.instrument.run_finished(run["id"], workflow.name, decision.run_status, decision.run_error)
+            self._finished(conn, run["id"], workflow.name, decision.run_status, decision.run_error)
         return outbox.flush()
+
+    def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
+        """Mark the run's end for the instrument once the transaction that ends it has committed."""
+        after_commit(conn, lambda: self.instrument.run_finished(run_id, workflow, status, error))
 
     # -- cancel -----------------------------------------------------------------------------------
     def _end_run(self, conn: Connection, run: Any, status: str, reason: str) -> None:
@@ -318,7 +323,7 @@ class Coordinator:
         repo.update_steps(conn, run["id"], [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
                           status=STEP_CANCELLED)
         repo.update_run(conn, run["id"], status=status, error=reason, finished_at=self.clock())
-        self.instrument.run_finished(run["id"], run["workflow"], status, reason)
+        self._finished(conn, run["id"], run["workflow"], status, reason)
 
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
         """Cancel a run that has not ended; False when it had already ended."""

@@ -9,8 +9,9 @@ rows are locked with SELECT ... FOR UPDATE by the repository.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -21,6 +22,18 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from protocol.errors import ConfigError, DatabaseUnavailable
 
 DEFAULT_SQLITE_URL = "sqlite:///miniflow.db"
+_AFTER_COMMIT = "miniflow.after_commit"
+logger = logging.getLogger("miniflow.db")
+
+
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the transaction of ``conn`` (from ``Database.transaction``) has
+    committed; never if it rolls back. Outside such a transaction it is called at once."""
+    pending = conn.info.get(_AFTER_COMMIT)
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)
 
 
 def normalise_url(url: str) -> str:
@@ -70,13 +83,23 @@ class Database:
     def transaction(self) -> Iterator[Connection]:
         """One transaction: commit on success, roll back on error. DB errors become MiniFlow errors."""
         lock = self._write_lock or contextlib.nullcontext()
+        callbacks: list[Callable[[], None]] = []
         with lock:
             try:
                 with self.engine.begin() as conn:
-                    yield conn
+                    conn.info[_AFTER_COMMIT] = callbacks
+                    try:
+                        yield conn
+                    finally:
+                        conn.info.pop(_AFTER_COMMIT, None)
             except OperationalError as exc:
                 raise DatabaseUnavailable(f"database {self.masked_url} failed: "
                                           f"{_first_line(exc.orig)}") from exc
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # what happens after a commit must never undo or fail it
+                logger.exception("after-commit callback failed")
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
