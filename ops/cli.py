@@ -379,8 +379,9 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     console.print(steps_table(detail))
 
 
-def _publish_to_run(ctx: click.Context, run_id: str, action: str, reason: str = "") -> tuple[Settings, str]:
-    """Resolve a run id (or prefix) in the database, then publish a cancel/retry message for it."""
+def _publish_to_run(ctx: click.Context, run_id: str, action: str, reason: str = "") -> tuple[Settings, str, str]:
+    """Resolve a run id (or prefix) in the database, then publish a cancel/retry message for it.
+    Returns the settings, the run's full id and the message id."""
     from protocol.publisher import Publisher
 
     settings = _settings(ctx)
@@ -396,10 +397,10 @@ def _publish_to_run(ctx: click.Context, run_id: str, action: str, reason: str = 
         raise ConfigError(f"run {run['id']} is {run['status']}: only failed or cancelled runs can be retried")
     with Publisher(url, settings.namespace) as publisher:
         if action == "cancel":
-            publisher.cancel_run(run["id"], reason)
+            message_id = publisher.cancel_run(run["id"], reason)
         else:
-            publisher.retry_run(run["id"])
-    return settings, run["id"]
+            message_id = publisher.retry_run(run["id"])
+    return settings, run["id"], message_id
 
 
 def _wait_status(settings: Settings, run_id: str, accept: tuple[str, ...], timeout: float) -> str | None:
@@ -421,7 +422,7 @@ def _wait_status(settings: Settings, run_id: str, accept: tuple[str, ...], timeo
 @click.pass_context
 def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool) -> None:
     """Cancel a run: no new steps are dispatched, late results are recorded but change nothing."""
-    settings, full_id = _publish_to_run(ctx, run_id, "cancel", reason)
+    settings, full_id, _ = _publish_to_run(ctx, run_id, "cancel", reason)
     if not wait:
         console.print(f"cancel of run {full_id} published", highlight=False)
         return
@@ -440,14 +441,24 @@ def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool) -> Non
 @click.pass_context
 def runs_retry(ctx: click.Context, run_id: str, wait: bool, timeout: float | None) -> None:
     """Re-run a failed or cancelled run from its unfinished steps, keeping succeeded outputs."""
-    settings, full_id = _publish_to_run(ctx, run_id, "retry")
-    if _wait_status(settings, full_id, ("running", "succeeded"), 30) is None:
-        raise ConfigError(f"run {full_id} was not retried within 30s: is it failed or cancelled, and is a "
-                          "coordinator worker running?")
+    settings, full_id, message_id = _publish_to_run(ctx, run_id, "retry")
+    database = Database(settings.database_url)
+    # The coordinator records the id of every retry it acts on, in the transaction that re-opens the
+    # run: that is the proof, however fast the re-run ends again.
+    deadline = time.monotonic() + 30
+    while True:
+        with database.connect() as conn:  # the run first: a retry handled in between is then seen
+            run = repo.get_run(conn, full_id)
+            if repo.request_handled(conn, message_id):
+                break
+        if run is not None and run["status"] not in ("failed", "cancelled"):
+            raise ConfigError(f"run {full_id} is {run['status']}: it was retried by another request")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"run {full_id} was not retried within 30s: is a coordinator worker running?")
+        time.sleep(0.1)
     if not wait:
         console.print(f"run {full_id} retried", highlight=False)
         return
-    database = Database(settings.database_url)
     with database.connect() as conn:
         key = repo.get_run(conn, full_id)["idempotency_key"]  # type: ignore[index]
     sys.exit(follow(database, key, "", timeout, False))

@@ -171,6 +171,12 @@ def insert_attempt(conn: Connection, values: dict[str, Any]) -> bool:
     return insert_ignore(conn, step_attempts, values) == 1
 
 
+def request_handled(conn: Connection, message_id: str) -> bool:
+    """Whether the coordinator has acted on this request message."""
+    return conn.execute(select(handled_requests.c.message_id).where(
+        handled_requests.c.message_id == message_id)).first() is not None
+
+
 def mark_handled(conn: Connection, message_id: str, kind: str, run_id: str, at: datetime) -> bool:
     """Remember that a request message was acted on; False if it already was (a redelivery)."""
     return insert_ignore(conn, handled_requests, {"message_id": message_id, "kind": kind, "run_id": run_id,

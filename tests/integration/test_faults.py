@@ -26,6 +26,11 @@ steps:
   - {name: first, task: test.sleep, config: {seconds: 3}}
   - {name: second, task: test.flaky, needs: [first], config: {fail_times: 0}}
 """
+DOOMED = """
+name: doomed
+steps:
+  - {name: only, task: test.boom, retries: 0}
+"""
 
 
 class Supervised:
@@ -60,7 +65,7 @@ def space(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     ns = f"{env['MINIFLOW_NAMESPACE']}_f{uuid.uuid4().hex[:4]}"
     own = dict(env, MINIFLOW_NAMESPACE=ns)
     assert miniflow(own, "db", "upgrade").returncode == 0
-    for name, text in (("diamond", None), ("poison", POISON), ("slow", SLOW)):
+    for name, text in (("diamond", None), ("poison", POISON), ("slow", SLOW), ("doomed", DOOMED)):
         path = ROOT / "examples" / "diamond.yaml" if text is None else tmp_path / f"{name}.yaml"
         if text is not None:
             path.write_text(text)
@@ -177,3 +182,29 @@ def test_coordinator_and_results_in_separate_processes_talk_through_step_finishe
     finally:
         for w in workers:
             w.stop()
+
+
+def test_retry_of_a_run_that_fails_again_at_once_is_reported_as_retried(space, tmp_path):
+    """The re-run may fail again before the command looks: it must still see that it was retried."""
+    coordinator = WorkerProcess(space, ["--role", "coordinator", "--role", "results"], tmp_path / "coord.log")
+    executor = WorkerProcess(space, ["--steps", "tests.steps_for_tests"], tmp_path / "exec.log")
+    try:
+        coordinator.wait_ready()
+        executor.wait_ready()
+        db = space["MINIFLOW_DATABASE_URL"]
+        key = f"doomed-{uuid.uuid4()}"
+        publish(space, "doomed", key)
+        run_id, status, _ = poll(lambda: run_status(db, key), timeout=60, what="the doomed run to fail")
+        assert status == "failed"
+        for round_, args in enumerate((["--wait", "--timeout", "60"], []), start=2):
+            retried = miniflow(space, "runs", "retry", run_id, *args)
+            assert "not retried" not in retried.stderr, retried.stderr
+            # with --wait it follows the re-run to its end (failed again: exit 1); without, exit 0
+            assert retried.returncode == (1 if args else 0), retried.stderr + retried.stdout
+            poll(lambda n=round_: query(db, "select count(*) from step_attempts where run_id = %s", run_id)[0][0] == n
+                 and run_status(db, key) is not None, timeout=60, what=f"re-run {round_} to end")
+        assert [a for (a,) in query(db, "select attempt from step_attempts where run_id = %s order by attempt",
+                                    run_id)] == [1, 2, 3]
+    finally:
+        executor.stop()
+        coordinator.stop()
