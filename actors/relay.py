@@ -29,6 +29,8 @@ from .guard import as_message
 
 logger = logging.getLogger("miniflow.relay")
 DELETE_BATCH_WINDOW_S = 0.005
+SWEEP_BATCH = 50  # stale rows claimed, published and deleted per transaction
+SWEEP_TX_BUDGET_S = 2.0  # publishing inside one sweep transaction stops after this long
 
 
 class Relay:
@@ -79,18 +81,37 @@ class Relay:
         self.broker.enqueue(message, delay=delay_ms)
 
     def sweep_once(self) -> int:
-        """Publish rows older than the stale cut-off; returns how many went out."""
+        """Publish rows older than the stale cut-off; returns how many went out.
+
+        Rows are claimed (locked against other sweepers) in small batches, each published and
+        deleted in its own short transaction: a transaction is never held open for long while
+        messages go out (the timer's sessions are cut off after 5 s idle in a transaction), and a
+        backlog left by a long outage drains in one sweep rather than a batch per interval."""
+        total = 0
+        while not self._stop.is_set():
+            sent, more = self._sweep_batch()
+            total += sent
+            if not more:
+                break
+        if total:
+            logger.warning("relayed %d outbox message(s) left behind by a stopped publisher", total)
+        return total
+
+    def _sweep_batch(self) -> tuple[int, bool]:
         with self.db.transaction() as conn:
-            rows = repo.claim_stale_outbox(conn, repo.utcnow() - self.stale_after)
+            rows = repo.claim_stale_outbox(conn, repo.utcnow() - self.stale_after, limit=SWEEP_BATCH)
+            done: list[str] = []
+            started = time.monotonic()
             for row in rows:
+                if done and time.monotonic() - started > SWEEP_TX_BUDGET_S:
+                    break  # the broker is slow: commit what went out, claim the rest afresh
                 try:
                     self._send(row["body"], row["delay_ms"])
                 except DecodeFailed as exc:  # permanent: never let one bad row block the others
                     logger.error("dropping outbox message %s that can never be sent: %s", row["message_id"], exc.code)
-            repo.delete_outbox(conn, [row["message_id"] for row in rows])
-        if rows:
-            logger.warning("relayed %d outbox message(s) left behind by a stopped publisher", len(rows))
-        return len(rows)
+                done.append(row["message_id"])
+            repo.delete_outbox(conn, done)
+        return len(done), len(rows) == SWEEP_BATCH or len(done) < len(rows)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="miniflow-outbox-sweeper", daemon=True)

@@ -1,0 +1,47 @@
+"""The outbox sweeper: rows a dead publisher left behind go out in short batches, none twice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from actors.broker import declare_topology, make_broker
+from actors.relay import SWEEP_BATCH, Relay
+from coordinator.service import Outbox
+from persistence import Database
+from persistence import repository as repo
+from protocol.messages import StepFinished
+from protocol.names import STEP_FINISHED, QueueNames
+
+
+def test_a_backlog_of_stale_rows_drains_in_one_sweep_in_batches(tmp_path: Path):
+    names = QueueNames("sweep")
+    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    db.upgrade()
+    broker = make_broker(None, names)
+    declare_topology(broker, names)
+    try:
+        count = SWEEP_BATCH * 2 + 7
+        old = repo.utcnow() - timedelta(minutes=5)
+        with db.transaction() as conn:
+            outbox = Outbox(conn, old)
+            for i in range(count):
+                outbox.add(names.coordinator, STEP_FINISHED, StepFinished(f"run-{i}", "a", 1).to_payload())
+            outbox.flush()
+            fresh = Outbox(conn, repo.utcnow())  # not stale: its publisher may still be at it
+            fresh.add(names.coordinator, STEP_FINISHED, StepFinished("run-new", "a", 1).to_payload())
+            fresh.flush()
+        commits: list[str] = []
+        from sqlalchemy import event
+
+        event.listen(db.engine, "commit", lambda conn: commits.append("commit"))
+        relay = Relay(broker, db, stale_after_s=10)
+        assert relay.sweep_once() == count
+        assert len(commits) == 3  # three short transactions, not one long one
+        assert broker.queues[names.coordinator].qsize() == count
+        with db.connect() as conn:
+            assert repo.count_outbox(conn) == 1  # only the fresh row is left
+        assert relay.sweep_once() == 0
+    finally:
+        broker.close()
+        db.dispose()
