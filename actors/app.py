@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -28,6 +29,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from coordinator.service import Coordinator, mask_values
 from persistence import Database
+from persistence import repository as repo
 from protocol import codec
 from protocol.errors import ConfigError, EncodeFailed, MessageRejected, StepNotFound
 from protocol.messages import (
@@ -71,6 +73,8 @@ MAX_ERROR_LEN = 2000
 # reach (a partition, a broker restart). Past it the step message goes back to dramatiq's retries.
 RESULT_RESEND_S = 3600.0
 RESULT_RESEND_MAX_DELAY_S = 10.0
+RECONCILE_EVERY_S = 10.0
+UNADVANCED_AFTER_S = 60.0  # a recorded attempt's step_finished normally lands within milliseconds
 
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -159,16 +163,43 @@ class Node:
             self.relay.stop()
 
     def _watch_deadlines(self, every_s: float = 1.0) -> None:
-        """Fail runs past their workflow timeout (any coordinator may do it; row locks serialise)."""
+        """Fail runs past their workflow timeout (any coordinator may do it; row locks serialise),
+        and every RECONCILE_EVERY_S reconcile what messages lost in long outages left behind."""
         assert self.db is not None
+        next_reconcile = time.monotonic() + RECONCILE_EVERY_S
         while not self._stop.wait(every_s):
             try:
                 with self.db.transaction() as conn:
                     expired = self.coordinator.expire_overdue(conn)
                 for run_id in expired:
                     logger.warning("run %s failed: workflow timeout", run_id)
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+                    self.reconcile_once()
             except Exception as exc:  # keep watching: the database may come back
                 logger.warning("deadline check failed: %s", type(exc).__name__)
+
+    def reconcile_once(self, unadvanced_after_s: float = UNADVANCED_AFTER_S) -> int:
+        """Repair what lost messages leave behind; returns how many steps were repaired.
+
+        - an attempt recorded whose run never advanced (its step_finished was dead-lettered):
+          the run is advanced now;
+        - a queued attempt past its result deadline with no result (its step message or result
+          was lost): recorded as a lost attempt, then retried or failed by the step's policy.
+        Each repair is its own transaction, fenced exactly as the message it replaces."""
+        assert self.db is not None and self.relay is not None
+        with self.db.connect() as conn:
+            unadvanced = repo.unadvanced_attempts(conn, repo.utcnow() - timedelta(seconds=unadvanced_after_s))
+            overdue = repo.overdue_results(conn, self.coordinator.clock())
+        repaired = 0
+        for fix, items in ((self.coordinator.reconcile_unadvanced, unadvanced),
+                           (self.coordinator.reconcile_overdue, overdue)):
+            for run_id, step, attempt in items:
+                with self.db.transaction() as conn:
+                    outgoing = fix(conn, run_id, step, attempt)
+                self.relay.publish(outgoing)
+                repaired += 1
+        return repaired
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:

@@ -54,6 +54,9 @@ from .state import (
 
 logger = logging.getLogger("miniflow.coordinator")
 Clock = Callable[[], datetime]
+# A queued attempt of a step with a timeout whose result has not come this long after the timeout
+# is recorded as lost (failed) by the reconciler, so the run goes on instead of waiting for ever.
+RESULT_GRACE_S = 300.0
 
 
 def _utcnow() -> datetime:
@@ -131,9 +134,10 @@ class Coordinator:
     """Start, advance, cancel and finish runs. Thread-safe; holds a cache of immutable definitions."""
 
     def __init__(self, names: QueueNames, *, clock: Clock = _utcnow, rng: random.Random | None = None,
-                 instrument: Instrument | None = None) -> None:
+                 instrument: Instrument | None = None, result_grace_s: float = RESULT_GRACE_S) -> None:
         self.names = names
         self.clock = clock
+        self.result_grace_s = result_grace_s
         self.rng = rng or random.Random()
         self.instrument = instrument or Instrument()
         self._definitions: dict[tuple[str, int], Workflow] = {}
@@ -212,8 +216,10 @@ class Coordinator:
             repo.update_step(conn, run["id"], step, status=STEP_FAILED, error=reason)
             self._end_run(conn, run, RUN_FAILED, reason)
             return False
+        due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
+            if spec.timeout else None
         repo.update_step(conn, run["id"], step, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
-                         error=None)
+                         error=None, result_due_at=due)
         return True
 
     # -- results ----------------------------------------------------------------------------------
@@ -373,6 +379,40 @@ class Coordinator:
             if not self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None):
                 break
         return outbox.flush()
+
+    # -- reconciling ------------------------------------------------------------------------------
+    def reconcile_unadvanced(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing]:
+        """Advance a run past an attempt that was recorded but whose step_finished never arrived
+        (dead-lettered after an outage longer than its retries). Fenced like the message itself."""
+        logger.warning("run %s step %s attempt %d was recorded but the run never advanced: advancing it now",
+                       run_id, step, attempt)
+        return self.step_finished(conn, StepFinished(run_id, step, attempt))
+
+    def reconcile_overdue(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing]:
+        """Record a queued attempt whose result is overdue as lost (failed), then advance the run:
+        the step is retried under its policy or the run fails with the reason. A real result
+        arriving later is a duplicate of this attempt and is fenced."""
+        run = repo.lock_run(conn, run_id)
+        if run is None or run["status"] != RUN_RUNNING:
+            return []
+        row = repo.get_steps(conn, run_id).get(step)
+        now = self.clock()
+        due = repo.as_utc(row["result_due_at"]) if row is not None else None
+        if row is None or row["status"] != STEP_QUEUED or row["attempt"] != attempt or due is None or due > now:
+            return []
+        workflow = self.workflow(conn, run["workflow"], run["version"])
+        timeout = workflow.steps[step].timeout if workflow and step in workflow.steps else None
+        error = (f"no result for attempt {attempt} within its timeout of {timeout or 0:g}s plus "
+                 f"{self.result_grace_s:g}s: the step message or its result was lost (an executor gone for good, "
+                 "or an outage longer than the retries)")
+        queued = repo.as_utc(row["queued_at"]) or now
+        if not repo.insert_attempt(conn, {
+                "run_id": run_id, "step": step, "attempt": attempt, "ok": False, "output": None, "error": error,
+                "error_type": "Lost", "node": None, "started_at": queued, "finished_at": now,
+                "duration_ms": 0.0, "recorded_at": now}):
+            return []  # its result came in meanwhile
+        logger.warning("run %s step %s attempt %d recorded as lost: no result past its deadline", run_id, step, attempt)
+        return self.step_finished(conn, StepFinished(run_id, step, attempt))
 
     # -- deadlines --------------------------------------------------------------------------------
     def expire_overdue(self, conn: Connection, limit: int = 100) -> list[str]:

@@ -81,6 +81,7 @@ class Run(Base):
 
 class RunStep(Base):
     __tablename__ = "run_steps"
+    __table_args__ = (Index("ix_run_steps_result_due_at", "result_due_at"),)
 
     run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"),
                                         primary_key=True)
@@ -94,6 +95,8 @@ class RunStep(Base):
     queued_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # queued attempt of a step with a timeout: when its result is overdue (the reconciler's cue)
+    result_due_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class StepAttempt(Base):

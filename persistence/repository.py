@@ -115,6 +115,33 @@ def overdue_run_ids(conn: Connection, now: datetime, limit: int = 100) -> list[s
                              .order_by(runs.c.id).limit(limit)).scalars())  # one lock order for all coordinators
 
 
+def unadvanced_attempts(conn: Connection, recorded_before: datetime, limit: int = 100) -> list[tuple[str, str, int]]:
+    """(run, step, attempt) of running runs whose current attempt is recorded but the step is still
+    queued: the step_finished that should have advanced the run never got through."""
+    query = (select(run_steps.c.run_id, run_steps.c.step, run_steps.c.attempt)
+             .join(runs, runs.c.id == run_steps.c.run_id)
+             .join(step_attempts, (step_attempts.c.run_id == run_steps.c.run_id)
+                   & (step_attempts.c.step == run_steps.c.step) & (step_attempts.c.attempt == run_steps.c.attempt))
+             .where(runs.c.status == "running", run_steps.c.status == "queued",
+                    step_attempts.c.recorded_at < recorded_before)
+             .order_by(run_steps.c.run_id).limit(limit))
+    return [(r, s, a) for r, s, a in conn.execute(query)]
+
+
+def overdue_results(conn: Connection, now: datetime, limit: int = 100) -> list[tuple[str, str, int]]:
+    """(run, step, attempt) of running runs whose queued attempt is past its result deadline with no
+    result recorded."""
+    recorded = (select(step_attempts.c.id).where(step_attempts.c.run_id == run_steps.c.run_id,
+                                                 step_attempts.c.step == run_steps.c.step,
+                                                 step_attempts.c.attempt == run_steps.c.attempt).exists())
+    query = (select(run_steps.c.run_id, run_steps.c.step, run_steps.c.attempt)
+             .join(runs, runs.c.id == run_steps.c.run_id)
+             .where(run_steps.c.result_due_at < now, run_steps.c.status == "queued", runs.c.status == "running",
+                    ~recorded)
+             .order_by(run_steps.c.run_id).limit(limit))
+    return [(r, s, a) for r, s, a in conn.execute(query)]
+
+
 def get_run(conn: Connection, run_id: str) -> RowMapping | None:
     return conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
 

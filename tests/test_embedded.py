@@ -396,3 +396,21 @@ steps:
     assert [a["attempt"] for a in engine.wait(key, timeout=30).attempts] == [1, 2]  # not re-run again
     engine.retry(first.run_id)  # a new request is a new retry
     poll_result(engine, first.run_id, lambda r: r.status == "failed" and len(r.attempts) == 3)
+
+
+def test_the_reconciler_ends_a_run_whose_step_message_was_lost(engine):
+    engine.deploy(loads("""
+name: lost
+steps:
+  - {name: only, task: test.echo, timeout: 0.05}
+"""))
+    engine.node.coordinator.result_grace_s = 0
+    with engine.db.transaction() as conn:  # started, but its step message never leaves the outbox
+        run_id = engine.node.coordinator.start(conn, StartWorkflow(workflow="lost", idempotency_key="lost-1"),
+                                               "m-lost").run_id
+    deadline = time.monotonic() + 10
+    while engine.node.reconcile_once() == 0:  # overdue 50 ms after dispatch
+        assert time.monotonic() < deadline, "the reconciler never repaired the run"
+        time.sleep(0.01)
+    run = wait_status(engine, run_id, ("failed",))
+    assert "was lost" in run["error"]

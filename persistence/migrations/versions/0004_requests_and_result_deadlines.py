@@ -1,8 +1,11 @@
-"""handled requests
+"""handled requests and result deadlines
 
 Revision: 0004 (after 0003)
 handled_requests: the message id of every retry_run the coordinator acted on, so that the same
 message delivered twice (a redelivery after a crash between commit and ack) re-runs a run once.
+run_steps.result_due_at: for a queued attempt of a step with a timeout, when its result is overdue
+(queued + delay + timeout + grace); the reconciler records an attempt still without a result then
+as lost.
 """
 
 import sqlalchemy as sa
@@ -24,8 +27,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_handled_requests")),
     )
     op.create_index("ix_handled_requests_handled_at", "handled_requests", ["handled_at"], unique=False)
+    with op.batch_alter_table("run_steps") as batch:
+        batch.add_column(sa.Column("result_due_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_run_steps_result_due_at", "run_steps", ["result_due_at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_run_steps_result_due_at", table_name="run_steps")
+    with op.batch_alter_table("run_steps") as batch:
+        batch.drop_column("result_due_at")
     op.drop_index("ix_handled_requests_handled_at", table_name="handled_requests")
     op.drop_table("handled_requests")

@@ -1,0 +1,119 @@
+"""The reconciler: what lost messages leave behind after outages longer than the retries.
+
+Driven on the coordinator directly (SQLite, a clock we move), so nothing is ever delivered: exactly
+the state a dead-lettered step_finished or a lost step message leaves."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from coordinator import Coordinator, loads
+from persistence import Database
+from persistence import repository as repo
+from protocol.messages import StartWorkflow, StepResult
+from protocol.names import QueueNames
+
+CHAIN = """
+name: chain
+steps:
+  - {name: first, task: x.first, timeout: 30, retries: 1, backoff: {initial: 1, jitter: 0}}
+  - {name: second, task: x.second, needs: [first]}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    db = Database(f"sqlite:///{tmp_path / 'reconcile.db'}")
+    db.upgrade()
+    clock = Clock()
+    coordinator = Coordinator(QueueNames("rc"), clock=clock, result_grace_s=60)
+    with db.transaction() as conn:
+        coordinator.deploy(conn, loads(CHAIN))
+        run_id = coordinator.start(conn, StartWorkflow(workflow="chain", idempotency_key="k1"), "m1").run_id
+    yield db, clock, coordinator, run_id
+    db.dispose()
+
+
+def steps(db: Database, run_id: str) -> dict[str, tuple[str, int]]:
+    with db.connect() as conn:
+        return {name: (row["status"], row["attempt"]) for name, row in repo.get_steps(conn, run_id).items()}
+
+
+def test_an_attempt_recorded_but_never_advanced_is_advanced(setup):
+    db, clock, coordinator, run_id = setup
+    now = clock.now.timestamp()
+    with db.transaction() as conn:  # the results role records it; its step_finished is then lost
+        coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
+                                                   node="n", started_at=now, finished_at=now))
+    assert steps(db, run_id)["first"] == ("queued", 1)
+    with db.connect() as conn:
+        assert repo.unadvanced_attempts(conn, clock.now - timedelta(seconds=1)) == []  # too recent yet
+        found = repo.unadvanced_attempts(conn, clock.now + timedelta(seconds=1))
+    assert found == [(run_id, "first", 1)]
+    with db.transaction() as conn:
+        outgoing = coordinator.reconcile_unadvanced(conn, *found[0])
+    assert [o.queue_name for o in outgoing] == ["rc.steps"]  # `second` dispatched
+    assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
+    with db.transaction() as conn:  # the lost message turning up after all changes nothing
+        assert coordinator.reconcile_unadvanced(conn, *found[0]) == []
+    with db.connect() as conn:
+        assert repo.unadvanced_attempts(conn, clock.now + timedelta(seconds=1)) == []
+
+
+def test_an_attempt_with_no_result_past_its_deadline_is_recorded_lost_and_retried(setup):
+    db, clock, coordinator, run_id = setup
+    with db.connect() as conn:
+        assert repo.overdue_results(conn, clock.now + timedelta(seconds=89)) == []  # timeout 30 + grace 60
+        found = repo.overdue_results(conn, clock.now + timedelta(seconds=91))
+    assert found == [(run_id, "first", 1)]
+    clock.now += timedelta(seconds=91)
+    with db.transaction() as conn:
+        outgoing = coordinator.reconcile_overdue(conn, *found[0])
+    assert len(outgoing) == 1 and outgoing[0].delay_ms == 1000  # retried under the step's policy
+    assert steps(db, run_id)["first"] == ("queued", 2)
+    with db.connect() as conn:
+        lost = repo.get_attempt(conn, run_id, "first", 1)
+    assert lost["ok"] is False and lost["error_type"] == "Lost" and "was lost" in lost["error"]
+
+    # the real result of attempt 1 arriving now is a duplicate: fenced
+    now = clock.now.timestamp()
+    with db.transaction() as conn:
+        assert coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True,
+                                                          output=1, node="late", started_at=now, finished_at=now),
+                                         advance=True) == []
+    # attempt 2 lost as well: its deadline counts from its own dispatch (delay + timeout + grace)
+    with db.connect() as conn:
+        assert repo.overdue_results(conn, clock.now + timedelta(seconds=90)) == []
+        again = repo.overdue_results(conn, clock.now + timedelta(seconds=92))
+    clock.now += timedelta(seconds=92)
+    with db.transaction() as conn:
+        assert coordinator.reconcile_overdue(conn, *again[0]) == []
+    with db.connect() as conn:
+        run = repo.get_run(conn, run_id)
+    assert run["status"] == "failed" and "was lost" in run["error"]
+    assert steps(db, run_id)["second"][0] == "skipped"
+
+
+def test_a_result_that_arrives_before_the_repair_wins(setup):
+    db, clock, coordinator, run_id = setup
+    clock.now += timedelta(seconds=91)
+    with db.connect() as conn:
+        found = repo.overdue_results(conn, clock.now)
+    now = clock.now.timestamp()
+    with db.transaction() as conn:
+        coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
+                                                   node="n", started_at=now, finished_at=now), advance=True)
+    with db.transaction() as conn:  # the reconciler read it as overdue a moment before
+        assert coordinator.reconcile_overdue(conn, *found[0]) == []
+    assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
