@@ -28,7 +28,7 @@ from .faults import NONE, FaultPoints
 from .guard import as_message
 
 logger = logging.getLogger("miniflow.relay")
-DELETE_BATCH_WINDOW_S = 0.005
+DELETE_BATCH_WINDOW_S = 0.05  # published rows are deleted in one statement per window
 SWEEP_BATCH = 50  # stale rows claimed, published and deleted per transaction
 SWEEP_TX_BUDGET_S = 2.0  # publishing inside one sweep transaction stops after this long
 
@@ -123,8 +123,9 @@ class Relay:
             self._wake.wait(min(self.sweep_every_s, max(0.0, next_sweep - time.monotonic())))
             self._wake.clear()
             try:
+                if not self._stop.is_set():
+                    time.sleep(DELETE_BATCH_WINDOW_S)  # let a batch of ids gather first
                 self.delete_published()
-                time.sleep(DELETE_BATCH_WINDOW_S)  # let a batch of ids gather
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every_s
                     self.sweep_once()

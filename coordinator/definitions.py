@@ -9,6 +9,7 @@ retry policy and a timeout. Errors name the source, the step and the problem, e.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class Workflow:
 
     def secret_params(self) -> frozenset[str]:
         return frozenset(p.name for p in self.params.values() if p.secret)
+
+    @functools.cached_property
+    def secret_param_list(self) -> list[str]:
+        """The secret params' names, sorted (as step messages carry them); computed once."""
+        return sorted(self.secret_params())
 
     def to_spec(self) -> dict[str, Any]:
         return {

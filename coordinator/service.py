@@ -187,39 +187,46 @@ class Coordinator:
                                  for s in workflow.steps])
         outbox = Outbox(conn, now, self.instrument)
         run = {"id": run_id, "params": params, "priority": start.priority}
-        for step in workflow.roots():
-            self._dispatch(conn, outbox, run, workflow, step, 1, {}, None)
+        self._dispatch(conn, outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
         return StartOutcome(run_id, True, outbox.flush())
 
-    def _dispatch(self, conn: Connection, outbox: Outbox, run: Any, workflow: Workflow, step: str,
-                  attempt: int, outputs: dict[str, Any], delay_s: float | None) -> bool:
-        """Queue an attempt of a step; False (and the run failed) when its message cannot be sent."""
-        spec = workflow.steps[step]
-        task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
-                        task=spec.task, params=run["params"], config=spec.config,
-                        inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
-                        secret_params=sorted(workflow.secret_params()))
-        options: dict[str, Any] = {}
-        if run["priority"]:
-            options["broker_priority"] = run["priority"]
-        if spec.timeout:
-            options["time_limit"] = int(spec.timeout * 1000)
-        delay_ms = int(delay_s * 1000) if delay_s else None
-        try:
-            outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
-                       delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name,
-                                                      "step": step, "attempt": attempt, "delay_ms": delay_ms})
-        except MessageTooLarge as exc:
-            reason = (f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
-                      f"come to {exc.size} bytes, over the {codec.MAX_MESSAGE_BYTES}-byte message limit; "
-                      "return references (paths, keys) instead of bulk data")
-            repo.update_step(conn, run["id"], step, status=STEP_FAILED, error=reason)
-            self._end_run(conn, run, RUN_FAILED, reason)
-            return False
-        due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
-            if spec.timeout else None
-        repo.update_step(conn, run["id"], step, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
-                         error=None, result_due_at=due)
+    def _dispatch(self, conn: Connection, outbox: Outbox, run: Any, workflow: Workflow,
+                  attempts: list[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None) -> bool:
+        """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
+        when a message cannot be sent. Steps that share an attempt number and deadline are marked
+        queued in one statement."""
+        mark = len(outbox.items)
+        groups: dict[tuple[int, datetime | None], list[str]] = {}
+        for step, attempt in attempts:
+            spec = workflow.steps[step]
+            task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
+                            task=spec.task, params=run["params"], config=spec.config,
+                            inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
+                            secret_params=workflow.secret_param_list)
+            options: dict[str, Any] = {}
+            if run["priority"]:
+                options["broker_priority"] = run["priority"]
+            if spec.timeout:
+                options["time_limit"] = int(spec.timeout * 1000)
+            delay_ms = int(delay_s * 1000) if delay_s else None
+            try:
+                outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
+                           delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name,
+                                                          "step": step, "attempt": attempt, "delay_ms": delay_ms})
+            except MessageTooLarge as exc:
+                del outbox.items[mark:]
+                reason = (f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
+                          f"come to {exc.size} bytes, over the {codec.MAX_MESSAGE_BYTES}-byte message limit; "
+                          "return references (paths, keys) instead of bulk data")
+                repo.update_step(conn, run["id"], step, status=STEP_FAILED, error=reason)
+                self._end_run(conn, run, RUN_FAILED, reason)
+                return False
+            due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
+                if spec.timeout else None
+            groups.setdefault((attempt, due), []).append(step)
+        for (attempt, due), names in groups.items():
+            repo.update_steps(conn, run["id"], names, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
+                              error=None, result_due_at=due)
         return True
 
     # -- results ----------------------------------------------------------------------------------
@@ -233,24 +240,29 @@ class Coordinator:
         started = datetime.fromtimestamp(result.started_at, UTC)
         finished = datetime.fromtimestamp(result.finished_at, UTC)
         now = self.clock()
-        run = repo.lock_run(conn, result.run_id) if advance else repo.get_run(conn, result.run_id)
+        run: Any
+        steps: dict[str, Any]
+        if advance:
+            run, steps = repo.lock_run_with_steps(conn, result.run_id)
+        else:
+            run, steps = repo.get_run(conn, result.run_id), {}
         if run is None:
             raise MessageRejected("unknown_run", f"run {result.run_id!r} does not exist", "run_id")
-        inserted = repo.insert_attempt(conn, {
+        attempt = {
             "run_id": result.run_id, "step": result.step, "attempt": result.attempt, "ok": result.ok,
             "output": result.output, "error": result.error, "error_type": result.error_type,
             "node": result.node, "started_at": started, "finished_at": finished,
             "duration_ms": max(0.0, (result.finished_at - result.started_at) * 1000), "recorded_at": now,
-        })
-        if not inserted:
+        }
+        if not repo.insert_attempt(conn, attempt):
             logger.info("duplicate result ignored: run %s step %s attempt %d (the first one recorded wins)",
                         result.run_id, result.step, result.attempt)
             return []
+        event = StepFinished(result.run_id, result.step, result.attempt)
         if advance:
-            return self.step_finished(conn, StepFinished(result.run_id, result.step, result.attempt))
+            return self._advance(conn, run, steps, event, attempt)
         outbox = Outbox(conn, now, self.instrument)
-        outbox.add(self.names.coordinator, STEP_FINISHED,
-                   StepFinished(result.run_id, result.step, result.attempt).to_payload(),
+        outbox.add(self.names.coordinator, STEP_FINISHED, event.to_payload(),
                    attributes={"run_id": result.run_id, "step": result.step, "attempt": result.attempt})
         return outbox.flush()
 
@@ -264,15 +276,21 @@ class Coordinator:
     # -- advance ----------------------------------------------------------------------------------
     def step_finished(self, conn: Connection, event: StepFinished) -> list[Outgoing]:
         """Advance the run after a recorded attempt; stale or duplicate events are fenced."""
-        run = repo.lock_run(conn, event.run_id)
+        run, steps = repo.lock_run_with_steps(conn, event.run_id)
         if run is None:
             raise MessageRejected("unknown_run", f"run {event.run_id!r} does not exist", "run_id")
-        steps = repo.get_steps(conn, event.run_id)
-        row = steps.get(event.step)
         attempt = repo.get_attempt(conn, event.run_id, event.step, event.attempt)
-        if row is None or attempt is None:
+        if attempt is None:
             raise MessageRejected("unknown_step", f"run {event.run_id} has no recorded attempt "
                                   f"{event.attempt} of step {event.step!r}", "step")
+        return self._advance(conn, run, steps, event, attempt)
+
+    def _advance(self, conn: Connection, run: Any, steps: dict[str, Any], event: StepFinished,
+                 attempt: Any) -> list[Outgoing]:
+        """Apply a recorded attempt to its run (locked by the caller, ``steps`` read under the lock)."""
+        row = steps.get(event.step)
+        if row is None:
+            raise MessageRejected("unknown_step", f"run {event.run_id} has no step {event.step!r}", "step")
         if run["status"] in RUN_TERMINAL:
             logger.info("late result of run %s step %s attempt %d ignored: run is %s",
                         event.run_id, event.step, event.attempt, run["status"])
@@ -297,16 +315,16 @@ class Coordinator:
         outputs = {name: r["output"] for name, r in steps.items()}
         if decision.retry_delay is not None:
             repo.update_step(conn, run["id"], event.step, error=attempt["error"], node=attempt["node"])
-            self._dispatch(conn, outbox, run, workflow, event.step, event.attempt + 1, outputs,
+            self._dispatch(conn, outbox, run, workflow, [(event.step, event.attempt + 1)], outputs,
                            decision.retry_delay)
             return outbox.flush()
         repo.update_step(conn, run["id"], event.step, status=decision.step_status, output=attempt["output"],
                          error=attempt["error"], node=attempt["node"], started_at=attempt["started_at"],
                          finished_at=attempt["finished_at"])
         outputs[event.step] = attempt["output"]
-        for step in decision.dispatch:
-            if not self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None):
-                return outbox.flush()
+        if not self._dispatch(conn, outbox, run, workflow, [(step, steps[step]["attempt"] + 1)
+                                                             for step in decision.dispatch], outputs, None):
+            return outbox.flush()
         repo.update_steps(conn, run["id"], decision.skip, status=STEP_SKIPPED)
         repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED)
         if decision.run_status:
@@ -375,9 +393,8 @@ class Coordinator:
         statuses = {name: r["status"] for name, r in steps.items()}
         outputs = {name: r["output"] for name, r in steps.items()}
         outbox = Outbox(conn, now, self.instrument)
-        for step in ready_steps(workflow, statuses):
-            if not self._dispatch(conn, outbox, run, workflow, step, steps[step]["attempt"] + 1, outputs, None):
-                break
+        self._dispatch(conn, outbox, run, workflow, [(step, steps[step]["attempt"] + 1)
+                                                     for step in ready_steps(workflow, statuses)], outputs, None)
         return outbox.flush()
 
     # -- reconciling ------------------------------------------------------------------------------

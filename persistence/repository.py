@@ -108,6 +108,16 @@ def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
     return conn.execute(query).mappings().first()
 
 
+def lock_run_with_steps(conn: Connection, run_id: str) -> tuple[RowMapping | None, dict[str, RowMapping]]:
+    """The run row, locked until the transaction ends, then its steps by name.
+
+    Two statements on purpose: on Postgres a join locked FOR UPDATE OF runs would, after waiting
+    for a concurrent transaction of the same run, re-check the run row but keep the step rows of
+    its original snapshot, stale. Read after the lock, the steps are current (READ COMMITTED)."""
+    run = lock_run(conn, run_id)
+    return run, (get_steps(conn, run_id) if run is not None else {})
+
+
 def overdue_run_ids(conn: Connection, now: datetime, limit: int = 100) -> list[str]:
     """Running runs whose workflow deadline has passed."""
     return list(conn.execute(select(runs.c.id).where(runs.c.status == "running", runs.c.deadline_at.is_not(None),
