@@ -3,6 +3,10 @@
 Nothing here commits: callers hold ``Database.transaction()`` so that a state change and the
 outbox rows it implies commit together. Durable dedupe is done by unique keys with
 INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike).
+
+The statements of the per-step hot path are built once, with bound parameters, and reused: their
+compiled form is cached by SQLAlchemy, so executing one costs no statement construction and no
+cache-key walk (profiling showed those as a third of the coordinator's CPU per step).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import String, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -32,11 +36,46 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+_INSERT_IGNORE: dict[tuple[str, str], Any] = {}
+
+
 def insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    result = conn.execute(dialect.insert(table).on_conflict_do_nothing(), values)
+    key = (conn.dialect.name, table.name)
+    statement = _INSERT_IGNORE.get(key)
+    if statement is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = _INSERT_IGNORE[key] = dialect.insert(table).on_conflict_do_nothing()
+    result = conn.execute(statement, values)
     return result.rowcount or 0
+
+
+# -- prebuilt statements of the hot path ----------------------------------------------------------
+_RUN_ID: Any = bindparam("p_run_id", type_=String())
+_SELECT_RUN = select(runs).where(runs.c.id == _RUN_ID)
+_LOCK_RUN = _SELECT_RUN.with_for_update()
+_RUN_FOR_KEY = select(runs.c.id).where(runs.c.idempotency_key == bindparam("p_key"))
+_SELECT_STEPS = select(run_steps).where(run_steps.c.run_id == _RUN_ID)
+_INSERT_STEPS = insert(run_steps)
+_INSERT_OUTBOX = insert(outbox)
+_DELETE_OUTBOX = delete(outbox).where(outbox.c.message_id.in_(bindparam("p_ids", expanding=True)))
+_UPDATES: dict[tuple[str, bool, tuple[str, ...]], Any] = {}
+
+
+def _update(table: Any, many: bool, columns: tuple[str, ...]) -> Any:
+    """UPDATE of ``columns`` of one run (``runs``) or of named steps of a run (``run_steps``)."""
+    key = (table.name, many, columns)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        if table is runs:
+            where = [runs.c.id == _RUN_ID]
+        elif many:
+            where = [run_steps.c.run_id == _RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True))]
+        else:
+            where = [run_steps.c.run_id == _RUN_ID, run_steps.c.step == bindparam("p_step")]
+        statement = _UPDATES[key] = update(table).where(*where).values(
+            {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in columns})
+    return statement
 
 
 # -- workflow definitions -------------------------------------------------------------------------
@@ -97,15 +136,13 @@ def insert_run(conn: Connection, values: dict[str, Any]) -> bool:
 
 
 def run_id_for_key(conn: Connection, idempotency_key: str) -> str | None:
-    return conn.execute(select(runs.c.id).where(runs.c.idempotency_key == idempotency_key)).scalar()
+    return conn.execute(_RUN_FOR_KEY, {"p_key": idempotency_key}).scalar()
 
 
 def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
     """The run row, locked until the transaction ends (FOR UPDATE on Postgres)."""
-    query = select(runs).where(runs.c.id == run_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return conn.execute(query).mappings().first()
+    query = _LOCK_RUN if conn.dialect.name == "postgresql" else _SELECT_RUN
+    return conn.execute(query, {"p_run_id": run_id}).mappings().first()
 
 
 def lock_run_with_steps(conn: Connection, run_id: str) -> tuple[RowMapping | None, dict[str, RowMapping]]:
@@ -153,33 +190,41 @@ def overdue_results(conn: Connection, now: datetime, limit: int = 100) -> list[t
 
 
 def get_run(conn: Connection, run_id: str) -> RowMapping | None:
-    return conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+    return conn.execute(_SELECT_RUN, {"p_run_id": run_id}).mappings().first()
+
+
+def _set(values: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    columns = tuple(sorted(values))
+    return columns, {f"v_{name}": values[name] for name in columns}
 
 
 def update_run(conn: Connection, run_id: str, **values: Any) -> None:
-    conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+    columns, params = _set(values)
+    conn.execute(_update(runs, False, columns), {"p_run_id": run_id, **params})
 
 
 def insert_steps(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(insert(run_steps), list(rows))
+        conn.execute(_INSERT_STEPS, list(rows))
 
 
 def get_steps(conn: Connection, run_id: str) -> dict[str, RowMapping]:
-    rows = conn.execute(select(run_steps).where(run_steps.c.run_id == run_id)).mappings()
+    rows = conn.execute(_SELECT_STEPS, {"p_run_id": run_id}).mappings()
     return {row["step"]: row for row in rows}
 
 
 def update_step(conn: Connection, run_id: str, step: str, **values: Any) -> None:
-    conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step == step)
-                 .values(**values))
+    columns, params = _set(values)
+    conn.execute(_update(run_steps, False, columns), {"p_run_id": run_id, "p_step": step, **params})
 
 
 def update_steps(conn: Connection, run_id: str, steps: Iterable[str], **values: Any) -> None:
     names = list(steps)
-    if names:
-        conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step.in_(names))
-                     .values(**values))
+    if len(names) == 1:
+        update_step(conn, run_id, names[0], **values)
+    elif names:
+        columns, params = _set(values)
+        conn.execute(_update(run_steps, True, columns), {"p_run_id": run_id, "p_steps": names, **params})
 
 
 def list_runs(conn: Connection, *, limit: int = 50, status: str | None = None,
@@ -234,12 +279,12 @@ def get_attempts(conn: Connection, run_id: str) -> list[RowMapping]:
 # -- outbox ---------------------------------------------------------------------------------------
 def add_outbox(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(insert(outbox), list(rows))
+        conn.execute(_INSERT_OUTBOX, list(rows))
 
 
 def delete_outbox(conn: Connection, message_ids: Sequence[str]) -> None:
     if message_ids:
-        conn.execute(delete(outbox).where(outbox.c.message_id.in_(list(message_ids))))
+        conn.execute(_DELETE_OUTBOX, {"p_ids": list(message_ids)})
 
 
 def claim_stale_outbox(conn: Connection, older_than: datetime, limit: int = 500) -> list[RowMapping]:
