@@ -5,6 +5,9 @@ Measures (full persistence in Postgres, workers as separate processes):
   diamond-10    1 -> 8 parallel -> 1 no-op steps, RUNS runs started at once: steps/s and runs/s
   chain-10      ten sequential steps, one run at a time: ms per step (median, p99)
   start latency publish of a start -> first step running (median, p99)
+  fan-out-100   one run of 100 parallel no-op steps: publish to run finished (median of FANOUT_RUNS)
+  scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
+                against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
   memory        peak RSS of each worker process
   cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
@@ -40,6 +43,13 @@ from bench.harness import (
 DIAMOND = "name: bench-diamond\nsteps:\n  - {name: first, task: bench.noop}\n" + "".join(
     f"  - {{name: p{i}, task: bench.noop, needs: [first]}}\n" for i in range(8)) + \
     "  - {name: last, task: bench.noop, needs: [" + ", ".join(f"p{i}" for i in range(8)) + "]}\n"
+FANOUT = "name: bench-fanout\nsteps:\n" + "".join(f"  - {{name: f{i}, task: bench.noop}}\n" for i in range(100))
+SLEEP_S = 0.1
+SLEEPY = DIAMOND.replace("bench-diamond", "bench-diamond-io").replace(
+    "task: bench.noop", f"task: bench.sleep, config: {{seconds: {SLEEP_S}}}")
+FANOUT_RUNS = 5
+SCALE_RUNS = 100
+SCALE_EXECUTORS = (1, 2, 4)
 CHAIN = "name: bench-chain\nsteps:\n  - {name: s0, task: bench.noop}\n" + "".join(
     f"  - {{name: s{i}, task: bench.noop, needs: [s{i - 1}]}}\n" for i in range(1, 10))
 
@@ -73,7 +83,7 @@ class Cluster:
         self.executor.stop()
 
 
-def diamond(env: dict[str, str], runs: int) -> dict[str, float]:
+def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> dict[str, float]:
     from protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"]
@@ -83,11 +93,49 @@ def diamond(env: dict[str, str], runs: int) -> dict[str, float]:
     with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub:
         start = time.monotonic()
         for _ in range(runs):
-            pub.start_workflow("bench-diamond", idempotency_key=str(uuid.uuid4()))
+            pub.start_workflow(workflow, idempotency_key=str(uuid.uuid4()))
     end = wait_terminal(dsn, before + runs)
     elapsed = end - start
     return {"runs": runs, "seconds": round(elapsed, 3), "steps_per_s": round(runs * 10 / elapsed, 1),
             "runs_per_s": round(runs / elapsed, 1)}
+
+
+def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
+    """One run of 100 parallel steps at a time: seconds from publish to the run's end."""
+    from protocol.publisher import Publisher
+
+    dsn = env["MINIFLOW_DATABASE_URL"]
+    times = []
+    with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub:
+        for _ in range(runs):
+            with psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
+                cur.execute("select count(*) from runs where status in ('succeeded','failed','cancelled')")
+                before = cur.fetchone()[0]
+            start = time.monotonic()
+            pub.start_workflow("bench-fanout", idempotency_key=str(uuid.uuid4()))
+            times.append(wait_terminal(dsn, before + 1) - start)
+    return {"fanout100_s_median": round(statistics.median(times), 3), "fanout100_s_max": round(max(times), 3),
+            "fanout100_steps_per_s": round(100 / statistics.median(times), 1)}
+
+
+def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]:
+    """diamond-10 with 100 ms sleeping steps and 1, 2, 4 executor processes (the cluster's one + extra);
+    each point with its share of the ideal, every executor thread always busy sleeping."""
+    curve: dict[str, Any] = {}
+    extra: list[Worker] = []
+    try:
+        for count in SCALE_EXECUTORS:
+            while len(extra) + 1 < count:
+                extra.append(Worker(env, "--steps", "bench.steps", "--threads", str(threads)).wait_ready())
+            point = diamond(env, SCALE_RUNS, "bench-diamond-io")
+            point["ideal_steps_per_s"] = round(count * threads / SLEEP_S, 1)
+            point["share_of_ideal"] = round(point["steps_per_s"] / point["ideal_steps_per_s"], 3)
+            curve[str(count)] = point
+            print(f"scale, {count} executor(s): {curve[str(count)]}", flush=True)
+    finally:
+        for worker in extra:
+            worker.stop()
+    return curve
 
 
 def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
@@ -127,12 +175,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200, help="diamond-10 runs started at once")
     parser.add_argument("--chain-runs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=16,
+                        help="threads of every worker process and of the raw dramatiq baseline")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
     args = parser.parse_args()
 
-    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "threads": args.threads}
     print(f"machine: {results['machine']}", flush=True)
     results["baseline"] = base = baseline(args.threads)
     print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms", flush=True)
@@ -145,7 +195,7 @@ def main() -> int:
         env = bench_env(namespace, db)
         try:
             miniflow(env, "db", "upgrade")
-            for name, text in (("diamond", DIAMOND), ("chain", CHAIN)):
+            for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY)):
                 path = Path(f"/tmp/{namespace}-{name}.yaml")
                 path.write_text(text)
                 miniflow(env, "deploy", str(path))
@@ -154,8 +204,11 @@ def main() -> int:
                 diamond(env, 20)  # warm-up: connections, caches
                 results["diamond10"] = diamond(env, args.runs)
                 print(f"diamond-10: {results['diamond10']}", flush=True)
-                results.update(chain_and_start_latency(env, args.chain_runs))
                 results["rss_mb"] = cluster.rss()
+                results.update(chain_and_start_latency(env, args.chain_runs))
+                results.update(fanout(env, FANOUT_RUNS))
+                print(f"fan-out-100: {results['fanout100_s_median']} s", flush=True)
+                results["scale"] = scale(env, cluster, args.threads)
             finally:
                 cluster.stop()
             with OtlpReceiver() as receiver:
@@ -192,7 +245,8 @@ def main() -> int:
 def print_table(r: dict[str, Any]) -> None:
     base = r["baseline"]
     rows = [
-        ("raw dramatiq no-op drain (1 proc x 8 threads)", f"{base['drain_msgs_per_s']:.0f} msg/s", "1.00"),
+        (f"raw dramatiq no-op drain (1 proc x {r['threads']} threads)", f"{base['drain_msgs_per_s']:.0f} msg/s",
+         "1.00"),
         ("raw dramatiq sequential hop", f"{base['hop_ms_median']:.2f} ms", "1.00"),
         ("diamond-10 steps/s", f"{r['diamond10']['steps_per_s']:.0f}",
          f"{r['ratios']['diamond10_steps_per_s_vs_raw_drain']:.2f} of drain"),
@@ -201,7 +255,13 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['chain10_ms_per_step_median']:.2f} / {r['chain10_ms_per_step_p99']:.2f}",
          f"{r['ratios']['chain10_ms_per_step_vs_raw_hop']:.1f}x hop"),
         ("start latency ms (median / p99)",
-         f"{r['start_latency_ms_median']:.2f} / {r['start_latency_ms_p99']:.2f}", ""),
+         f"{r['start_latency_ms_median']:.2f} / {r['start_latency_ms_p99']:.2f}",
+         f"{r['start_latency_ms_median'] / base['hop_ms_median']:.1f}x hop"),
+        ("fan-out-100, one run, s (median of 5)", f"{r['fanout100_s_median']:.3f}",
+         f"{r['fanout100_steps_per_s'] / base['drain_msgs_per_s']:.2f} of drain"),
+        *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",
+           f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal")
+          for n, v in r["scale"].items()],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
         ("peak RSS MB (coordinator+results / executor)",

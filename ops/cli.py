@@ -233,14 +233,18 @@ def workflows_list(ctx: click.Context, as_json: bool) -> None:
               help="Role(s) to serve (repeatable; default: all three).")
 @click.option("--steps", multiple=True, help="Module(s) that register steps (executor role).")
 @click.option("--queue", "pools", multiple=True, help="Extra step queue(s) (pools) to consume.")
-@click.option("--threads", default=8, show_default=True)
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="Worker threads [default: 16 with the coordinator or results role, which mostly wait on "
+                   "the database and the broker; 8 for an executor].")
 @click.pass_context
 def worker(ctx: click.Context, roles: tuple[str, ...], steps: tuple[str, ...], pools: tuple[str, ...],
-           threads: int) -> None:
+           threads: int | None) -> None:
     """Serve actors on this node until SIGINT/SIGTERM (executors need only the broker)."""
     from .runtime import run_worker
 
     roles_list = list(roles) or (["executor"] if steps and not roles else [])
+    if threads is None:
+        threads = 16 if {"coordinator", "results"} & set(roles_list or ["coordinator", "results", "executor"]) else 8
     code = run_worker(_settings(ctx), roles_list, list(steps), list(pools), threads,
                       ready=lambda line: click.echo(line, err=True))
     sys.exit(code)
