@@ -130,6 +130,14 @@ class Outbox:
         return self.items
 
 
+class _Undispatchable(Exception):
+    """A step message that cannot be sent (over the size limit): the run fails with the reason."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
 class Coordinator:
     """Start, advance, cancel and finish runs. Thread-safe; holds a cache of immutable definitions."""
 
@@ -147,7 +155,11 @@ class Coordinator:
         return repo.save_definition(conn, workflow.name, workflow.to_spec(), source, workflow.version)
 
     def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
-        if version is not None and (name, version) in self._definitions:
+        if version is None:  # the latest: one small query, then the cache of immutable versions
+            version = repo.latest_version(conn, name)
+            if version is None:
+                return None
+        if (name, version) in self._definitions:
             return self._definitions[(name, version)]
         found = repo.get_definition(conn, name, version)
         if found is None:
@@ -161,11 +173,11 @@ class Coordinator:
     # -- start ------------------------------------------------------------------------------------
     def start(self, conn: Connection, start: StartWorkflow, message_id: str,
               trace_id: str | None = None) -> StartOutcome:
-        """Create the run (once per idempotency key) and dispatch its root steps."""
+        """Create the run (once per idempotency key) and dispatch its root steps.
+
+        The run row's unique idempotency key is the dedupe (INSERT ... ON CONFLICT DO NOTHING);
+        the steps are inserted with the roots already queued: five statements in all."""
         key = start.idempotency_key or f"message:{message_id}"
-        existing = repo.run_id_for_key(conn, key)
-        if existing is not None:
-            return StartOutcome(existing, False, [])
         workflow = self.workflow(conn, start.workflow, start.version)
         if workflow is None:
             if start.version is not None and repo.get_definition(conn, start.workflow) is not None:
@@ -181,13 +193,24 @@ class Coordinator:
             "created_at": now, "started_at": now,
             "deadline_at": now + timedelta(seconds=workflow.timeout) if workflow.timeout else None,
         })
-        if not created:  # a concurrent start with the same key won the race
+        if not created:  # this key has a run already (a duplicate start, or a concurrent one won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run_id, False, [])
-        repo.insert_steps(conn, [{"run_id": run_id, "step": s, "status": STEP_PENDING, "attempt": 0}
-                                 for s in workflow.steps])
         outbox = Outbox(conn, now, self.instrument)
-        run = {"id": run_id, "params": params, "priority": start.priority}
-        self._dispatch(conn, outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
+        run = {"id": run_id, "workflow": workflow.name, "params": params, "priority": start.priority}
+        failed: _Undispatchable | None = None
+        try:
+            groups = self._prepare(outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
+        except _Undispatchable as exc:
+            groups, failed = {}, exc
+        queued = {name: (attempt, due) for (attempt, due), names in groups.items() for name in names}
+        repo.insert_steps(conn, [
+            {"run_id": run_id, "step": name, "status": STEP_QUEUED, "attempt": queued[name][0], "queued_at": now,
+             "result_due_at": queued[name][1]} if name in queued else
+            {"run_id": run_id, "step": name, "status": STEP_PENDING, "attempt": 0, "queued_at": None,
+             "result_due_at": None}
+            for name in workflow.steps])
+        if failed is not None:
+            self._undispatchable(conn, run, failed)
         return StartOutcome(run_id, True, outbox.flush())
 
     def _dispatch(self, conn: Connection, outbox: Outbox, run: Any, workflow: Workflow,
@@ -195,8 +218,23 @@ class Coordinator:
         """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
         when a message cannot be sent. Steps that share an attempt number and deadline are marked
         queued in one statement."""
+        try:
+            groups = self._prepare(outbox, run, workflow, attempts, outputs, delay_s)
+        except _Undispatchable as exc:
+            self._undispatchable(conn, run, exc)
+            return False
+        for (attempt, due), names in groups.items():
+            repo.update_steps(conn, run["id"], names, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
+                              error=None, result_due_at=due)
+        return True
+
+    def _prepare(self, outbox: Outbox, run: Any, workflow: Workflow, attempts: list[tuple[str, int]],
+                 outputs: dict[str, Any], delay_s: float | None) -> dict[tuple[int, datetime | None], list[str]]:
+        """Add the step messages to the outbox; returns the steps by (attempt, result deadline).
+        Raises _Undispatchable (and adds none of them) when one is over the message limit."""
         mark = len(outbox.items)
         groups: dict[tuple[int, datetime | None], list[str]] = {}
+        delay_ms = int(delay_s * 1000) if delay_s else None
         for step, attempt in attempts:
             spec = workflow.steps[step]
             task = StepTask(run_id=run["id"], workflow=workflow.name, step=step, attempt=attempt,
@@ -208,26 +246,24 @@ class Coordinator:
                 options["broker_priority"] = run["priority"]
             if spec.timeout:
                 options["time_limit"] = int(spec.timeout * 1000)
-            delay_ms = int(delay_s * 1000) if delay_s else None
             try:
                 outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
                            delay_ms=delay_ms, attributes={"run_id": run["id"], "workflow": workflow.name,
                                                           "step": step, "attempt": attempt, "delay_ms": delay_ms})
             except MessageTooLarge as exc:
                 del outbox.items[mark:]
-                reason = (f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
-                          f"come to {exc.size} bytes, over the {codec.MAX_MESSAGE_BYTES}-byte message limit; "
-                          "return references (paths, keys) instead of bulk data")
-                repo.update_step(conn, run["id"], step, status=STEP_FAILED, error=reason)
-                self._end_run(conn, run, RUN_FAILED, reason)
-                return False
+                raise _Undispatchable(step, (
+                    f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
+                    f"come to {exc.size} bytes, over the {codec.MAX_MESSAGE_BYTES}-byte message limit; "
+                    "return references (paths, keys) instead of bulk data")) from None
             due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
                 if spec.timeout else None
             groups.setdefault((attempt, due), []).append(step)
-        for (attempt, due), names in groups.items():
-            repo.update_steps(conn, run["id"], names, status=STEP_QUEUED, attempt=attempt, queued_at=outbox.now,
-                              error=None, result_due_at=due)
-        return True
+        return groups
+
+    def _undispatchable(self, conn: Connection, run: Any, failure: _Undispatchable) -> None:
+        repo.update_step(conn, run["id"], failure.step, status=STEP_FAILED, error=failure.reason)
+        self._end_run(conn, run, RUN_FAILED, failure.reason)
 
     # -- results ----------------------------------------------------------------------------------
     def record_result(self, conn: Connection, result: StepResult, *, advance: bool = False) -> list[Outgoing]:

@@ -122,6 +122,15 @@ def get_definition(conn: Connection, name: str, version: int | None = None) -> t
     return (row.version, row.spec) if row is not None else None
 
 
+_LATEST_VERSION = select(func.max(workflow_definitions.c.version)).where(
+    workflow_definitions.c.name == bindparam("p_name", type_=String()))
+
+
+def latest_version(conn: Connection, name: str) -> int | None:
+    """The latest deployed version of a workflow (None if it is not deployed)."""
+    return conn.execute(_LATEST_VERSION, {"p_name": name}).scalar()
+
+
 def list_definitions(conn: Connection) -> list[RowMapping]:
     return list(conn.execute(
         select(workflow_definitions.c.name, workflow_definitions.c.version,

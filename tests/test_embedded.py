@@ -414,3 +414,20 @@ steps:
         time.sleep(0.01)
     run = wait_status(engine, run_id, ("failed",))
     assert "was lost" in run["error"]
+
+
+def test_a_root_step_over_the_message_limit_fails_its_run_at_start_with_the_reason(engine):
+    pad = "y" * (600 * 1024)
+    engine.deploy(loads(f"""
+name: big-root
+params: {{blob: {{required: true}}}}
+steps:
+  - {{name: first, task: test.echo, config: {{pad: "{pad}"}}}}
+  - {{name: then, task: test.echo, needs: [first]}}
+"""))
+    run = engine.wait(engine.submit("big-root", {"blob": "x" * (500 * 1024)}), timeout=30)
+    assert run.status == "failed"
+    assert "step 'first' cannot be dispatched" in run.error
+    assert {s["step"]: s["status"] for s in run.steps} == {"first": "failed", "then": "skipped"}
+    assert run.attempts == []
+    assert outbox_drains(engine)
