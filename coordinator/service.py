@@ -276,21 +276,20 @@ class Coordinator:
         started = datetime.fromtimestamp(result.started_at, UTC)
         finished = datetime.fromtimestamp(result.finished_at, UTC)
         now = self.clock()
-        run: Any
-        steps: dict[str, Any]
-        if advance:
-            run, steps = repo.lock_run_with_steps(conn, result.run_id)
-        else:
-            run, steps = repo.get_run(conn, result.run_id), {}
-        if run is None:
-            raise MessageRejected("unknown_run", f"run {result.run_id!r} does not exist", "run_id")
         attempt = {
             "run_id": result.run_id, "step": result.step, "attempt": result.attempt, "ok": result.ok,
             "output": result.output, "error": result.error, "error_type": result.error_type,
             "node": result.node, "started_at": started, "finished_at": finished,
             "duration_ms": max(0.0, (result.finished_at - result.started_at) * 1000), "recorded_at": now,
         }
-        if not repo.insert_attempt(conn, attempt):
+        if advance:  # lock, record and read in one round trip on Postgres
+            run, steps, inserted = repo.record_and_lock(conn, attempt)
+        else:
+            run, steps = repo.get_run(conn, result.run_id), {}
+            inserted = run is not None and repo.insert_attempt(conn, attempt)
+        if run is None:
+            raise MessageRejected("unknown_run", f"run {result.run_id!r} does not exist", "run_id")
+        if not inserted:
             logger.info("duplicate result ignored: run %s step %s attempt %d (the first one recorded wins)",
                         result.run_id, result.step, result.attempt)
             return []
@@ -342,7 +341,8 @@ class Coordinator:
         # Attempts count from the step's current budget (a run retry starts a new one).
         used = event.attempt - (row["first_attempt"] or 1) + 1
         decision = decide(workflow, statuses, event.step, used, attempt["ok"], attempt["error"], self.rng)
-        return self._apply(conn, run, workflow, steps, event, attempt, decision)
+        with repo.batched_writes(conn):  # its writes in one round trip on Postgres
+            return self._apply(conn, run, workflow, steps, event, attempt, decision)
 
     def _apply(self, conn: Connection, run: Any, workflow: Workflow, steps: dict[str, Any],
                event: StepFinished, attempt: Any, decision: Decision) -> list[Outgoing]:

@@ -11,13 +11,14 @@ cache-key walk (profiling showed those as a third of the coordinator's CPU per s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, insert, select, update
+from sqlalchemy import JSON, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -150,8 +151,121 @@ def run_id_for_key(conn: Connection, idempotency_key: str) -> str | None:
 
 def lock_run(conn: Connection, run_id: str) -> RowMapping | None:
     """The run row, locked until the transaction ends (FOR UPDATE on Postgres)."""
+    _flush(conn)
     query = _LOCK_RUN if conn.dialect.name == "postgresql" else _SELECT_RUN
     return conn.execute(query, {"p_run_id": run_id}).mappings().first()
+
+
+def record_and_lock(conn: Connection, attempt: dict[str, Any]) -> tuple[Any, dict[str, Any], bool]:
+    """Lock the attempt's run, record the attempt once, read the run and its steps: returns
+    (run or None, steps by name, whether this call recorded the attempt).
+
+    On Postgres it is one round trip: the lock, then (in a statement of its own, so that it reads
+    after the lock is granted, not from a snapshot taken before) the insert and the read. An
+    attempt of a run that does not exist is not inserted."""
+    if conn.dialect.name != "postgresql":
+        locked = lock_run(conn, attempt["run_id"])
+        if locked is None:
+            return None, {}, False
+        recorded = insert_attempt(conn, attempt)
+        return locked, get_steps(conn, attempt["run_id"]), recorded
+    _flush(conn)
+    params = {f"a_{k}": (json.dumps(v) if k == "output" else v) for k, v in attempt.items()}
+    run: dict[str, Any] | None = None
+    steps: dict[str, Any] = {}
+    inserted = False
+    for row in conn.exec_driver_sql(_PG_RECORD_AND_LOCK, params).mappings():
+        if run is None:
+            run = {c.name: row[f"r_{c.name}"] for c in runs.c}
+            inserted = bool(row["inserted"])
+        if row["s_step"] is not None:
+            steps[row["s_step"]] = {c.name: row[f"s_{c.name}"] for c in run_steps.c}
+    return run, steps, inserted
+
+
+_ATTEMPT_COLUMNS = [c.name for c in step_attempts.c if c.name != "id"]
+_PG_RECORD_AND_LOCK = (
+    "SELECT 1 FROM runs WHERE id = %(a_run_id)s FOR UPDATE; "
+    "WITH ins AS (INSERT INTO step_attempts (" + ", ".join(_ATTEMPT_COLUMNS) + ") SELECT "
+    + ", ".join(f"%(a_{c})s::jsonb" if c == "output" else f"%(a_{c})s" for c in _ATTEMPT_COLUMNS)
+    + " WHERE EXISTS (SELECT 1 FROM runs WHERE id = %(a_run_id)s)"
+    " ON CONFLICT (run_id, step, attempt) DO NOTHING RETURNING 1) "
+    "SELECT (SELECT count(*) FROM ins) AS inserted, "
+    + ", ".join(f"r.{c.name} AS r_{c.name}" for c in runs.c) + ", "
+    + ", ".join(f"s.{c.name} AS s_{c.name}" for c in run_steps.c)
+    + " FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id WHERE r.id = %(a_run_id)s")
+
+
+# -- batched writes: the writes of one advance in one round trip on Postgres -------------------
+_BATCH = "miniflow.write_batch"
+
+
+@contextlib.contextmanager
+def batched_writes(conn: Connection) -> Iterator[None]:
+    """Inside, run/step updates and outbox inserts are collected and sent together on Postgres (one
+    round trip) when the block ends or before any read; elsewhere they run at once."""
+    if conn.dialect.name != "postgresql" or _BATCH in conn.info:
+        yield
+        return
+    conn.info[_BATCH] = ([], {})
+    try:
+        yield
+        _flush(conn)
+    finally:
+        conn.info.pop(_BATCH, None)
+
+
+def _flush(conn: Connection) -> None:
+    batch = conn.info.get(_BATCH)
+    if batch and batch[0]:
+        statements, params = batch
+        sql = "; ".join(statements)
+        bound = dict(params)
+        statements.clear()
+        params.clear()
+        conn.exec_driver_sql(sql, bound)
+
+
+def _batched(conn: Connection, table: Any, run_id: str, steps: list[str] | None, values: dict[str, Any]) -> bool:
+    batch = conn.info.get(_BATCH)
+    if batch is None:
+        return False
+    statements, params = batch
+    n = len(statements)
+    sets = []
+    for name in sorted(values):
+        key = f"w{n}_{name}"
+        if isinstance(table.c[name].type, JSON):
+            params[key] = None if values[name] is None else json.dumps(values[name])
+            sets.append(f"{name} = %({key})s::jsonb")
+        else:
+            params[key] = values[name]
+            sets.append(f"{name} = %({key})s")
+    params[f"w{n}_run"] = run_id
+    if table is runs:
+        where = f"id = %(w{n}_run)s"
+    else:
+        params[f"w{n}_steps"] = list(steps or [])
+        where = f"run_id = %(w{n}_run)s AND step = ANY(%(w{n}_steps)s)"
+    statements.append(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}")
+    return True
+
+
+def _batched_outbox(conn: Connection, rows: Sequence[dict[str, Any]]) -> bool:
+    batch = conn.info.get(_BATCH)
+    if batch is None:
+        return False
+    statements, params = batch
+    n = len(statements)
+    values = []
+    for i, row in enumerate(rows):
+        for column in ("message_id", "queue_name", "body", "delay_ms", "created_at"):
+            params[f"o{n}_{i}_{column}"] = row.get(column)
+        values.append("(" + ", ".join(f"%(o{n}_{i}_{c})s" for c in
+                                      ("message_id", "queue_name", "body", "delay_ms", "created_at")) + ")")
+    statements.append("INSERT INTO outbox (message_id, queue_name, body, delay_ms, created_at) VALUES "
+                      + ", ".join(values))
+    return True
 
 
 def lock_run_with_steps(conn: Connection, run_id: str) -> tuple[RowMapping | None, dict[str, RowMapping]]:
@@ -199,6 +313,7 @@ def overdue_results(conn: Connection, now: datetime, limit: int = 100) -> list[t
 
 
 def get_run(conn: Connection, run_id: str) -> RowMapping | None:
+    _flush(conn)
     return conn.execute(_SELECT_RUN, {"p_run_id": run_id}).mappings().first()
 
 
@@ -208,6 +323,8 @@ def _set(values: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 
 def update_run(conn: Connection, run_id: str, **values: Any) -> None:
+    if _batched(conn, runs, run_id, None, values):
+        return
     columns, params = _set(values)
     conn.execute(_update(runs, False, columns), {"p_run_id": run_id, **params})
 
@@ -218,17 +335,22 @@ def insert_steps(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def get_steps(conn: Connection, run_id: str) -> dict[str, RowMapping]:
+    _flush(conn)
     rows = conn.execute(_SELECT_STEPS, {"p_run_id": run_id}).mappings()
     return {row["step"]: row for row in rows}
 
 
 def update_step(conn: Connection, run_id: str, step: str, **values: Any) -> None:
+    if _batched(conn, run_steps, run_id, [step], values):
+        return
     columns, params = _set(values)
     conn.execute(_update(run_steps, False, columns), {"p_run_id": run_id, "p_step": step, **params})
 
 
 def update_steps(conn: Connection, run_id: str, steps: Iterable[str], **values: Any) -> None:
     names = list(steps)
+    if names and _batched(conn, run_steps, run_id, names, values):
+        return
     if len(names) == 1:
         update_step(conn, run_id, names[0], **values)
     elif names:
@@ -275,6 +397,7 @@ def mark_handled(conn: Connection, message_id: str, kind: str, run_id: str, at: 
 
 
 def get_attempt(conn: Connection, run_id: str, step: str, attempt: int) -> RowMapping | None:
+    _flush(conn)
     return conn.execute(select(step_attempts).where(
         step_attempts.c.run_id == run_id, step_attempts.c.step == step,
         step_attempts.c.attempt == attempt)).mappings().first()
@@ -287,7 +410,7 @@ def get_attempts(conn: Connection, run_id: str) -> list[RowMapping]:
 
 # -- outbox ---------------------------------------------------------------------------------------
 def add_outbox(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
+    if rows and not _batched_outbox(conn, rows):
         conn.execute(_INSERT_OUTBOX, list(rows))
 
 

@@ -58,10 +58,15 @@ def traced(env: dict[str, str], namespace: str, tmp_path_factory: pytest.TempPat
             delete_topology(BROKER_URL, QueueNames(ns))
 
 
-def expected_spans(spans: list[ReceivedSpan]) -> bool:
+def expected_spans(spans: list[ReceivedSpan], root_parent: str = "") -> bool:
+    """All of the run's spans are in: each process exports on its own schedule, so wait until the
+    counts are complete and every span's parent has arrived too."""
     names = [s.name for s in spans]
+    ids = {s.span_id for s in spans}
     # coordinator and results share a process here, so each result advances the run in place
-    return names.count("process record_result") == 4 and "run succeeded" in names
+    return (names.count("process record_result") == 4 and names.count("process execute_step") == 4
+            and "run succeeded" in names
+            and sum(1 for s in spans if s.parent_id not in ids or s.parent_id == root_parent) == 1)
 
 
 def assert_one_tree(spans: list[ReceivedSpan], root_parent: str = "") -> ReceivedSpan:
@@ -122,7 +127,7 @@ def test_a_foreign_producer_with_its_own_traceparent_joins_that_trace(traced):
     key = f"foreign-{uuid.uuid4()}"
     publish_start(BROKER_URL, env["MINIFLOW_NAMESPACE"], "traced-diamond", {"x": 1}, key,
                   options={"traceparent": f"00-{trace_id}-{parent_span}-01"})
-    spans = poll(lambda: (s := receiver.trace(trace_id)) and expected_spans(s) and s,
+    spans = poll(lambda: (s := receiver.trace(trace_id)) and expected_spans(s, parent_span) and s,
                  what="the foreign run's spans", timeout=60)
     root = assert_one_tree(spans, root_parent=parent_span)
     assert root.name == "process start_workflow"
