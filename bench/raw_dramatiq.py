@@ -1,7 +1,8 @@
 """The baseline: plain dramatiq on the same RabbitMQ, in this process (run as a child of bench.run).
 
 Prints one JSON line: no-op drain msg/s with N threads in one process, and the sequential hop
-latency of an actor that sends the next message from inside itself.
+latency of an actor that sends the next message from inside itself. With a fifth argument
+`confirmed`, the broker is set up as MiniFlow's is: publisher confirms and priority queues.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 
-def main(url: str, messages: int, threads: int, hops: int) -> dict[str, float]:
+def main(url: str, messages: int, threads: int, hops: int, confirmed: bool = False) -> dict[str, float]:
+    """``confirmed``: the broker as MiniFlow sets it up (publisher confirms, priority queues)."""
     prefix = f"rawbench_{uuid.uuid4().hex[:6]}"
-    broker = RabbitmqBroker(url=url)
+    broker = RabbitmqBroker(url=url, confirm_delivery=True, max_priority=10) if confirmed else RabbitmqBroker(url=url)
     dramatiq.set_broker(broker)
     done = threading.Event()
     count = [0]
@@ -68,4 +70,4 @@ def main(url: str, messages: int, threads: int, hops: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     url, messages, threads, hops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(main(url, messages, threads, hops)))
+    print(json.dumps(main(url, messages, threads, hops, confirmed=sys.argv[5:6] == ["confirmed"])))

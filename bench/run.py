@@ -1,7 +1,8 @@
 """`make bench`: MiniFlow beside raw dramatiq on the same RabbitMQ, in one invocation.
 
 Measures (full persistence in Postgres, workers as separate processes):
-  baseline      raw dramatiq: no-op drain msg/s (1 process x 8 threads) and sequential hop latency
+  baseline      raw dramatiq: no-op drain msg/s (1 process x --threads threads) and sequential hop
+                latency, and the hop again with publisher confirms and priority queues as MiniFlow sets them
   diamond-10    1 -> 8 parallel -> 1 no-op steps, RUNS runs started at once: steps/s and runs/s
   chain-10      ten sequential steps, one run at a time: ms per step (median, p99)
   start latency publish of a start -> first step running (median, p99)
@@ -60,11 +61,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 def baseline(threads: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "bench.raw_dramatiq", BROKER_URL, "5000", str(threads), "300"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Raw dramatiq: drain and hop with its default broker, and the hop again with publisher
+    confirms and priority queues (MiniFlow's broker settings)."""
+    figures = {}
+    for args, prefix in ((["5000"], ""), (["500"], "confirmed_")):
+        out = subprocess.run([sys.executable, "-m", "bench.raw_dramatiq", BROKER_URL, *args, str(threads), "300",
+                              *(["confirmed"] if prefix else [])],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        figures.update({prefix + k: v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()})
+    return figures
 
 
 class Cluster:
@@ -185,7 +192,8 @@ def main() -> int:
                                "threads": args.threads}
     print(f"machine: {results['machine']}", flush=True)
     results["baseline"] = base = baseline(args.threads)
-    print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms", flush=True)
+    print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms, with confirms "
+          f"and priorities {base['confirmed_hop_ms_median']:.2f} ms", flush=True)
 
     sys.path.insert(0, str(ROOT))
     from tests.integration.otlp_receiver import OtlpReceiver
@@ -235,6 +243,8 @@ def main() -> int:
     results["ratios"] = {
         "diamond10_steps_per_s_vs_raw_drain": round(steps / base["drain_msgs_per_s"], 3),
         "chain10_ms_per_step_vs_raw_hop": round(results["chain10_ms_per_step_median"] / base["hop_ms_median"], 2),
+        "chain10_ms_per_step_vs_confirmed_hop": round(
+            results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -248,12 +258,15 @@ def print_table(r: dict[str, Any]) -> None:
         (f"raw dramatiq no-op drain (1 proc x {r['threads']} threads)", f"{base['drain_msgs_per_s']:.0f} msg/s",
          "1.00"),
         ("raw dramatiq sequential hop", f"{base['hop_ms_median']:.2f} ms", "1.00"),
+        ("raw dramatiq hop, confirms + priority queues", f"{base['confirmed_hop_ms_median']:.2f} ms",
+         f"{base['confirmed_hop_ms_median'] / base['hop_ms_median']:.2f}x hop"),
         ("diamond-10 steps/s", f"{r['diamond10']['steps_per_s']:.0f}",
          f"{r['ratios']['diamond10_steps_per_s_vs_raw_drain']:.2f} of drain"),
         ("diamond-10 runs/s", f"{r['diamond10']['runs_per_s']:.1f}", ""),
         ("chain-10 ms per step (median / p99)",
          f"{r['chain10_ms_per_step_median']:.2f} / {r['chain10_ms_per_step_p99']:.2f}",
-         f"{r['ratios']['chain10_ms_per_step_vs_raw_hop']:.1f}x hop"),
+         f"{r['ratios']['chain10_ms_per_step_vs_raw_hop']:.1f}x hop, "
+         f"{r['ratios']['chain10_ms_per_step_vs_confirmed_hop']:.1f}x confirmed hop"),
         ("start latency ms (median / p99)",
          f"{r['start_latency_ms_median']:.2f} / {r['start_latency_ms_p99']:.2f}",
          f"{r['start_latency_ms_median'] / base['hop_ms_median']:.1f}x hop"),
