@@ -96,3 +96,28 @@ def test_a_start_for_an_unknown_workflow_is_rejected_with_a_reason_the_producer_
     result = miniflow(cluster, "start", "no-such-flow", "--wait", "--timeout", "60")
     assert result.returncode == 2
     assert "unknown_workflow" in result.stderr
+
+
+def test_the_same_start_published_many_times_at_once_makes_one_run(cluster):
+    """A producer that re-sends (a lost confirm, a retry loop) must not start the workflow twice, even
+    when the copies are handled at the same moment by different coordinator threads."""
+    ns, db = cluster["MINIFLOW_NAMESPACE"], cluster["MINIFLOW_DATABASE_URL"]
+    key = f"dup-{uuid.uuid4()}"
+    for _ in range(8):  # each with its own message id, as separate publishes are
+        publish_start(BROKER_URL, ns, "diamond", {"x": 3}, key)
+    [(run_id, status)] = poll(lambda: (rows := query(db, "select id, status from runs where idempotency_key = %s",
+                                                     key)) and rows[0][1] == "succeeded" and rows,
+                              what="the run to succeed")
+
+    def ingress_drained() -> bool:  # every copy has been handled (consumed and acknowledged)
+        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        try:
+            declared = connection.channel().queue_declare(f"{ns}.ingress", passive=True)
+            return declared.method.message_count == 0 and declared.method.consumer_count > 0
+        finally:
+            connection.close()
+
+    poll(ingress_drained, what="every copy of the start to be handled")
+    attempts = query(db, "select step, attempt from step_attempts where run_id = %s order by step", run_id)
+    assert attempts == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert query(db, "select count(*) from runs where idempotency_key = %s", key) == [(1,)]
