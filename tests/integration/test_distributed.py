@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -109,13 +110,11 @@ def test_the_same_start_published_many_times_at_once_makes_one_run(cluster):
                                                      key)) and rows[0][1] == "succeeded" and rows,
                               what="the run to succeed")
 
-    def ingress_drained() -> bool:  # every copy has been handled (consumed and acknowledged)
-        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-        try:
-            declared = connection.channel().queue_declare(f"{ns}.ingress", passive=True)
-            return declared.method.message_count == 0 and declared.method.consumer_count > 0
-        finally:
-            connection.close()
+    def ingress_drained() -> bool:  # every copy has been handled: none ready, none delivered and unacked
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
+                                 "messages_unacknowledged"], capture_output=True, text=True, timeout=60).stdout
+        counts = [line.split()[1:] for line in listed.splitlines() if line.split()[:1] == [f"{ns}.ingress"]]
+        return counts == [["0", "0"]]
 
     poll(ingress_drained, what="every copy of the start to be handled")
     attempts = query(db, "select step, attempt from step_attempts where run_id = %s order by step", run_id)
