@@ -56,7 +56,9 @@ logger = logging.getLogger("miniflow.coordinator")
 Clock = Callable[[], datetime]
 # A queued attempt of a step with a timeout whose result has not come this long after the timeout
 # is recorded as lost (failed) by the reconciler, so the run goes on instead of waiting for ever.
-RESULT_GRACE_S = 300.0
+# Counted from the dispatch, so it also covers the time the message waits in the queue: an hour,
+# like the infrastructure retries, so that only a real loss (not a backlog) trips it.
+RESULT_GRACE_S = 3600.0
 
 
 def _utcnow() -> datetime:
