@@ -140,30 +140,36 @@ def test_a_coordinator_killed_after_commit_before_publish_loses_nothing(space, t
                 w.stop()
 
 
-def test_cancel_and_retry_from_the_command_line(space, tmp_path):
-    coordinator = WorkerProcess(space, ["--role", "coordinator", "--role", "results"], tmp_path / "coord.log")
-    executor = WorkerProcess(space, ["--steps", "tests.steps_for_tests"], tmp_path / "exec.log")
+@pytest.fixture
+def workers(space: dict[str, str], tmp_path: Path) -> Iterator[None]:
+    """One coordinator+results process and one executor of the test steps, both ready."""
+    started = [WorkerProcess(space, ["--role", "coordinator", "--role", "results"], tmp_path / "coord.log"),
+               WorkerProcess(space, ["--steps", "tests.steps_for_tests"], tmp_path / "exec.log")]
     try:
-        coordinator.wait_ready()
-        executor.wait_ready()
-        db = space["MINIFLOW_DATABASE_URL"]
-        key = f"cancel-{uuid.uuid4()}"
-        publish(space, "slow-chain", key)
-        run_id = poll(lambda: query(db, "select id from runs where idempotency_key = %s", key),
-                      what="the run")[0][0]
-        cancelled = miniflow(space, "runs", "cancel", run_id, "--reason", "not today")
-        assert cancelled.returncode == 0, cancelled.stderr
-        assert "cancelled" in cancelled.stdout
-        again = miniflow(space, "runs", "cancel", run_id)
-        assert again.returncode == 2 and "already ended" in again.stderr
-        retried = miniflow(space, "runs", "retry", run_id, "--wait", "--timeout", "60")
-        assert retried.returncode == 0, retried.stderr + retried.stdout
-        shown = json.loads(miniflow(space, "runs", "show", run_id, "--json").stdout)
-        assert shown["status"] == "succeeded"
-        assert {s["step"]: s["status"] for s in shown["steps"]} == {"first": "succeeded", "second": "succeeded"}
+        for worker in started:
+            worker.wait_ready()
+        yield
     finally:
-        executor.stop()
-        coordinator.stop()
+        for worker in started:
+            worker.stop()
+
+
+def test_cancel_and_retry_from_the_command_line(space, workers):
+    db = space["MINIFLOW_DATABASE_URL"]
+    key = f"cancel-{uuid.uuid4()}"
+    publish(space, "slow-chain", key)
+    run_id = poll(lambda: query(db, "select id from runs where idempotency_key = %s", key),
+                  what="the run")[0][0]
+    cancelled = miniflow(space, "runs", "cancel", run_id, "--reason", "not today")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+    again = miniflow(space, "runs", "cancel", run_id)
+    assert again.returncode == 2 and "already ended" in again.stderr
+    retried = miniflow(space, "runs", "retry", run_id, "--wait", "--timeout", "60")
+    assert retried.returncode == 0, retried.stderr + retried.stdout
+    shown = json.loads(miniflow(space, "runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "succeeded"
+    assert {s["step"]: s["status"] for s in shown["steps"]} == {"first": "succeeded", "second": "succeeded"}
 
 
 def test_coordinator_and_results_in_separate_processes_talk_through_step_finished(space, tmp_path):
@@ -184,27 +190,19 @@ def test_coordinator_and_results_in_separate_processes_talk_through_step_finishe
             w.stop()
 
 
-def test_retry_of_a_run_that_fails_again_at_once_is_reported_as_retried(space, tmp_path):
+def test_retry_of_a_run_that_fails_again_at_once_is_reported_as_retried(space, workers):
     """The re-run may fail again before the command looks: it must still see that it was retried."""
-    coordinator = WorkerProcess(space, ["--role", "coordinator", "--role", "results"], tmp_path / "coord.log")
-    executor = WorkerProcess(space, ["--steps", "tests.steps_for_tests"], tmp_path / "exec.log")
-    try:
-        coordinator.wait_ready()
-        executor.wait_ready()
-        db = space["MINIFLOW_DATABASE_URL"]
-        key = f"doomed-{uuid.uuid4()}"
-        publish(space, "doomed", key)
-        run_id, status, _ = poll(lambda: run_status(db, key), timeout=60, what="the doomed run to fail")
-        assert status == "failed"
-        for round_, args in enumerate((["--wait", "--timeout", "60"], []), start=2):
-            retried = miniflow(space, "runs", "retry", run_id, *args)
-            assert "not retried" not in retried.stderr, retried.stderr
-            # with --wait it follows the re-run to its end (failed again: exit 1); without, exit 0
-            assert retried.returncode == (1 if args else 0), retried.stderr + retried.stdout
-            poll(lambda n=round_: query(db, "select count(*) from step_attempts where run_id = %s", run_id)[0][0] == n
-                 and run_status(db, key) is not None, timeout=60, what=f"re-run {round_} to end")
-        assert [a for (a,) in query(db, "select attempt from step_attempts where run_id = %s order by attempt",
-                                    run_id)] == [1, 2, 3]
-    finally:
-        executor.stop()
-        coordinator.stop()
+    db = space["MINIFLOW_DATABASE_URL"]
+    key = f"doomed-{uuid.uuid4()}"
+    publish(space, "doomed", key)
+    run_id, status, _ = poll(lambda: run_status(db, key), timeout=60, what="the doomed run to fail")
+    assert status == "failed"
+    for round_, args in enumerate((["--wait", "--timeout", "60"], []), start=2):
+        retried = miniflow(space, "runs", "retry", run_id, *args)
+        assert "not retried" not in retried.stderr, retried.stderr
+        # with --wait it follows the re-run to its end (failed again: exit 1); without, exit 0
+        assert retried.returncode == (1 if args else 0), retried.stderr + retried.stdout
+        poll(lambda n=round_: query(db, "select count(*) from step_attempts where run_id = %s", run_id)[0][0] == n
+             and run_status(db, key) is not None, timeout=60, what=f"re-run {round_} to end")
+    assert [a for (a,) in query(db, "select attempt from step_attempts where run_id = %s order by attempt",
+                                run_id)] == [1, 2, 3]
