@@ -24,7 +24,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.errors import BrokerConnectionError as BrokerUnreachable
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, TimeLimit
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from coordinator.service import Coordinator, mask_values
@@ -180,7 +180,8 @@ class Node:
                 logger.warning("deadline check failed: %s", type(exc).__name__)
 
     def reconcile_once(self, unadvanced_after_s: float = UNADVANCED_AFTER_S) -> int:
-        """Repair what lost messages leave behind; returns how many steps were repaired.
+        """Repair what lost messages leave behind; returns how many steps were repaired (items
+        another coordinator repaired first are skipped).
 
         - an attempt recorded whose run never advanced (its step_finished was dead-lettered):
           the run is advanced now;
@@ -195,10 +196,15 @@ class Node:
         for fix, items in ((self.coordinator.reconcile_unadvanced, unadvanced),
                            (self.coordinator.reconcile_overdue, overdue)):
             for run_id, step, attempt in items:
-                with self.db.transaction() as conn:
-                    outgoing = fix(conn, run_id, step, attempt)
-                self.relay.publish(outgoing)
-                repaired += 1
+                try:
+                    with self.db.transaction() as conn:
+                        outgoing = fix(conn, run_id, step, attempt)
+                    if outgoing is not None:
+                        self.relay.publish(outgoing)
+                        repaired += 1
+                except Exception as exc:  # the others still get their turn; this one comes back next pass
+                    logger.warning("could not reconcile run %s step %s attempt %d: %s", run_id, step, attempt,
+                                   type(exc).__name__)
         return repaired
 
     def _emit(self, kind: str, **data: Any) -> None:
@@ -347,12 +353,15 @@ class Node:
         from another node: this late result then arrives as a duplicate and is fenced by the
         results role (the first recorded attempt wins). A stopping worker gives up at once; its
         step message was not acked, so it is redelivered."""
+        self._end_time_limit()
         payload = result.to_payload()
         deadline = time.monotonic() + RESULT_RESEND_S
         delay, failures = 0.5, 0
         while True:
             try:
                 self._send(self.names.results, RECORD_RESULT, payload)
+            except TimeLimitExceeded:  # only if the limit could not be lifted: it fires once, go on
+                continue
             except BrokerUnreachable as exc:
                 failures += 1
                 if time.monotonic() + delay > deadline or self._stop.is_set():
@@ -370,6 +379,15 @@ class Node:
                 logger.warning("result of run %s step %s attempt %d delivered after %d failed tries",
                                result.run_id, result.step, result.attempt, failures)
             return
+
+
+    def _end_time_limit(self) -> None:
+        """The step's time limit bounds its body; once the body has returned, handing in the result
+        (which may wait for the broker) must not be interrupted by it."""
+        for middleware in self.broker.middleware:
+            manager = getattr(middleware, "manager", None) if isinstance(middleware, TimeLimit) else None
+            if manager is not None:
+                manager.remove_timeout(threading.get_ident())
 
 
 class StepCrashed(Exception):

@@ -180,13 +180,20 @@ class Coordinator:
         The run row's unique idempotency key is the dedupe (INSERT ... ON CONFLICT DO NOTHING);
         the steps are inserted with the roots already queued: five statements in all."""
         key = start.idempotency_key or f"message:{message_id}"
-        workflow = self.workflow(conn, start.workflow, start.version)
-        if workflow is None:
-            if start.version is not None and repo.get_definition(conn, start.workflow) is not None:
-                raise MessageRejected(UNKNOWN_VERSION, f"workflow {start.workflow!r} has no version "
-                                      f"{start.version}", "version")
-            raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {start.workflow!r} is not deployed", "workflow")
-        params = resolve_params(workflow, start.params)
+        try:
+            workflow = self.workflow(conn, start.workflow, start.version)
+            if workflow is None:
+                if start.version is not None and repo.get_definition(conn, start.workflow) is not None:
+                    raise MessageRejected(UNKNOWN_VERSION, f"workflow {start.workflow!r} has no version "
+                                          f"{start.version}", "version")
+                raise MessageRejected(UNKNOWN_WORKFLOW, f"workflow {start.workflow!r} is not deployed", "workflow")
+            params = resolve_params(workflow, start.params)
+        except MessageRejected:
+            # A re-sent start whose run exists is a duplicate, even if a later deploy would reject it.
+            existing = repo.run_id_for_key(conn, key)
+            if existing is not None:
+                return StartOutcome(existing, False, [])
+            raise
         now = self.clock()
         run_id = str(uuid.uuid4())
         created = repo.insert_run(conn, {
@@ -358,13 +365,13 @@ class Coordinator:
             return outbox.flush()
         repo.update_step(conn, run["id"], event.step, status=decision.step_status, output=attempt["output"],
                          error=attempt["error"], node=attempt["node"], started_at=attempt["started_at"],
-                         finished_at=attempt["finished_at"])
+                         finished_at=attempt["finished_at"], result_due_at=None)
         outputs[event.step] = attempt["output"]
         if not self._dispatch(conn, outbox, run, workflow, [(step, steps[step]["attempt"] + 1)
                                                              for step in decision.dispatch], outputs, None):
             return outbox.flush()
         repo.update_steps(conn, run["id"], decision.skip, status=STEP_SKIPPED)
-        repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED)
+        repo.update_steps(conn, run["id"], decision.cancel, status=STEP_CANCELLED, result_due_at=None)
         if decision.run_status:
             repo.update_run(conn, run["id"], status=decision.run_status, error=decision.run_error,
                             finished_at=now)
@@ -383,7 +390,7 @@ class Coordinator:
         repo.update_steps(conn, run["id"], [s for s, r in steps.items() if r["status"] == STEP_PENDING],
                           status=STEP_SKIPPED)
         repo.update_steps(conn, run["id"], [s for s, r in steps.items() if r["status"] == STEP_QUEUED],
-                          status=STEP_CANCELLED)
+                          status=STEP_CANCELLED, result_due_at=None)
         repo.update_run(conn, run["id"], status=status, error=reason, finished_at=self.clock())
         self._finished(conn, run["id"], run["workflow"], status, reason)
 
@@ -436,25 +443,36 @@ class Coordinator:
         return outbox.flush()
 
     # -- reconciling ------------------------------------------------------------------------------
-    def reconcile_unadvanced(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing]:
+    def reconcile_unadvanced(self, conn: Connection, run_id: str, step: str,
+                             attempt: int) -> list[Outgoing] | None:
         """Advance a run past an attempt that was recorded but whose step_finished never arrived
-        (dead-lettered after an outage longer than its retries). Fenced like the message itself."""
+        (dead-lettered after an outage longer than its retries); None when there is nothing to do
+        any more (another coordinator, or the message itself, got there first)."""
+        run, steps = repo.lock_run_with_steps(conn, run_id)
+        row = steps.get(step)
+        if run is None or run["status"] != RUN_RUNNING or row is None or row["status"] != STEP_QUEUED \
+                or row["attempt"] != attempt:
+            return None
+        recorded = repo.get_attempt(conn, run_id, step, attempt)
+        if recorded is None:
+            return None
         logger.warning("run %s step %s attempt %d was recorded but the run never advanced: advancing it now",
                        run_id, step, attempt)
-        return self.step_finished(conn, StepFinished(run_id, step, attempt))
+        return self._advance(conn, run, steps, StepFinished(run_id, step, attempt), recorded)
 
-    def reconcile_overdue(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing]:
+    def reconcile_overdue(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing] | None:
         """Record a queued attempt whose result is overdue as lost (failed), then advance the run:
         the step is retried under its policy or the run fails with the reason. A real result
-        arriving later is a duplicate of this attempt and is fenced."""
-        run = repo.lock_run(conn, run_id)
+        arriving later is a duplicate of this attempt and is fenced. None when there is nothing
+        to do any more."""
+        run, steps = repo.lock_run_with_steps(conn, run_id)
         if run is None or run["status"] != RUN_RUNNING:
-            return []
-        row = repo.get_steps(conn, run_id).get(step)
+            return None
+        row = steps.get(step)
         now = self.clock()
         due = repo.as_utc(row["result_due_at"]) if row is not None else None
         if row is None or row["status"] != STEP_QUEUED or row["attempt"] != attempt or due is None or due > now:
-            return []
+            return None
         workflow = self.workflow(conn, run["workflow"], run["version"])
         timeout = workflow.steps[step].timeout if workflow and step in workflow.steps else None
         error = (f"no result for attempt {attempt} within its timeout of {timeout or 0:g}s plus "
@@ -465,7 +483,7 @@ class Coordinator:
                 "run_id": run_id, "step": step, "attempt": attempt, "ok": False, "output": None, "error": error,
                 "error_type": "Lost", "node": None, "started_at": queued, "finished_at": now,
                 "duration_ms": 0.0, "recorded_at": now}):
-            return []  # its result came in meanwhile
+            return None  # its result came in meanwhile
         logger.warning("run %s step %s attempt %d recorded as lost: no result past its deadline", run_id, step, attempt)
         return self.step_finished(conn, StepFinished(run_id, step, attempt))
 

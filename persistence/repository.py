@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import JSON, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .models import dead_letters, handled_requests, outbox, run_steps, runs, step_attempts, workflow_definitions
 
@@ -42,6 +42,7 @@ _INSERT_IGNORE: dict[tuple[str, str], Any] = {}
 
 def insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> int:
     """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
+    _flush(conn)
     key = (conn.dialect.name, table.name)
     statement = _INSERT_IGNORE.get(key)
     if statement is None:
@@ -115,6 +116,7 @@ def save_definition(conn: Connection, name: str, spec: dict[str, Any], source: s
 
 def get_definition(conn: Connection, name: str, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
     """(version, spec) of a deployed workflow: the given version, or the latest."""
+    _flush(conn)
     query = select(workflow_definitions.c.version, workflow_definitions.c.spec).where(
         workflow_definitions.c.name == name)
     if version is not None:
@@ -129,6 +131,7 @@ _LATEST_VERSION = select(func.max(workflow_definitions.c.version)).where(
 
 def latest_version(conn: Connection, name: str) -> int | None:
     """The latest deployed version of a workflow (None if it is not deployed)."""
+    _flush(conn)
     return conn.execute(_LATEST_VERSION, {"p_name": name}).scalar()
 
 
@@ -146,6 +149,7 @@ def insert_run(conn: Connection, values: dict[str, Any]) -> bool:
 
 
 def run_id_for_key(conn: Connection, idempotency_key: str) -> str | None:
+    _flush(conn)
     return conn.execute(_RUN_FOR_KEY, {"p_key": idempotency_key}).scalar()
 
 
@@ -175,7 +179,13 @@ def record_and_lock(conn: Connection, attempt: dict[str, Any]) -> tuple[Any, dic
     steps: dict[str, Any] = {}
     inserted = False
     _prepare(conn, _PG_PREPARE)
-    for row in conn.exec_driver_sql(_PG_EXECUTE_RECORD, params).mappings():
+    try:
+        rows = list(conn.exec_driver_sql(_PG_EXECUTE_RECORD, params).mappings())
+    except DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) == "26000":  # the session lost them: ask again next time
+            conn.info.pop(_PREPARED, None)
+        raise
+    for row in rows:
         if run is None:
             run = {c.name: row[f"r_{c.name}"] for c in runs.c}
             inserted = bool(row["inserted"])
@@ -235,7 +245,8 @@ _BATCH = "miniflow.write_batch"
 @contextlib.contextmanager
 def batched_writes(conn: Connection) -> Iterator[None]:
     """Inside, run/step updates and outbox inserts are collected and sent together on Postgres (one
-    round trip) when the block ends or before any read; elsewhere they run at once."""
+    round trip) when the block ends, or earlier as soon as any other query of this module runs (each
+    sends what was collected first, so nothing is read stale or reordered); elsewhere they run at once."""
     if conn.dialect.name != "postgresql" or _BATCH in conn.info:
         yield
         return
@@ -362,6 +373,7 @@ def update_run(conn: Connection, run_id: str, **values: Any) -> None:
 
 
 def insert_steps(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    _flush(conn)
     if rows:
         conn.execute(_INSERT_STEPS, list(rows))
 
@@ -418,6 +430,7 @@ def insert_attempt(conn: Connection, values: dict[str, Any]) -> bool:
 
 def request_handled(conn: Connection, message_id: str) -> bool:
     """Whether the coordinator has acted on this request message."""
+    _flush(conn)
     return conn.execute(select(handled_requests.c.message_id).where(
         handled_requests.c.message_id == message_id)).first() is not None
 
@@ -436,6 +449,7 @@ def get_attempt(conn: Connection, run_id: str, step: str, attempt: int) -> RowMa
 
 
 def get_attempts(conn: Connection, run_id: str) -> list[RowMapping]:
+    _flush(conn)
     return list(conn.execute(select(step_attempts).where(step_attempts.c.run_id == run_id)
                              .order_by(step_attempts.c.started_at, step_attempts.c.id)).mappings())
 
@@ -447,6 +461,7 @@ def add_outbox(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def delete_outbox(conn: Connection, message_ids: Sequence[str]) -> None:
+    _flush(conn)
     if message_ids:
         conn.execute(_DELETE_OUTBOX, {"p_ids": list(message_ids)})
 
@@ -461,6 +476,7 @@ def claim_stale_outbox(conn: Connection, older_than: datetime, limit: int = 500)
 
 
 def count_outbox(conn: Connection) -> int:
+    _flush(conn)
     return int(conn.execute(select(func.count()).select_from(outbox)).scalar() or 0)
 
 

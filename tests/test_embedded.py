@@ -431,3 +431,44 @@ steps:
     assert {s["step"]: s["status"] for s in run.steps} == {"first": "failed", "then": "skipped"}
     assert run.attempts == []
     assert outbox_drains(engine)
+
+
+def test_a_step_time_limit_does_not_cut_off_the_hand_in_of_its_result(engine, caplog):
+    """The limit bounds the body; waiting for the broker to take the result is not the step's time."""
+    import dramatiq.errors
+
+    engine.deploy(loads("""
+name: quick
+steps:
+  - {name: only, task: test.flaky, timeout: 0.2, retries: 0}
+"""))
+    real_enqueue = engine.broker.enqueue
+    refused: list[str] = []
+
+    def slow_broker(message, *, delay=None):  # refuses the result for ~1.5 s, well past the 0.2 s limit
+        if message.queue_name == engine.names.results and len(refused) < 2:
+            refused.append(message.message_id)
+            raise dramatiq.errors.ConnectionClosed(OSError("network is unreachable"))
+        return real_enqueue(message, delay=delay)
+
+    engine.broker.enqueue = slow_broker
+    with caplog.at_level(logging.WARNING, logger="miniflow.actors"):
+        run = engine.wait(engine.submit("quick"), timeout=30)
+    assert run.status == "succeeded"
+    assert [(a["attempt"], a["output"]) for a in run.attempts] == [(1, {"calls": 1, "attempt": 1})]  # ran once
+    assert "delivered after 2 failed tries" in caplog.text
+
+
+def test_a_start_sent_again_after_a_redeploy_that_would_reject_it_finds_its_run(engine, caplog):
+    engine.deploy(loads("name: evolving\nsteps:\n  - {name: only, task: test.echo}\n"))
+    first = engine.wait(engine.submit("evolving", key="evolve-1"), timeout=30)
+    engine.deploy(loads("name: evolving\nparams: {needed: {required: true}}\n"
+                        "steps:\n  - {name: only, task: test.echo}\n"))
+    with caplog.at_level(logging.INFO, logger="miniflow.actors"):
+        engine.submit("evolving", key="evolve-1")  # the producer re-sends its start
+        deadline = time.monotonic() + 30
+        while "duplicate start of evolving" not in caplog.text:
+            assert time.monotonic() < deadline, "the re-sent start was never handled"
+            time.sleep(0.02)
+    assert engine.wait("evolve-1", timeout=30).run_id == first.run_id
+    assert dead_letters(engine) == []

@@ -65,8 +65,10 @@ def test_an_attempt_recorded_but_never_advanced_is_advanced(setup):
         outgoing = coordinator.reconcile_unadvanced(conn, *found[0])
     assert [o.queue_name for o in outgoing] == ["rc.steps"]  # `second` dispatched
     assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
-    with db.transaction() as conn:  # the lost message turning up after all changes nothing
-        assert coordinator.reconcile_unadvanced(conn, *found[0]) == []
+    with db.connect() as conn:  # a finished step leaves the reconciler's index
+        assert repo.get_steps(conn, run_id)["first"]["result_due_at"] is None
+    with db.transaction() as conn:  # a second pass (or another coordinator) finds nothing to do
+        assert coordinator.reconcile_unadvanced(conn, *found[0]) is None
     with db.connect() as conn:
         assert repo.unadvanced_attempts(conn, clock.now + timedelta(seconds=1)) == []
 
@@ -84,6 +86,7 @@ def test_an_attempt_with_no_result_past_its_deadline_is_recorded_lost_and_retrie
     assert steps(db, run_id)["first"] == ("queued", 2)
     with db.connect() as conn:
         lost = repo.get_attempt(conn, run_id, "first", 1)
+        assert repo.get_steps(conn, run_id)["second"]["result_due_at"] is None  # never queued
     assert lost["ok"] is False and lost["error_type"] == "Lost" and "was lost" in lost["error"]
 
     # the real result of attempt 1 arriving now is a duplicate: fenced
@@ -115,5 +118,5 @@ def test_a_result_that_arrives_before_the_repair_wins(setup):
         coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
                                                    node="n", started_at=now, finished_at=now), advance=True)
     with db.transaction() as conn:  # the reconciler read it as overdue a moment before
-        assert coordinator.reconcile_overdue(conn, *found[0]) == []
+        assert coordinator.reconcile_overdue(conn, *found[0]) is None
     assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}

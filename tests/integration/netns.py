@@ -30,6 +30,11 @@ def available() -> str | None:
         return "iproute2 (`ip`) is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root"
+    probe = f"mfprobe{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:  # root without CAP_NET_ADMIN (a container), or no netns support
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
     return None
 
 

@@ -143,9 +143,11 @@ def test_a_coordinator_killed_after_commit_before_publish_loses_nothing(space, t
 @pytest.fixture
 def workers(space: dict[str, str], tmp_path: Path) -> Iterator[None]:
     """One coordinator+results process and one executor of the test steps, both ready."""
-    started = [WorkerProcess(space, ["--role", "coordinator", "--role", "results"], tmp_path / "coord.log"),
-               WorkerProcess(space, ["--steps", "tests.steps_for_tests"], tmp_path / "exec.log")]
+    started: list[WorkerProcess] = []
     try:
+        for args, log in ((["--role", "coordinator", "--role", "results"], "coord.log"),
+                          (["--steps", "tests.steps_for_tests"], "exec.log")):
+            started.append(WorkerProcess(space, args, tmp_path / log))
         for worker in started:
             worker.wait_ready()
         yield

@@ -72,6 +72,13 @@ def fenced_runs(log: str) -> set[str]:
     return found
 
 
+def undelivered_runs(lines: list[str]) -> set[str]:
+    """Runs whose result the cut-off node failed to hand in (and kept), from its log."""
+    marker = "result of run "
+    return {line.split(marker, 1)[1].split()[0] for line in lines
+            if marker in line and "not delivered (broker out of reach" in line}
+
+
 def test_a_node_cut_off_mid_step_is_replaced_and_its_late_results_are_fenced(space, node, tmp_path):
     db = space["MINIFLOW_DATABASE_URL"]
     hold = tmp_path / "hold"
@@ -120,8 +127,8 @@ def test_a_node_cut_off_mid_step_is_replaced_and_its_late_results_are_fenced(spa
 
         # The far node finishes its held steps while still cut off: it keeps their results ...
         (hold / "release").touch()
-        poll(lambda: sum("not delivered (broker out of reach" in line for line in far.lines) >= len(held),
-             timeout=120, what="the far node to try to hand in its results while cut off")
+        poll(lambda: held <= undelivered_runs(far.lines), timeout=120,
+             what="the far node to try to hand in each held step's result while cut off")
         # ... and hands them in once the link is back, where they are fenced.
         node.heal()
         healed_at = time.monotonic()
