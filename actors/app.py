@@ -75,6 +75,9 @@ RESULT_RESEND_S = 3600.0
 RESULT_RESEND_MAX_DELAY_S = 10.0
 RECONCILE_EVERY_S = 10.0
 UNADVANCED_AFTER_S = 60.0  # a recorded attempt's step_finished normally lands within milliseconds
+# Handled retry ids are kept this long: far longer than a message can wait to be redelivered, and
+# than dramatiq keeps a dead-lettered one (7 days) for a replay.
+HANDLED_KEEP_S = 30 * 24 * 3600.0
 
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -205,6 +208,8 @@ class Node:
                 except Exception as exc:  # the others still get their turn; this one comes back next pass
                     logger.warning("could not reconcile run %s step %s attempt %d: %s", run_id, step, attempt,
                                    type(exc).__name__)
+        with self.db.transaction() as conn:
+            repo.prune_handled(conn, repo.utcnow() - timedelta(seconds=HANDLED_KEEP_S))
         return repaired
 
     def _emit(self, kind: str, **data: Any) -> None:

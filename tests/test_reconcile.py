@@ -120,3 +120,17 @@ def test_a_result_that_arrives_before_the_repair_wins(setup):
     with db.transaction() as conn:  # the reconciler read it as overdue a moment before
         assert coordinator.reconcile_overdue(conn, *found[0]) is None
     assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
+
+
+def test_handled_retry_ids_are_forgotten_after_their_keep_time(setup):
+    db, clock, coordinator, run_id = setup
+    with db.transaction() as conn:
+        for i in range(5):
+            assert repo.mark_handled(conn, f"old-{i}", "retry_run", run_id, clock.now - timedelta(days=40))
+        assert repo.mark_handled(conn, "recent", "retry_run", run_id, clock.now)
+    with db.transaction() as conn:
+        assert repo.prune_handled(conn, clock.now - timedelta(days=30), limit=3) == 3
+    with db.transaction() as conn:
+        assert repo.prune_handled(conn, clock.now - timedelta(days=30)) == 2
+    with db.connect() as conn:
+        assert repo.request_handled(conn, "recent") and not repo.request_handled(conn, "old-0")
