@@ -353,21 +353,28 @@ steps:
     assert outbox_drains(engine)
 
 
-def test_an_executor_keeps_a_result_it_could_not_send_and_delivers_it_when_the_broker_is_back(engine, caplog):
-    """A partitioned executor must not drop finished work: the result is sent again, with backoff."""
+def refuse_results(engine, times: int) -> list[str]:
+    """Make the broker refuse the first ``times`` results as an unreachable one would; returns the
+    ids of the refused messages as they happen."""
     import dramatiq.errors
 
-    engine.deploy(loads(DIAMOND))
     real_enqueue = engine.broker.enqueue
     refused: list[str] = []
 
-    def flaky_enqueue(message, *, delay=None):
-        if message.queue_name == engine.names.results and len(refused) < 2:
+    def enqueue(message, *, delay=None):
+        if message.queue_name == engine.names.results and len(refused) < times:
             refused.append(message.message_id)
             raise dramatiq.errors.ConnectionClosed(OSError("network is unreachable"))
         return real_enqueue(message, delay=delay)
 
-    engine.broker.enqueue = flaky_enqueue
+    engine.broker.enqueue = enqueue
+    return refused
+
+
+def test_an_executor_keeps_a_result_it_could_not_send_and_delivers_it_when_the_broker_is_back(engine, caplog):
+    """A partitioned executor must not drop finished work: the result is sent again, with backoff."""
+    engine.deploy(loads(DIAMOND))
+    refused = refuse_results(engine, 2)
     with caplog.at_level(logging.WARNING, logger="miniflow.actors"):
         run = engine.wait(engine.submit("diamond", {"x": 1}), timeout=30)
     assert run.status == "succeeded"
@@ -435,23 +442,12 @@ steps:
 
 def test_a_step_time_limit_does_not_cut_off_the_hand_in_of_its_result(engine, caplog):
     """The limit bounds the body; waiting for the broker to take the result is not the step's time."""
-    import dramatiq.errors
-
     engine.deploy(loads("""
 name: quick
 steps:
   - {name: only, task: test.flaky, timeout: 0.2, retries: 0}
 """))
-    real_enqueue = engine.broker.enqueue
-    refused: list[str] = []
-
-    def slow_broker(message, *, delay=None):  # refuses the result for ~1.5 s, well past the 0.2 s limit
-        if message.queue_name == engine.names.results and len(refused) < 2:
-            refused.append(message.message_id)
-            raise dramatiq.errors.ConnectionClosed(OSError("network is unreachable"))
-        return real_enqueue(message, delay=delay)
-
-    engine.broker.enqueue = slow_broker
+    refuse_results(engine, 2)  # with the backoff, ~1.5 s of refusals: well past the 0.2 s limit
     with caplog.at_level(logging.WARNING, logger="miniflow.actors"):
         run = engine.wait(engine.submit("quick"), timeout=30)
     assert run.status == "succeeded"
