@@ -1,7 +1,9 @@
 """Broker set-up: RabbitMQ (publisher confirms on, priorities, guarded consumers) or embedded.
 
 Both brokers route every consumed body through :class:`~actors.guard.Guard` before dramatiq
-decodes it, so bad input is dead-lettered with a reason instead of crashing or looping.
+decodes it, so bad input is dead-lettered with a reason instead of crashing or looping. MiniFlow's
+own sends go through :func:`publish`, where dramatiq's connection errors become BrokerUnavailable
+(dramatiq's internals keep theirs, which its worker handles).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
@@ -24,7 +27,8 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from protocol.names import QueueNames
+from miniflow.protocol.errors import BrokerUnavailable
+from miniflow.protocol.names import QueueNames
 
 from . import encoder, redaction
 from .guard import Guard
@@ -59,7 +63,7 @@ def with_pika_defaults(url: str) -> str:
 
 class _GuardedRabbitmqConsumer(_RabbitmqConsumer):
     def __init__(self, broker: GuardedRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
-        super().__init__(broker, queue_name, prefetch, timeout)
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         self.iterator = self._guarded(self.iterator)
 
     def _guarded(self, frames: Any) -> Any:
@@ -90,7 +94,8 @@ class GuardedRabbitmqBroker(RabbitmqBroker):
 
 class _GuardedStubConsumer(_StubConsumer):
     def __init__(self, broker: EmbeddedBroker, queue_name: str, prefetch: int, timeout: int) -> None:
-        super().__init__(broker.queues[queue_name], broker.dead_letters_by_queue[queue_name], prefetch, timeout)
+        super().__init__(broker.queues[queue_name], broker.dead_letters_by_queue[queue_name], prefetch,  # type: ignore[no-untyped-call]
+                         timeout)
         self.broker = broker
         self.queue_name = queue_name
 
@@ -126,12 +131,21 @@ class EmbeddedBroker(StubBroker):
         if queue_name not in self.queues:
             from dramatiq.errors import QueueNotFound
 
-            raise QueueNotFound(queue_name)
+            raise QueueNotFound(queue_name)  # type: ignore[no-untyped-call]
         return _GuardedStubConsumer(self, queue_name, prefetch, timeout)
 
     def put_raw(self, queue_name: str, body: bytes) -> None:
         """Put raw bytes on a queue, as an outside producer could (for tests and tools)."""
         self.queues[queue_name].put(body)
+
+
+def publish(broker: dramatiq.Broker, message: Message[Any], *, delay: int | None = None) -> None:
+    """Send one message (confirmed on RabbitMQ); BrokerUnavailable when the broker cannot take it."""
+    try:
+        broker.enqueue(message, delay=delay)
+    except BrokerConnectionError as exc:
+        raise BrokerUnavailable(f"could not publish message {message.message_id} to {message.queue_name}: "
+                                f"{type(exc).__name__}") from exc
 
 
 def make_broker(url: str | None, names: QueueNames,
@@ -166,7 +180,7 @@ def declare_topology(broker: dramatiq.Broker, names: QueueNames, pools: list[str
 
 
 def delete_topology(url: str, names: QueueNames) -> int:
-    """Delete every queue of a namespace (tests and `miniflow admin`); returns how many."""
+    """Delete every queue of a namespace (the tests and benchmarks clean up with it); returns how many."""
     params = pika.URLParameters(url)
     connection = pika.BlockingConnection(params)
     deleted = 0

@@ -9,8 +9,8 @@ import dramatiq
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 
-from protocol import codec
-from protocol.errors import DecodeFailed
+from miniflow.protocol import codec
+from miniflow.protocol.errors import DecodeFailed
 
 
 class MsgpackEncoder(Encoder):
@@ -37,7 +37,7 @@ class MsgpackEncoder(Encoder):
         try:
             return codec.unpack(data)
         except DecodeFailed as exc:
-            raise DecodeError(f"undecodable message ({exc.code})", b"", exc) from None
+            raise DecodeError(f"undecodable message ({exc.code})", b"", exc) from None  # type: ignore[no-untyped-call]
 
 
 def install() -> None:

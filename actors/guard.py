@@ -17,17 +17,16 @@ from typing import Any
 
 import dramatiq
 
-from protocol import codec
-from protocol.errors import DecodeFailed, MessageRejected
-from protocol.messages import (
-    ACTOR_NOT_ALLOWED,
-    QUEUE_MISMATCH,
+from miniflow.protocol import codec
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import DecodeFailed, MessageRejected
+from miniflow.protocol.messages import (
     DeadLetterReport,
     check_envelope,
     envelope,
     payload_of,
 )
-from protocol.names import RECORD_DEAD_LETTER, QueueNames
+from miniflow.protocol.names import RECORD_DEAD_LETTER, QueueNames
 
 from .encoder import MsgpackEncoder
 
@@ -68,10 +67,10 @@ class Guard:
         except MessageRejected as exc:
             return Rejection(exc.code, exc.detail, message_id, actor, raw)
         if fields["queue_name"] != queue_name:
-            return Rejection(QUEUE_MISMATCH, f"envelope names queue {fields['queue_name'][:100]!r} but "
+            return Rejection(Reason.QUEUE_MISMATCH, f"envelope names queue {fields['queue_name'][:100]!r} but "
                              f"arrived on {queue_name!r}", message_id, actor, raw)
         if fields["actor_name"] not in self.names.allowed_actors(queue_name):
-            return Rejection(ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
+            return Rejection(Reason.ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
                              f"addressed on queue {queue_name!r}", message_id, actor, raw)
         current = dramatiq.get_encoder()
         if isinstance(current, MsgpackEncoder):
@@ -91,16 +90,14 @@ class Guard:
         report = DeadLetterReport(queue=queue_name, code=rejection.code, detail=rejection.detail,
                                   message_id=rejection.message_id, actor=rejection.actor,
                                   raw=rejection.raw, node=node_name())
-        body = envelope(self.names.results, RECORD_DEAD_LETTER, report.to_payload())
-        body["args"] = tuple(body["args"])
         try:
-            broker.enqueue(dramatiq.Message(**body))
-        except Exception:
+            broker.enqueue(as_message(envelope(self.names.results, RECORD_DEAD_LETTER, report.to_payload())))
+        except Exception:  # noqa: BLE001 - on a consumer thread: log it, never let it stop consuming
             logger.exception("could not report rejected message %s for archiving; it is in %s.XQ",
                              rejection.message_id or "<no id>", queue_name)
 
 
-def as_message(fields: dict[str, Any]) -> dramatiq.Message:
+def as_message(fields: dict[str, Any]) -> dramatiq.Message[Any]:
     fields = dict(fields)
     fields["args"] = tuple(fields["args"])
     return dramatiq.Message(**fields)

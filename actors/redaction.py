@@ -8,28 +8,23 @@ passwords in URLs are masked.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Any
 
 from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@", re.I)
+from miniflow.protocol.masking import mask_urls
+
 _lock = threading.Lock()
 _installed = False
-
-
-def mask_secrets(text: str) -> str:
-    """Mask the password of every URL in a text."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def redact(value: Any) -> Any:
     if isinstance(value, (Message, MessageProxy)):
         return f"{value.actor_name}[{value.message_id}]"
     if isinstance(value, str):
-        return mask_secrets(value)
+        return mask_urls(value)
     return value
 
 
@@ -39,7 +34,7 @@ def redact_record(record: logging.LogRecord) -> None:
     elif isinstance(record.args, dict):
         record.args = {k: redact(v) for k, v in record.args.items()}
     if isinstance(record.msg, str):
-        record.msg = mask_secrets(record.msg)
+        record.msg = mask_urls(record.msg)
 
 
 def install() -> None:

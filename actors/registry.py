@@ -1,6 +1,6 @@
 """The step registry: executor nodes run the tasks their step modules register.
 
-    from actors import step
+    from miniflow.actors import step
 
     @step("csv.load")
     def load(ctx):
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import ConfigError, StepNotFound
+from miniflow.protocol.errors import ConfigError, StepNotFound
 
 StepFn = Callable[["StepContext"], Any]
 

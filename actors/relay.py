@@ -18,12 +18,14 @@ from typing import Any
 
 import dramatiq
 
-from coordinator.service import Outgoing
-from persistence import Database
-from persistence import repository as repo
-from protocol import codec
-from protocol.errors import DecodeFailed
+from miniflow.coordinator import Outgoing
+from miniflow.persistence import Database
+from miniflow.persistence import repository as repo
+from miniflow.protocol import codec
+from miniflow.protocol.clock import utcnow
+from miniflow.protocol.errors import DecodeFailed
 
+from .broker import publish
 from .faults import NONE, FaultPoints
 from .guard import as_message
 
@@ -54,7 +56,7 @@ class Relay:
             return
         for item in items:
             if item.envelope is not None:  # fresh from this process: no need to decode the stored bytes
-                self.broker.enqueue(as_message(item.envelope), delay=item.delay_ms)
+                publish(self.broker, as_message(item.envelope), delay=item.delay_ms)
             else:
                 self._send(item.body, item.delay_ms)
         self.faults.hit("coordinator.after_publish")
@@ -77,8 +79,7 @@ class Relay:
         return len(ids)
 
     def _send(self, body: bytes, delay_ms: int | None) -> None:
-        message = as_message(codec.unpack(body))
-        self.broker.enqueue(message, delay=delay_ms)
+        publish(self.broker, as_message(codec.unpack(body)), delay=delay_ms)
 
     def sweep_once(self) -> int:
         """Publish rows older than the stale cut-off; returns how many went out.
@@ -99,17 +100,17 @@ class Relay:
 
     def _sweep_batch(self) -> tuple[int, bool]:
         with self.db.transaction() as conn:
-            rows = repo.claim_stale_outbox(conn, repo.utcnow() - self.stale_after, limit=SWEEP_BATCH)
+            rows = repo.claim_stale_outbox(conn, utcnow() - self.stale_after, limit=SWEEP_BATCH)
             done: list[str] = []
             started = time.monotonic()
             for row in rows:
                 if done and time.monotonic() - started > SWEEP_TX_BUDGET_S:
                     break  # the broker is slow: commit what went out, claim the rest afresh
                 try:
-                    self._send(row["body"], row["delay_ms"])
+                    self._send(row.body, row.delay_ms)
                 except DecodeFailed as exc:  # permanent: never let one bad row block the others
-                    logger.error("dropping outbox message %s that can never be sent: %s", row["message_id"], exc.code)
-                done.append(row["message_id"])
+                    logger.error("dropping outbox message %s that can never be sent: %s", row.message_id, exc.code)
+                done.append(row.message_id)
             repo.delete_outbox(conn, done)
         return len(done), len(rows) == SWEEP_BATCH or len(done) < len(rows)
 
@@ -129,7 +130,7 @@ class Relay:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every_s
                     self.sweep_once()
-            except Exception as exc:  # keep going: the database or broker may come back
+            except Exception as exc:  # noqa: BLE001 - keep going: the database or broker may come back
                 logger.warning("outbox upkeep failed: %s", _short(exc))
 
     def stop(self) -> None:
@@ -139,7 +140,7 @@ class Relay:
             self._thread.join(timeout=10)
         try:
             self.delete_published()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - stopping anyway; the rows are re-sent when stale
             logger.warning("could not delete published outbox rows at stop (they will be re-sent): %s",
                            _short(exc))
 

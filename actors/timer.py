@@ -13,30 +13,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
 from sqlalchemy import event
 
-from coordinator.schedule import BUFFERED, jitter_for
-from coordinator.scheduling import Scheduler
-from persistence import Database
-from persistence import schedule_repo as srepo
-from persistence.repository import as_utc
-from protocol.names import QueueNames
+from miniflow.coordinator import Outgoing, Scheduler
+from miniflow.coordinator.schedule_policy import TickOutcome, jitter_for
+from miniflow.persistence import Database
+from miniflow.persistence.repository import schedules as srepo
+from miniflow.protocol.clock import Clock, utcnow
+from miniflow.protocol.names import QueueNames
 
 from .guard import node_name
 from .relay import Relay
 
 logger = logging.getLogger("miniflow.timer")
 IDLE_IN_TRANSACTION_MS = 5000
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def limit_idle_transactions(db: Database, timeout_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
@@ -57,7 +51,7 @@ class Timer:
     """One timer loop. ``run(stop)`` until the event is set; ``run_once()`` for tests."""
 
     def __init__(self, db: Database, broker: dramatiq.Broker | None, names: QueueNames, *,
-                 clock: Clock = _utcnow, relay: Relay | None = None, node: str | None = None,
+                 clock: Clock = utcnow, relay: Relay | None = None, node: str | None = None,
                  max_sleep_s: float = 1.0) -> None:
         self.db = db
         self.clock = clock
@@ -75,15 +69,15 @@ class Timer:
         now = self.clock()
         with self.db.connect() as conn:
             rows = srepo.active_schedules(conn)
-            buffered = srepo.schedules_with_outcome(conn, BUFFERED)
+            buffered = srepo.schedules_with_outcome(conn, TickOutcome.BUFFERED)
         wake: datetime | None = None
         worked = False
         for row in rows:
-            due = as_utc(row["next_due_at"])
+            due = row.next_due_at
             assert due is not None
-            fire = due + jitter_for(row["id"], due, row["jitter_s"])
+            fire = due + jitter_for(row.id, due, row.jitter_s)
             if fire <= now:
-                self._drain(row["id"], now)
+                self._drain(row.id, now)
                 worked = True
             elif wake is None or fire < wake:
                 wake = fire
@@ -104,7 +98,7 @@ class Timer:
                 outgoing, more = self.scheduler.process(conn, schedule_id, now)
             self._publish(outgoing)
 
-    def _publish(self, outgoing: list[Any]) -> None:
+    def _publish(self, outgoing: list[Outgoing]) -> None:
         if outgoing:
             self.relay.publish(outgoing)
             self.fired += len(outgoing)
@@ -113,7 +107,7 @@ class Timer:
         while not stop.is_set():
             try:
                 delay = self.run_once()
-            except Exception as exc:  # keep ticking: the database or broker may come back
+            except Exception as exc:  # noqa: BLE001 - keep ticking: the database or broker may come back
                 logger.warning("timer pass failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0:1])
                 delay = 1.0
             if delay > 0:

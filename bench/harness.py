@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg2
 
-from tests.integration.processes import WorkerProcess
+from miniflow.ops.processes import TimerProcess, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -62,8 +62,8 @@ def scratch_database() -> Iterator[str]:
 
 
 def delete_queues(namespace: str) -> None:
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     delete_topology(BROKER_URL, QueueNames(namespace))
 
@@ -86,9 +86,20 @@ class Worker(WorkerProcess):
     """A `miniflow worker` process for a benchmark, its log in the temporary folder."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        super().__init__(env, list(args), Path(tempfile.mkstemp(prefix="miniflow-bench-", suffix=".log")[1]))
+        super().__init__(env, list(args), Path(tempfile.mkstemp(prefix="miniflow-bench-", suffix=".log")[1]), cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60) -> Worker:  # type: ignore[override]
+        super().wait_ready(timeout)
+        return self
+
+
+class Timer(TimerProcess):
+    """A `miniflow timer` process for a benchmark, its log in the temporary folder."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(env, Path(tempfile.mkstemp(prefix="miniflow-bench-timer-", suffix=".log")[1]), cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 60) -> Timer:  # type: ignore[override]
         super().wait_ready(timeout)
         return self
 

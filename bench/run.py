@@ -91,7 +91,7 @@ class Cluster:
 
 
 def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> dict[str, float]:
-    from protocol.publisher import Publisher
+    from miniflow.protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"]
     with psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
@@ -109,7 +109,7 @@ def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> 
 
 def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
     """One run of 100 parallel steps at a time: seconds from publish to the run's end."""
-    from protocol.publisher import Publisher
+    from miniflow.protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"]
     times = []
@@ -146,7 +146,7 @@ def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]
 
 
 def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
-    from protocol.publisher import Publisher
+    from miniflow.protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"].replace("postgresql+psycopg2", "postgresql")
     per_step, start_latency = [], []
@@ -195,8 +195,7 @@ def main() -> int:
     print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms, with confirms "
           f"and priorities {base['confirmed_hop_ms_median']:.2f} ms", flush=True)
 
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.otlp_receiver import OtlpReceiver
+    from miniflow.ops.tracesink import OtlpReceiver
 
     namespace = f"bench_{uuid.uuid4().hex[:6]}"
     with scratch_database() as db:
@@ -233,7 +232,7 @@ def main() -> int:
 
     if not args.skip_cron:
         cron_out = Path(f"/tmp/{namespace}-cron.json")
-        done = subprocess.run([sys.executable, str(ROOT / "bench" / "cron_lateness.py"), "--out", str(cron_out)],
+        done = subprocess.run([sys.executable, "-m", "bench.cron_lateness", "--out", str(cron_out)],
                               cwd=ROOT, timeout=900)
         if done.returncode == 0:
             results["cron_lateness"] = json.loads(cron_out.read_text())

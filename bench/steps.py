@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from actors import StepContext, step
+from miniflow import StepContext, step
 
 
 @step("bench.noop")

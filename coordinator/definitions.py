@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from protocol.errors import DefinitionError
+from miniflow.protocol.errors import DefinitionError
 
 MAX_STEPS = 1000
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -135,27 +135,34 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_file(path: str | Path) -> Workflow:
-    """Read and validate a YAML workflow file."""
-    source = str(path)
+def read_source(path: str | Path) -> str:
+    """The text of a workflow file; DefinitionError naming the file when it cannot be read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise DefinitionError(source, f"cannot read file: {exc.strerror}") from exc
+        raise DefinitionError(str(path), f"cannot read file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise DefinitionError(source, "file is not UTF-8 text") from exc
-    return loads(text, source)
+        raise DefinitionError(str(path), "file is not UTF-8 text") from exc
 
 
-def loads(text: str, source: str = "<string>") -> Workflow:
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    """Plain data from YAML text (safe types only; a repeated key is an error, not a silent overwrite)."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise DefinitionError(source, f"not valid YAML{where}: {problem}") from None
-    return parse(data, source)
+
+
+def load_file(path: str | Path) -> Workflow:
+    """Read and validate a YAML workflow file."""
+    return loads(read_source(path), str(path))
+
+
+def loads(text: str, source: str = "<string>") -> Workflow:
+    return parse(load_yaml(text, source), source)
 
 
 def _number(value: Any, what: str, source: str, step: str | None, *, minimum: float = 0.0) -> float:
@@ -178,7 +185,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     if not isinstance(data, dict):
         raise DefinitionError(source, "a workflow must be a mapping with 'name' and 'steps'")
     _unknown(set(data), _WORKFLOW_KEYS, "workflow", source, None)
-    # Schedules live beside the workflow (coordinator.scheduling reads them; `miniflow schedules add
+    # Schedules live beside the workflow (coordinator.schedule_spec reads them; `miniflow schedules add
     # --from FILE`): they are not part of the versioned spec, so changing one makes no new version.
     raw_schedules = data.get("schedules")
     if raw_schedules is not None and not isinstance(raw_schedules, list):
@@ -190,7 +197,19 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     if timeout is not None:
         timeout = _number(timeout, "'timeout'", source, None, minimum=0.001)
     params = _parse_params(data.get("params"), source)
-    raw_steps = data.get("steps")
+    steps = _parse_steps(data.get("steps"), source)
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise DefinitionError(source, "'description' must be text")
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise DefinitionError(source, "'version' must be a whole number >= 1 (or left out: deploy numbers it)")
+    return Workflow(name=name, steps=steps, params=params, description=description, version=version,
+                    timeout=timeout)
+
+
+def _parse_steps(raw_steps: Any, source: str) -> dict[str, StepSpec]:
+    """The steps, each valid, with names unique and their needs a DAG."""
     if not isinstance(raw_steps, list) or not raw_steps:
         raise DefinitionError(source, "'steps' must be a non-empty list of steps")
     if len(raw_steps) > MAX_STEPS:
@@ -211,14 +230,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     cycle = find_cycle(steps)
     if cycle:
         raise DefinitionError(source, "dependency cycle: " + " -> ".join(cycle), cycle[0])
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise DefinitionError(source, "'description' must be text")
-    version = data.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-        raise DefinitionError(source, "'version' must be a whole number >= 1 (or left out: deploy numbers it)")
-    return Workflow(name=name, steps=steps, params=params, description=description, version=version,
-                    timeout=timeout)
+    return steps
 
 
 def _parse_params(raw: Any, source: str) -> dict[str, ParamSpec]:
@@ -254,13 +266,7 @@ def _parse_step(raw: Any, index: int, source: str) -> StepSpec:
     if not isinstance(task, str) or not TASK_RE.fullmatch(task):
         raise DefinitionError(source, "'task' must name a registered step, like 'csv.load' "
                               "(letters, digits, '_', '.', '-')", name)
-    needs_raw = raw.get("needs") or []
-    if isinstance(needs_raw, str):
-        needs_raw = [needs_raw]
-    if not isinstance(needs_raw, list) or not all(isinstance(n, str) for n in needs_raw):
-        raise DefinitionError(source, "'needs' must be a step name or a list of step names", name)
-    if len(set(needs_raw)) != len(needs_raw):
-        raise DefinitionError(source, "'needs' lists a step twice", name)
+    needs = _parse_needs(raw.get("needs"), source, name)
     config = raw.get("config")
     config = {} if config is None else config
     if not isinstance(config, dict):
@@ -275,8 +281,19 @@ def _parse_step(raw: Any, index: int, source: str) -> StepSpec:
     if timeout is not None:
         timeout = _number(timeout, "'timeout'", source, name, minimum=0.001)
     backoff = _parse_backoff(raw.get("backoff"), source, name)
-    return StepSpec(name=name, task=task, needs=tuple(needs_raw), config=config, queue=queue,
+    return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue,
                     retries=retries, backoff=backoff, timeout=timeout)
+
+
+def _parse_needs(raw: Any, source: str, step: str) -> tuple[str, ...]:
+    needs = raw or []
+    if isinstance(needs, str):
+        needs = [needs]
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise DefinitionError(source, "'needs' must be a step name or a list of step names", step)
+    if len(set(needs)) != len(needs):
+        raise DefinitionError(source, "'needs' lists a step twice", step)
+    return tuple(needs)
 
 
 def _parse_backoff(raw: Any, source: str, step: str) -> Backoff:

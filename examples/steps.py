@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from actors import StepContext, step
+from miniflow import StepContext, step
 
 
 @step("csv.load")

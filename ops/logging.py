@@ -12,8 +12,9 @@ import logging
 import sys
 from typing import Any
 
-from actors.redaction import install as install_redaction
-from actors.redaction import mask_secrets, redact_record
+from miniflow.actors.redaction import install as install_redaction
+from miniflow.actors.redaction import redact_record
+from miniflow.protocol.masking import mask_urls
 
 
 class RedactingFilter(logging.Filter):
@@ -29,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
-            entry["exception"] = mask_secrets(self.formatException(record.exc_info))
+            entry["exception"] = mask_urls(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 

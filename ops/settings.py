@@ -19,22 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from persistence.db import DEFAULT_SQLITE_URL, mask_url, normalise_url
-from protocol.errors import ConfigError
-from protocol.names import DEFAULT_NAMESPACE, check_namespace
+from miniflow.actors.faults import POINTS
+from miniflow.persistence.db import DEFAULT_SQLITE_URL, normalise_url
+from miniflow.protocol.errors import ConfigError
+from miniflow.protocol.masking import mask_url
+from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL"}
 OWNED_ELSEWHERE = ("MINIFLOW_TEST_", "MINIFLOW_FAULTPOINT")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
-
-
-def mask_amqp(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 @dataclass(frozen=True)
@@ -76,8 +70,6 @@ class Settings:
         if jaeger is not None and not jaeger.startswith(("http://", "https://")):
             raise ConfigError(f"MINIFLOW_JAEGER_URL {jaeger!r} must start with http:// or https://")
         faults = frozenset(p.strip() for p in (env.get("MINIFLOW_FAULTPOINT") or "").split(",") if p.strip())
-        from actors.faults import POINTS
-
         if faults - POINTS:
             raise ConfigError(f"MINIFLOW_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
                               f"known: {', '.join(sorted(POINTS))}")
@@ -91,7 +83,7 @@ class Settings:
         return self.broker_url
 
     def describe(self, with_database: bool = True) -> str:
-        broker = mask_amqp(self.broker_url) if self.broker_url else "embedded"
+        broker = mask_url(self.broker_url) if self.broker_url else "embedded"
         database = f" database={mask_url(self.database_url)}" if with_database else ""
         return f"broker={broker}{database} namespace={self.namespace}"
 
@@ -99,5 +91,5 @@ class Settings:
 def check_broker_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ConfigError(f"MINIFLOW_BROKER_URL {mask_amqp(url)!r} must be amqp://host... or amqps://host...")
+        raise ConfigError(f"MINIFLOW_BROKER_URL {mask_url(url)!r} must be amqp://host... or amqps://host...")
     return url

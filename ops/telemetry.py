@@ -43,7 +43,7 @@ class Telemetry:
         if self.provider is not None:
             try:
                 self.provider.shutdown()
-            except Exception as exc:  # never fail an exit because a collector is gone
+            except Exception as exc:  # noqa: BLE001 - never fail an exit because a collector is gone
                 logger.warning("flushing spans failed: %s", type(exc).__name__)
 
 

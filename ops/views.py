@@ -1,41 +1,33 @@
-"""How runs, steps and attempts are shown: rich tables for people, JSON for programs."""
+"""How runs, steps, attempts, schedules and dead letters are shown: plain data for JSON, rich tables
+for people. The values of secret params are masked in both."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import Connection
 
-from coordinator import Coordinator, mask_params
-from persistence.repository import as_utc
-from protocol.names import QueueNames
+from miniflow.coordinator import Catalog, next_fires, parse_cron
+from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow, ScheduleRow, StepRow
+from miniflow.protocol.masking import mask_params
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
                 "queued": "cyan", "pending": "dim", "skipped": "dim"}
+_catalog = Catalog()  # a cache of immutable definitions, for the names of secret params
 
 
-_definitions = Coordinator(QueueNames())  # only its cache of immutable definitions is used
-
-
-def secret_params(conn: Any, workflow: str, version: int | None) -> frozenset[str]:
+def secret_params(conn: Connection, workflow: str, version: int | None) -> frozenset[str]:
     """Names of the secret params of a workflow version (the latest when None): masked when shown."""
-    found = _definitions.workflow(conn, workflow, version)
-    return found.secret_params() if found else frozenset()
+    return _catalog.secret_params(conn, workflow, version)
 
 
 def iso(value: datetime | None) -> str | None:
-    value = as_utc(value)
-    return value.isoformat() if value else None
-
-
-def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
-    start, end = as_utc(start), as_utc(end)
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000, 1)
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 def fmt_ms(ms: float | None) -> str:
@@ -44,46 +36,66 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-def run_to_dict(run: Any, steps: list[Any] | None = None, attempts: list[Any] | None = None,
+def run_to_dict(run: RunRow, steps: Sequence[StepRow] | None = None, attempts: Sequence[AttemptRow] | None = None,
                 secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A run as plain data; the values of secret params are masked."""
     out: dict[str, Any] = {
-        "id": run["id"], "workflow": run["workflow"], "version": run["version"], "status": run["status"],
-        "params": mask_params(run["params"] or {}, secrets), "priority": run["priority"], "error": run["error"],
-        "trace_id": run["trace_id"], "created_at": iso(run["created_at"]),
-        "finished_at": iso(run["finished_at"]),
-        "duration_ms": duration_ms(run["started_at"], run["finished_at"]),
+        "id": run.id, "workflow": run.workflow, "version": run.version, "status": run.status,
+        "params": mask_params(run.params or {}, secrets), "priority": run.priority, "error": run.error,
+        "trace_id": run.trace_id, "created_at": iso(run.created_at), "finished_at": iso(run.finished_at),
+        "duration_ms": run.duration_ms,
     }
     if steps is not None:
         counts: dict[str, int] = {}
         for a in attempts or []:
-            counts[a["step"]] = counts.get(a["step"], 0) + 1
+            counts[a.step] = counts.get(a.step, 0) + 1
         out["steps"] = [{
-            "step": s["step"], "status": s["status"], "attempts": counts.get(s["step"], 0),
-            "current_attempt": s["attempt"], "duration_ms": duration_ms(s["started_at"], s["finished_at"]),
-            "node": s["node"], "error": s["error"], "output": s["output"],
+            "step": s.step, "status": s.status, "attempts": counts.get(s.step, 0), "current_attempt": s.attempt,
+            "duration_ms": s.duration_ms, "node": s.node, "error": s.error, "output": s.output,
         } for s in steps]
     if attempts is not None:
         out["attempts"] = [{
-            "step": a["step"], "attempt": a["attempt"], "ok": a["ok"], "node": a["node"],
-            "duration_ms": round(a["duration_ms"], 1), "error": a["error"],
-            "started_at": iso(a["started_at"]),
+            "step": a.step, "attempt": a.attempt, "ok": a.ok, "node": a.node, "duration_ms": round(a.duration_ms, 1),
+            "error": a.error, "started_at": iso(a.started_at),
         } for a in attempts]
     return out
+
+
+def schedule_to_dict(row: ScheduleRow, count: int = 0, secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A schedule as plain data (with its next ``count`` fire times); secret params masked."""
+    out: dict[str, Any] = {
+        "id": row.id, "name": row.name, "workflow": row.workflow, "version": row.version,
+        "cron": row.cron, "timezone": row.timezone, "params": mask_params(row.params or {}, secrets),
+        "start": iso(row.start_at), "end": iso(row.end_at), "jitter": row.jitter_s,
+        "catch_up": {"policy": row.catch_up, "limit": row.catch_up_limit, "grace": row.catch_up_grace_s},
+        "overlap": row.overlap, "priority": row.priority, "paused": row.paused, "next_due_at": iso(row.next_due_at),
+    }
+    if count:
+        fires: list[datetime] = []
+        if row.next_due_at is not None and not row.paused:
+            fires = [row.next_due_at, *next_fires(parse_cron(row.cron, row.timezone), row.next_due_at, count - 1)]
+            if row.end_at is not None:
+                fires = [f for f in fires if f <= row.end_at]
+        out["next_fires"] = [iso(f) for f in fires]
+    return out
+
+
+def dead_letter_to_dict(row: DeadLetterRow) -> dict[str, Any]:
+    return {"id": row.id, "queue": row.queue, "message_id": row.message_id, "actor": row.actor, "code": row.code,
+            "detail": row.detail, "raw_bytes": len(row.raw), "node": row.node, "created_at": str(row.created_at)}
 
 
 def print_json(console: Console, data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
 
-def runs_table(runs: list[Any]) -> Table:
+def runs_table(runs: Sequence[RunRow]) -> Table:
     table = Table(title="runs", title_justify="left")
     for col in ("id", "workflow", "version", "status", "created", "duration"):
         table.add_column(col)
     for r in runs:
-        status = r["status"]
-        table.add_row(r["id"], r["workflow"], str(r["version"]), f"[{STATUS_STYLE.get(status, '')}]{status}",
-                      (iso(r["created_at"]) or "")[:19], fmt_ms(duration_ms(r["started_at"], r["finished_at"])))
+        table.add_row(r.id, r.workflow, str(r.version), f"[{STATUS_STYLE.get(r.status, '')}]{r.status}",
+                      (iso(r.created_at) or "")[:19], fmt_ms(r.duration_ms))
     return table
 
 

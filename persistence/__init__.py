@@ -1,7 +1,18 @@
-"""Durable state of MiniFlow: tables, migrations, the engine and the queries (Postgres or SQLite)."""
+"""Durable state of MiniFlow: tables, migrations, the engine and the queries (Postgres or SQLite).
+
+    db            Database: the engine, transactions, migrations; SQLAlchemy errors translated here
+    models        the tables (and schedule_models, the cron timer's)
+    rows          rows as typed objects, as the queries return them
+    repository    the queries, one module per table group
+    fastpath      the Postgres-only round-trip savers of the per-step hot path
+"""
 
 from . import repository
-from .db import DEFAULT_SQLITE_URL, Database, mask_url, normalise_url
+from .db import DEFAULT_SQLITE_URL, Database, after_commit, normalise_url
 from .models import Base
+from .rows import AttemptRow, DeadLetterRow, DefinitionRow, OutboxRow, RunRow, ScheduleRow, StepRow, TickRow
 
-__all__ = ["DEFAULT_SQLITE_URL", "Base", "Database", "mask_url", "normalise_url", "repository"]
+__all__ = [
+    "DEFAULT_SQLITE_URL", "AttemptRow", "Base", "Database", "DeadLetterRow", "DefinitionRow", "OutboxRow", "RunRow",
+    "ScheduleRow", "StepRow", "TickRow", "after_commit", "normalise_url", "repository",
+]

@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-from protocol.errors import ConfigError, DatabaseUnavailable
+from miniflow.protocol.errors import ConfigError, DatabaseUnavailable, PersistenceError
+from miniflow.protocol.masking import mask_url
 
 DEFAULT_SQLITE_URL = "sqlite:///miniflow.db"
 _AFTER_COMMIT = "miniflow.after_commit"
@@ -48,14 +49,6 @@ def normalise_url(url: str) -> str:
         raise ConfigError(f"database URL scheme {parsed.drivername!r} is not supported: "
                           "use postgresql+psycopg2:// or sqlite://")
     return parsed.render_as_string(hide_password=False)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and errors."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
 
 
 class Database:
@@ -92,13 +85,12 @@ class Database:
                         yield conn
                     finally:
                         conn.info.pop(_AFTER_COMMIT, None)
-            except OperationalError as exc:
-                raise DatabaseUnavailable(f"database {self.masked_url} failed: "
-                                          f"{_first_line(exc.orig)}") from exc
+            except DBAPIError as exc:
+                raise self._translate(exc) from exc
         for callback in callbacks:
             try:
                 callback()
-            except Exception:  # what happens after a commit must never undo or fail it
+            except Exception:  # noqa: BLE001 - what happens after a commit must never undo or fail it
                 logger.exception("after-commit callback failed")
 
     @contextlib.contextmanager
@@ -107,17 +99,25 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"database {self.masked_url} failed: {_first_line(exc.orig)}") from exc
+        except DBAPIError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: DBAPIError) -> PersistenceError:
+        """The one place SQLAlchemy's errors become MiniFlow's: a lost or refused connection is
+        DatabaseUnavailable, any other failed statement a PersistenceError (first line only: bound
+        values are hidden from error texts by ``hide_parameters``)."""
+        if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
+            return DatabaseUnavailable(f"database {self.masked_url} failed: {_first_line(exc.orig)}")
+        return PersistenceError(f"database statement failed ({type(exc.orig).__name__}): {_first_line(exc.orig)}")
 
     def upgrade(self, revision: str = "head") -> None:
         """Create or migrate the schema to ``revision`` with Alembic."""
         from alembic import command
         from alembic.config import Config
 
-        ini = resources.files("persistence") / "alembic.ini"
+        ini = resources.files("miniflow.persistence") / "alembic.ini"
         config = Config(str(ini))
-        config.set_main_option("script_location", str(resources.files("persistence") / "migrations"))
+        config.set_main_option("script_location", str(resources.files("miniflow.persistence") / "migrations"))
         try:
             with self.engine.begin() as conn:
                 config.attributes["connection"] = conn

@@ -1,12 +1,23 @@
-"""The wire contract of MiniFlow: message types, the msgpack codec, validation, names.
+"""The wire contract of MiniFlow, and the small pure pieces every layer shares.
 
-Pure code: the only I/O is the optional pika :class:`~protocol.publisher.Publisher` (imported on
-its own, so that decoding never pulls in a network client). Normative text: PROTOCOL.md.
+    messages   the envelope and the message types, with validation
+    codec      the strict, bounded msgpack codec
+    codes      the stable reason codes of rejected messages
+    names      queue and actor names of a namespace
+    states     run and step states
+    errors     the one error tree of MiniFlow
+    masking    secrets out of text: URLs, secret params
+    clock      the real clocks (code that decides takes one as a parameter)
+    publisher  a pika publisher for Python producers (the only I/O here; imported on its own)
+
+Normative text for producers in any language: PROTOCOL.md.
 """
 
 from .codec import MAX_MESSAGE_BYTES, pack, unpack
+from .codes import Reason
 from .errors import (
     ActorError,
+    BrokerUnavailable,
     ConfigError,
     CoordinatorError,
     DatabaseUnavailable,
@@ -18,7 +29,6 @@ from .errors import (
     PersistenceError,
     ProtocolError,
     StepNotFound,
-    UnknownWorkflow,
 )
 from .messages import (
     PROTOCOL_VERSION,
@@ -33,11 +43,12 @@ from .messages import (
     payload_of,
 )
 from .names import QueueNames
+from .states import RunStatus, StepStatus
 
 __all__ = [
-    "MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "ActorError", "CancelRun", "ConfigError",
+    "MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "ActorError", "BrokerUnavailable", "CancelRun", "ConfigError",
     "CoordinatorError", "DatabaseUnavailable", "DeadLetterReport", "DecodeFailed", "DefinitionError",
-    "EncodeFailed", "MessageRejected", "MiniFlowError", "PersistenceError", "ProtocolError",
-    "QueueNames", "RetryRun", "StartWorkflow", "StepFinished", "StepNotFound", "StepResult", "StepTask",
-    "UnknownWorkflow", "check_envelope", "pack", "payload_of", "unpack",
+    "EncodeFailed", "MessageRejected", "MiniFlowError", "PersistenceError", "ProtocolError", "QueueNames", "Reason",
+    "RetryRun", "RunStatus", "StartWorkflow", "StepFinished", "StepNotFound", "StepResult", "StepStatus", "StepTask",
+    "check_envelope", "pack", "payload_of", "unpack",
 ]

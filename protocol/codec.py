@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from .codes import Reason
 from .errors import DecodeFailed, EncodeFailed
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -21,53 +22,33 @@ MAX_DEPTH = 32
 MAX_ITEMS = 100_000
 RAW_KEEP = 4096  # bytes of a rejected body kept for the dead-letter archive
 
-# Stable decode failure codes (documented in PROTOCOL.md).
-TOO_LARGE = "too_large"
-MALFORMED = "malformed"
-TRAILING_BYTES = "trailing_bytes"
-TOO_DEEP = "too_deep"
-LIMIT_EXCEEDED = "limit_exceeded"
-INVALID_UTF8 = "invalid_utf8"
-NON_STR_KEY = "non_str_key"
-EXT_TYPE = "ext_type"
-NON_FINITE_FLOAT = "non_finite_float"
-NOT_A_MAP = "not_a_map"
-DUPLICATE_KEY = "duplicate_key"
-
-
-class _DuplicateKey(Exception):
-    pass
-
 
 def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise _DuplicateKey
+        raise DecodeFailed(Reason.DUPLICATE_KEY, "a map repeats a key")
     return result
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
-    raise DecodeFailed(EXT_TYPE, f"msgpack extension type {code} is not allowed")
+    raise DecodeFailed(Reason.EXT_TYPE, f"msgpack extension type {code} is not allowed")
 
 
 def pack(data: Any) -> bytes:
     """Encode plain data as msgpack (str as str, bytes as bin); tuples become arrays."""
     check_encodable(data, "message", 0)
-    return msgpack.packb(data, use_bin_type=True)
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 def check_encodable(value: Any, path: str, depth: int) -> None:
+    """Raise EncodeFailed (naming the path) unless ``value`` is plain data the wire can carry."""
     if depth > MAX_DEPTH:
         raise EncodeFailed(path, f"nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, str, bytes)):
         return
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            raise EncodeFailed(path, "integer does not fit in 64 bits")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise EncodeFailed(path, "NaN and infinity are not allowed")
+    if isinstance(value, (int, float)):
+        _check_number(value, path)
         return
     if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
         raise EncodeFailed(path, f"nested deeper than {MAX_DEPTH} levels")
@@ -84,11 +65,19 @@ def check_encodable(value: Any, path: str, depth: int) -> None:
     raise EncodeFailed(path, f"type {type(value).__name__} is not plain data")
 
 
+def _check_number(value: int | float, path: str) -> None:
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise EncodeFailed(path, "integer does not fit in 64 bits")
+    elif not math.isfinite(value):
+        raise EncodeFailed(path, "NaN and infinity are not allowed")
+
+
 def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """Decode one msgpack map from ``raw`` or raise DecodeFailed (never anything else)."""
     keep = bytes(raw[:RAW_KEEP])
     if len(raw) > max_bytes:
-        raise DecodeFailed(TOO_LARGE, f"body is {len(raw)} bytes, the limit is {max_bytes}", keep)
+        raise DecodeFailed(Reason.TOO_LARGE, f"body is {len(raw)} bytes, the limit is {max_bytes}", keep)
     try:
         value = msgpack.unpackb(
             raw,
@@ -105,27 +94,31 @@ def unpack(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     except DecodeFailed as exc:
         exc.raw = keep
         raise
-    except _DuplicateKey:
-        raise DecodeFailed(DUPLICATE_KEY, "a map repeats a key", keep) from None
-    except msgpack.ExtraData:
-        raise DecodeFailed(TRAILING_BYTES, "bytes follow the end of the message", keep) from None
-    except msgpack.exceptions.StackError:
-        raise DecodeFailed(TOO_DEEP, "nesting exceeds the decoder's stack", keep) from None
-    except UnicodeDecodeError:
-        raise DecodeFailed(INVALID_UTF8, "a string is not valid UTF-8", keep) from None
-    except ValueError as exc:
-        text = str(exc)
-        if "map key" in text:
-            raise DecodeFailed(NON_STR_KEY, "map keys must be strings", keep) from None
-        if "exceeds max_" in text:
-            raise DecodeFailed(LIMIT_EXCEEDED, "a length header claims more than the body holds", keep) from None
-        raise DecodeFailed(MALFORMED, "not a complete msgpack value", keep) from None
-    except Exception as exc:  # msgpack may raise TypeError, OverflowError, FormatError, ...
-        raise DecodeFailed(MALFORMED, f"not valid msgpack ({type(exc).__name__})", keep) from None
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types; each becomes one DecodeFailed
+        raise _decode_failure(exc, keep) from None
     if not isinstance(value, dict):
-        raise DecodeFailed(NOT_A_MAP, f"top level is {type(value).__name__}, not a map", keep)
+        raise DecodeFailed(Reason.NOT_A_MAP, f"top level is {type(value).__name__}, not a map", keep)
     _check_decoded(value, keep)
     return value
+
+
+def _decode_failure(exc: Exception, keep: bytes) -> DecodeFailed:
+    """The DecodeFailed (with its stable code) for an error msgpack raised."""
+    if isinstance(exc, msgpack.ExtraData):
+        return DecodeFailed(Reason.TRAILING_BYTES, "bytes follow the end of the message", keep)
+    if isinstance(exc, msgpack.exceptions.StackError):
+        return DecodeFailed(Reason.TOO_DEEP, "nesting exceeds the decoder's stack", keep)
+    if isinstance(exc, UnicodeDecodeError):
+        return DecodeFailed(Reason.INVALID_UTF8, "a string is not valid UTF-8", keep)
+    if isinstance(exc, ValueError):
+        text = str(exc)
+        if "map key" in text:
+            return DecodeFailed(Reason.NON_STR_KEY, "map keys must be strings", keep)
+        if "exceeds max_" in text:
+            return DecodeFailed(Reason.LIMIT_EXCEEDED, "a length header claims more than the body holds", keep)
+        return DecodeFailed(Reason.MALFORMED, "not a complete msgpack value", keep)
+    # msgpack may raise TypeError, OverflowError, FormatError, ...
+    return DecodeFailed(Reason.MALFORMED, f"not valid msgpack ({type(exc).__name__})", keep)
 
 
 def _check_decoded(root: Any, keep: bytes) -> None:
@@ -135,15 +128,15 @@ def _check_decoded(root: Any, keep: bytes) -> None:
         value, depth = stack.pop()
         if isinstance(value, float):
             if not math.isfinite(value):
-                raise DecodeFailed(NON_FINITE_FLOAT, "NaN and infinity are not allowed", keep)
+                raise DecodeFailed(Reason.NON_FINITE_FLOAT, "NaN and infinity are not allowed", keep)
         elif isinstance(value, (list, dict)):
             if depth >= MAX_DEPTH:
-                raise DecodeFailed(TOO_DEEP, f"nesting exceeds {MAX_DEPTH} levels", keep)
+                raise DecodeFailed(Reason.TOO_DEEP, f"nesting exceeds {MAX_DEPTH} levels", keep)
             if isinstance(value, dict):
                 if not all(isinstance(key, str) for key in value):
-                    raise DecodeFailed(NON_STR_KEY, "map keys must be strings", keep)
+                    raise DecodeFailed(Reason.NON_STR_KEY, "map keys must be strings", keep)
                 stack.extend((item, depth + 1) for item in value.values())
             else:
                 stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, msgpack.Timestamp):
-            raise DecodeFailed(EXT_TYPE, "msgpack extension type -1 (timestamp) is not allowed", keep)
+            raise DecodeFailed(Reason.EXT_TYPE, "msgpack extension type -1 (timestamp) is not allowed", keep)

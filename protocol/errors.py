@@ -5,17 +5,28 @@
     │   ├── DecodeFailed              bytes that are not a valid MiniFlow msgpack body (.code, .raw)
     │   ├── EncodeFailed              a value that cannot go on the wire (.path)
     │   └── MessageRejected           a decoded message that breaks the contract (.code, .field)
+    ├── BrokerUnavailable             could not reach RabbitMQ, or a publish was not confirmed (URL masked)
     ├── PersistenceError              persistence/: the database
-    │   └── DatabaseUnavailable       could not reach or talk to the database (URL masked)
+    │   ├── DatabaseUnavailable       could not reach or talk to the database (URL masked)
+    │   └── VersionConflict           a workflow version number already stored with another definition
     ├── CoordinatorError              coordinator/: workflows and their runs
-    │   ├── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
-    │   └── UnknownWorkflow           no such workflow (or version) is deployed
+    │   └── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
     ├── ActorError                    actors/: running steps
-    │   └── StepNotFound              a task name no loaded step module registers
-    └── ConfigError                   ops/: settings from the environment or the command line
+    │   ├── StepNotFound              a task name no loaded step module registers
+    │   └── StepFailed                a step attempt failed, as it is recorded (.error_type, .message)
+    │       ├── StepTimedOut          it ran past its timeout (recorded as "Timeout")
+    │       ├── StepCrashed           it killed the process running it (recorded as "Poison")
+    │       ├── StepLost              no result came within its timeout and a grace (recorded as "Lost")
+    │       └── OutputNotPlainData    it returned something that cannot be stored and passed on
+    ├── ConfigError                   ops/: settings from the environment or the command line
+    └── WaitTimedOut                  a wait for a run or a condition ran past its deadline (also a TimeoutError)
 
-Every ``code`` is a stable, documented string (see PROTOCOL.md, "Rejection codes"); producers and
-operators may match on it. No error message ever contains a payload or a secret.
+Lower-level errors are translated once, where they enter MiniFlow: SQLAlchemy's in
+``persistence.db.Database``, pika's in ``protocol.publisher`` and dramatiq's in ``actors.broker``;
+the command line maps the tree to exit codes in one place (``ops.cli.main``).
+
+Every ``code`` is a stable, documented string (``protocol.codes.Reason``, listed in PROTOCOL.md);
+producers and operators may match on it. No error message ever contains a payload or a secret.
 """
 
 from __future__ import annotations
@@ -62,6 +73,12 @@ class MessageRejected(ProtocolError):
         self.field = field
 
 
+# -- the broker ----------------------------------------------------------------------------------
+class BrokerUnavailable(MiniFlowError):
+    """RabbitMQ could not be reached, or did not confirm a publish; the message names the (masked) URL
+    or the queue, never a payload."""
+
+
 # -- persistence ---------------------------------------------------------------------------------
 class PersistenceError(MiniFlowError):
     """Something in the database layer went wrong."""
@@ -69,6 +86,11 @@ class PersistenceError(MiniFlowError):
 
 class DatabaseUnavailable(PersistenceError):
     """The database could not be reached; the message names the (masked) URL."""
+
+
+class VersionConflict(PersistenceError):
+    """A workflow version number that is already stored with a different definition (versions are
+    immutable)."""
 
 
 # -- coordinator ---------------------------------------------------------------------------------
@@ -87,16 +109,6 @@ class DefinitionError(CoordinatorError):
         self.problem = problem
 
 
-class UnknownWorkflow(CoordinatorError):
-    """No workflow (or no such version of it) is deployed."""
-
-    def __init__(self, name: str, version: int | None = None) -> None:
-        what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")
-        super().__init__(f"{what} is not deployed")
-        self.name = name
-        self.version = version
-
-
 # -- actors --------------------------------------------------------------------------------------
 class ActorError(MiniFlowError):
     """Something went wrong in an actor or the step registry."""
@@ -106,6 +118,59 @@ class StepNotFound(ActorError):
     """An executor was asked to run a task that none of its loaded step modules registers."""
 
 
+class StepFailed(ActorError):
+    """A step attempt failed. ``error_type`` is what the attempt records as its type (the step's
+    exception type name, or one of MiniFlow's: Timeout, Poison, ...); ``str()`` is the recorded
+    error text."""
+
+    error_type = "StepFailed"
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_type is not None:
+            self.error_type = error_type
+
+
+class StepTimedOut(StepFailed):
+    """The step ran past its timeout (in the worker thread or in an isolated child process)."""
+
+    error_type = "Timeout"
+
+
+class StepCrashed(StepFailed):
+    """The step killed the (child) process running it: a poison step."""
+
+    error_type = "Poison"
+
+
+class StepLost(StepFailed):
+    """No result came for an attempt within its timeout plus a grace period: the reconciler records
+    it as lost."""
+
+    error_type = "Lost"
+
+
+class OutputNotPlainData(StepFailed):
+    """The step returned something that cannot be stored and passed on (not JSON-compatible, or
+    too large)."""
+
+    error_type = "OutputNotPlainData"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"OutputNotPlainData: {message}")
+
+
 # -- ops -----------------------------------------------------------------------------------------
 class ConfigError(MiniFlowError):
     """A setting from the environment or the command line is missing or invalid."""
+
+
+class WaitTimedOut(MiniFlowError, TimeoutError):
+    """A wait for a run (or any polled condition) ran past its deadline; ``what`` names it."""
+
+    def __init__(self, what: str, timeout: float, state: str | None = None) -> None:
+        super().__init__(f"timed out after {timeout:g}s waiting for {what}" + (f" ({state})" if state else ""))
+        self.what = what
+        self.timeout = timeout
+        self.state = state

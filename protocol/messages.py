@@ -9,31 +9,16 @@ the name of the offending field; it never echoes values, which may be secret.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
+from .clock import epoch_s
+from .codes import Reason
 from .errors import MessageRejected
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
-
-# Stable rejection codes (documented in PROTOCOL.md).
-ENVELOPE_MISSING_FIELD = "envelope_missing_field"
-ENVELOPE_EXTRA_FIELD = "envelope_extra_field"
-ENVELOPE_BAD_TYPE = "envelope_bad_type"
-QUEUE_MISMATCH = "queue_mismatch"
-ACTOR_NOT_ALLOWED = "actor_not_allowed"
-BAD_ARGS = "bad_args"
-UNSUPPORTED_VERSION = "unsupported_version"
-MISSING_FIELD = "missing_field"
-UNKNOWN_FIELD = "unknown_field"
-BAD_TYPE = "bad_type"
-BAD_VALUE = "bad_value"
-UNKNOWN_WORKFLOW = "unknown_workflow"
-UNKNOWN_VERSION = "unknown_version"
-INVALID_PARAMS = "invalid_params"
 
 ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "queue_name": str,
@@ -55,24 +40,24 @@ def check_envelope(envelope: dict[str, Any]) -> None:
     """Check the dramatiq envelope: exactly the seven keys, each of its type."""
     for key, kind in ENVELOPE_FIELDS.items():
         if key not in envelope:
-            raise MessageRejected(ENVELOPE_MISSING_FIELD, f"envelope has no {key!r}", key)
+            raise MessageRejected(Reason.ENVELOPE_MISSING_FIELD, f"envelope has no {key!r}", key)
         value = envelope[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise MessageRejected(ENVELOPE_BAD_TYPE, f"envelope {key!r} must be {_kind(kind)}", key)
+            raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope {key!r} must be {_kind(kind)}", key)
     extra = sorted(set(envelope) - set(ENVELOPE_FIELDS))
     if extra:
-        raise MessageRejected(ENVELOPE_EXTRA_FIELD, f"envelope has unknown keys {extra}", extra[0])
+        raise MessageRejected(Reason.ENVELOPE_EXTRA_FIELD, f"envelope has unknown keys {extra}", extra[0])
     if not 0 < len(envelope["message_id"]) <= MAX_MESSAGE_ID_LEN:
-        raise MessageRejected(ENVELOPE_BAD_TYPE, f"envelope 'message_id' must be 1-{MAX_MESSAGE_ID_LEN} "
+        raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope 'message_id' must be 1-{MAX_MESSAGE_ID_LEN} "
                               "characters", "message_id")
 
 
 def payload_of(args: Any, kwargs: Any) -> dict[str, Any]:
     """The single payload map of a message's args (kwargs must be empty)."""
     if kwargs:
-        raise MessageRejected(BAD_ARGS, "kwargs must be empty", "kwargs")
+        raise MessageRejected(Reason.BAD_ARGS, "kwargs must be empty", "kwargs")
     if not isinstance(args, (list, tuple)) or len(args) != 1 or not isinstance(args[0], dict):
-        raise MessageRejected(BAD_ARGS, "args must hold exactly one payload map", "args")
+        raise MessageRejected(Reason.BAD_ARGS, "args must hold exactly one payload map", "args")
     return args[0]
 
 
@@ -97,38 +82,41 @@ class Payload:
     KIND: ClassVar[str]
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> Any:
+    def from_payload(cls, payload: Any) -> Self:
+        """Validate a decoded payload map into this type; MessageRejected names the field."""
         if not isinstance(payload, dict):
-            raise MessageRejected(BAD_ARGS, f"{cls.KIND} payload must be a map", "args")
+            raise MessageRejected(Reason.BAD_ARGS, f"{cls.KIND} payload must be a map", "args")
         version = payload.get("v")
         if version is None:
-            raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no protocol version 'v'", "v")
+            raise MessageRejected(Reason.MISSING_FIELD, f"{cls.KIND} has no protocol version 'v'", "v")
         if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
             shown = version if isinstance(version, int) and not isinstance(version, bool) else type(version).__name__
-            raise MessageRejected(UNSUPPORTED_VERSION, f"protocol version {shown} is not supported "
+            raise MessageRejected(Reason.UNSUPPORTED_VERSION, f"protocol version {shown} is not supported "
                                   f"(supported: {sorted(SUPPORTED_VERSIONS)})", "v")
-        values: dict[str, Any] = {}
-        for name, spec in cls.FIELDS.items():
-            if name not in payload or payload[name] is None:
-                if spec.required:
-                    raise MessageRejected(MISSING_FIELD, f"{cls.KIND} has no {name!r}", name)
-                values[name] = spec.default() if callable(spec.default) else spec.default
-                continue
-            value = payload[name]
-            kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-            if isinstance(value, bool) and bool not in kinds:
-                raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
-            if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kinds):
-                raise MessageRejected(BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
-            values[name] = value
+        values = {name: cls._field(payload, name, spec) for name, spec in cls.FIELDS.items()}
         extra = sorted(set(payload) - set(cls.FIELDS) - {"v"})
         if extra:
-            raise MessageRejected(UNKNOWN_FIELD, f"{cls.KIND} has unknown fields {extra}", extra[0])
+            raise MessageRejected(Reason.UNKNOWN_FIELD, f"{cls.KIND} has unknown fields {extra}", extra[0])
         obj = cls(**values)
         obj.check()
         return obj
+
+    @classmethod
+    def _field(cls, payload: dict[str, Any], name: str, spec: _Field) -> Any:
+        """One field's value: its default when absent or nil, else checked against its type."""
+        if name not in payload or payload[name] is None:
+            if spec.required:
+                raise MessageRejected(Reason.MISSING_FIELD, f"{cls.KIND} has no {name!r}", name)
+            return spec.default() if callable(spec.default) else spec.default
+        value = payload[name]
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+        if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+        return value
 
     def check(self) -> None:
         """Field-level value rules beyond types; overridden per type."""
@@ -139,7 +127,7 @@ class Payload:
 
 def _check_name(kind: str, field_name: str, value: str) -> None:
     if not _NAME_RE.fullmatch(value):
-        raise MessageRejected(BAD_VALUE, f"{kind} {field_name!r} must be 1-128 characters of "
+        raise MessageRejected(Reason.BAD_VALUE, f"{kind} {field_name!r} must be 1-128 characters of "
                               "letters, digits, '_', '.', '-', starting with a letter or digit", field_name)
 
 
@@ -164,26 +152,27 @@ class StartWorkflow(Payload):
     def check(self) -> None:
         _check_name(self.KIND, "workflow", self.workflow)
         if self.version is not None and self.version < 1:
-            raise MessageRejected(BAD_VALUE, "start_workflow 'version' must be >= 1", "version")
+            raise MessageRejected(Reason.BAD_VALUE, "start_workflow 'version' must be >= 1", "version")
         if self.idempotency_key is not None and not 0 < len(self.idempotency_key) <= MAX_KEY_LEN:
-            raise MessageRejected(BAD_VALUE, f"start_workflow 'idempotency_key' must be 1-{MAX_KEY_LEN} "
+            raise MessageRejected(Reason.BAD_VALUE, f"start_workflow 'idempotency_key' must be 1-{MAX_KEY_LEN} "
                                   "characters", "idempotency_key")
         if self.idempotency_key is not None and self.idempotency_key.startswith(RESERVED_KEY_PREFIX):
-            raise MessageRejected(BAD_VALUE, f"start_workflow 'idempotency_key' must not start with "
+            raise MessageRejected(Reason.BAD_VALUE, f"start_workflow 'idempotency_key' must not start with "
                                   f"{RESERVED_KEY_PREFIX!r} (reserved for starts without a key)", "idempotency_key")
         if not 0 <= self.priority <= 9:
-            raise MessageRejected(BAD_VALUE, "start_workflow 'priority' must be 0-9", "priority")
+            raise MessageRejected(Reason.BAD_VALUE, "start_workflow 'priority' must be 0-9", "priority")
         _check_storable(self.params, "params")
 
 
 def _check_run_id(kind: str, run_id: str) -> None:
     if not 0 < len(run_id) <= 64:
-        raise MessageRejected(BAD_VALUE, f"{kind} 'run_id' must be 1-64 characters (a run id is a UUID)", "run_id")
+        raise MessageRejected(Reason.BAD_VALUE, f"{kind} 'run_id' must be 1-64 characters (a run id is a UUID)",
+                              "run_id")
 
 
 def _check_attempt(kind: str, attempt: int) -> None:
     if attempt < 1:
-        raise MessageRejected(BAD_VALUE, f"{kind} 'attempt' must be >= 1", "attempt")
+        raise MessageRejected(Reason.BAD_VALUE, f"{kind} 'attempt' must be >= 1", "attempt")
 
 
 def _check_storable(value: Any, path: str) -> None:
@@ -192,13 +181,13 @@ def _check_storable(value: Any, path: str) -> None:
     while stack:
         item, where = stack.pop()
         if isinstance(item, bytes):
-            raise MessageRejected(BAD_VALUE, f"{where} is binary; params must be JSON-compatible "
+            raise MessageRejected(Reason.BAD_VALUE, f"{where} is binary; params must be JSON-compatible "
                                   "(send text, e.g. base64)", where.split(".")[0])
         if isinstance(item, str) and "\x00" in item:
-            raise MessageRejected(BAD_VALUE, f"{where} contains a NUL character", where.split(".")[0])
+            raise MessageRejected(Reason.BAD_VALUE, f"{where} contains a NUL character", where.split(".")[0])
         if isinstance(item, dict):
             if any("\x00" in k for k in item):
-                raise MessageRejected(BAD_VALUE, f"{where} has a key with a NUL character", where.split(".")[0])
+                raise MessageRejected(Reason.BAD_VALUE, f"{where} has a key with a NUL character", where.split(".")[0])
             stack.extend((v, f"{where}.{k}") for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
@@ -358,5 +347,5 @@ def envelope(queue_name: str, actor_name: str, payload: dict[str, Any], *,
         "kwargs": {},
         "options": dict(options or {}),
         "message_id": message_id or new_message_id(),
-        "message_timestamp": int(time.time() * 1000),
+        "message_timestamp": int(epoch_s() * 1000),
     }

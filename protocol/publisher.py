@@ -17,17 +17,15 @@ import pika
 import pika.exceptions
 
 from .codec import pack
-from .errors import ProtocolError
+from .errors import BrokerUnavailable
 from .messages import CancelRun, RetryRun, StartWorkflow, envelope
 from .names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 
 
-class PublishFailed(ProtocolError):
-    """The broker did not confirm a publish (unreachable, queue missing, or refused)."""
-
-
 class Publisher:
-    """Publishes start/cancel messages to a namespace's ingress queue with confirms."""
+    """Publishes start/cancel messages to a namespace's ingress queue with confirms. Every failure
+    to reach the broker or to have a publish confirmed is raised as BrokerUnavailable (pika's
+    errors are translated here)."""
 
     def __init__(self, url: str, namespace: str = "miniflow", *, connect_timeout: float = 10.0) -> None:
         self.names = QueueNames(namespace)
@@ -54,11 +52,11 @@ class Publisher:
                 channel.queue_declare(self.names.ingress, passive=True)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self.close()
-                raise PublishFailed(f"queue {self.names.ingress!r} does not exist: start a coordinator "
+                raise BrokerUnavailable(f"queue {self.names.ingress!r} does not exist: start a coordinator "
                                     f"worker for namespace {self.names.namespace!r} first") from exc
             except pika.exceptions.AMQPError as exc:
                 self.close()
-                raise PublishFailed(f"cannot reach the broker at {self._params.host}:{self._params.port}: "
+                raise BrokerUnavailable(f"cannot reach the broker at {self._params.host}:{self._params.port}: "
                                     f"{type(exc).__name__}") from exc
             self._channel = channel
         return self._channel
@@ -78,10 +76,10 @@ class Publisher:
                 mandatory=True,
             )
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            raise PublishFailed(f"broker refused message {body['message_id']}: {type(exc).__name__}") from exc
+            raise BrokerUnavailable(f"broker refused message {body['message_id']}: {type(exc).__name__}") from exc
         except pika.exceptions.AMQPError as exc:
             self.close()
-            raise PublishFailed(f"publish of {body['message_id']} not confirmed: {type(exc).__name__}") from exc
+            raise BrokerUnavailable(f"publish of {body['message_id']} not confirmed: {type(exc).__name__}") from exc
         return str(body["message_id"])
 
     def start_workflow(self, workflow: str, *, params: dict[str, Any] | None = None,

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
 
 import examples.steps  # noqa: E402,F401  (registers the example steps)
 import tests.steps_for_tests  # noqa: E402,F401  (registers the test steps)
-from ops.runtime import EmbeddedEngine  # noqa: E402
+from miniflow.ops.embedded import EmbeddedEngine  # noqa: E402
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from actors import StepContext, step
+from miniflow import StepContext, step
 
 _calls: Counter[tuple[str, str]] = Counter()
 _lock = threading.Lock()

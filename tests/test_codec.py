@@ -9,8 +9,9 @@ import struct
 import msgpack
 import pytest
 
-from protocol import codec
-from protocol.errors import DecodeFailed, EncodeFailed, ProtocolError
+from miniflow.protocol import codec
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import DecodeFailed, EncodeFailed, ProtocolError
 
 SECRET = "sk_live_do_not_log_me"
 
@@ -88,7 +89,7 @@ def test_pack_refuses_an_empty_container_at_the_depth_unpack_rejects() -> None:
 def test_a_body_over_max_bytes_is_rejected_as_too_large() -> None:
     body = codec.pack({"secret": SECRET, "blob": b"x" * 10_000})
     err = rejection(body, max_bytes=100)
-    assert err.code == codec.TOO_LARGE
+    assert err.code == Reason.TOO_LARGE
     assert len(err.raw) == codec.RAW_KEEP
     assert SECRET not in str(err)
 
@@ -101,7 +102,7 @@ def test_a_body_exactly_at_max_bytes_is_accepted() -> None:
 def test_a_truncated_body_is_rejected_as_malformed() -> None:
     body = codec.pack({"secret": SECRET})[:-3]
     err = rejection(body)
-    assert err.code == codec.MALFORMED
+    assert err.code == Reason.MALFORMED
     assert SECRET[:-3] not in str(err)
 
 
@@ -109,25 +110,25 @@ def test_a_truncated_body_is_rejected_as_malformed() -> None:
                          ids=["never-used-byte", "empty", "map-without-items", "key-without-value",
                               "short-str32"])
 def test_garbage_is_rejected_as_malformed(body: bytes) -> None:
-    assert rejection(body).code == codec.MALFORMED
+    assert rejection(body).code == Reason.MALFORMED
 
 
 def test_bytes_after_the_message_are_rejected_as_trailing_bytes() -> None:
     err = rejection(codec.pack({"a": 1}) + codec.pack(SECRET))
-    assert err.code == codec.TRAILING_BYTES
+    assert err.code == Reason.TRAILING_BYTES
     assert SECRET not in str(err)
 
 
 def test_nesting_of_33_levels_is_rejected_as_too_deep() -> None:
     body = msgpack.packb({"a": nested_lists(codec.MAX_DEPTH)}, use_bin_type=True)  # map + 32 lists
-    assert rejection(body).code == codec.TOO_DEEP
+    assert rejection(body).code == Reason.TOO_DEEP
 
 
 @pytest.mark.parametrize("prefix", [b"", b"\x81\xa1a"], ids=["top-level", "inside-a-map"])
 def test_a_100000_deep_array_trips_the_decoder_stack_and_is_rejected_as_too_deep(prefix: bytes) -> None:
     body = prefix + b"\x91" * 100_000 + b"\x90"
     err = rejection(body)
-    assert err.code == codec.TOO_DEEP
+    assert err.code == Reason.TOO_DEEP
     assert len(err.raw) == codec.RAW_KEEP
 
 
@@ -135,12 +136,12 @@ def test_a_100000_deep_array_trips_the_decoder_stack_and_is_rejected_as_too_deep
                                   b"\x81\xa1a\xdd\xff\xff\xff\xff", b"\x81\xa1a\xdf\xff\xff\xff\xff"],
                          ids=["array32", "map32", "array32-in-map", "map32-in-map"])
 def test_a_length_header_claiming_4_billion_items_is_rejected_as_limit_exceeded(body: bytes) -> None:
-    assert rejection(body).code == codec.LIMIT_EXCEEDED
+    assert rejection(body).code == Reason.LIMIT_EXCEEDED
 
 
 @pytest.mark.parametrize("body", [b"\x81\xa1a\xa1\xff", b"\x81\xa1\xff\x01"], ids=["value", "key"])
 def test_a_string_that_is_not_utf8_is_rejected_as_invalid_utf8(body: bytes) -> None:
-    assert rejection(body).code == codec.INVALID_UTF8
+    assert rejection(body).code == Reason.INVALID_UTF8
 
 
 @pytest.mark.parametrize("body", [b"\x82\xa1a\x01\xa1a\x02", b"\x81\xa1p\x82\xa1k\x01\xa1k\x02"],
@@ -150,28 +151,28 @@ def test_a_map_that_repeats_a_key_is_rejected(body: bytes) -> None:
 
 
 def test_an_integer_map_key_is_rejected_as_non_str_key() -> None:
-    assert rejection(b"\x81\x01\x01").code == codec.NON_STR_KEY
+    assert rejection(b"\x81\x01\x01").code == Reason.NON_STR_KEY
 
 
 def test_a_nested_integer_map_key_is_rejected_as_non_str_key() -> None:
-    assert rejection(b"\x81\xa1a\x81\x01\x01").code == codec.NON_STR_KEY
+    assert rejection(b"\x81\xa1a\x81\x01\x01").code == Reason.NON_STR_KEY
 
 
 def test_a_binary_map_key_is_rejected_as_non_str_key() -> None:
-    assert rejection(b"\x81\xc4\x01a\x01").code == codec.NON_STR_KEY
+    assert rejection(b"\x81\xc4\x01a\x01").code == Reason.NON_STR_KEY
 
 
 @pytest.mark.parametrize("body", [b"\x81\xa1a\xd4\x01\x02", b"\xd4\x01\x02", b"\x81\xa1a\xc7\x03\x05abc"],
                          ids=["fixext1-in-map", "fixext1-top-level", "ext8"])
 def test_a_msgpack_extension_is_rejected_as_ext_type(body: bytes) -> None:
-    assert rejection(body).code == codec.EXT_TYPE
+    assert rejection(body).code == Reason.EXT_TYPE
 
 
 @pytest.mark.parametrize("body", [b"\x81\xa1a\xd6\xff\x00\x00\x00\x01",
                                   b"\x81\xa1a\xd7\xff" + b"\x00" * 8],
                          ids=["timestamp32", "timestamp64"])
 def test_a_msgpack_timestamp_extension_is_rejected_as_ext_type(body: bytes) -> None:
-    assert rejection(body).code == codec.EXT_TYPE
+    assert rejection(body).code == Reason.EXT_TYPE
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
@@ -179,19 +180,19 @@ def test_a_msgpack_timestamp_extension_is_rejected_as_ext_type(body: bytes) -> N
 def test_nan_and_infinity_are_rejected_as_non_finite_float(number: float, fmt: tuple[bytes, str]) -> None:
     marker, layout = fmt
     body = b"\x82\xa1a\x01\xa1b\x91" + marker + struct.pack(layout, number)  # {"a": 1, "b": [x]}
-    assert rejection(body).code == codec.NON_FINITE_FLOAT
+    assert rejection(body).code == Reason.NON_FINITE_FLOAT
 
 
 @pytest.mark.parametrize("body", [b"\x93\x01\x02\x03", b"\x90", b"\x01", b"\xc0", b"\xa3abc", b"\xc2"],
                          ids=["array", "empty-array", "int", "nil", "str", "false"])
 def test_a_top_level_value_that_is_not_a_map_is_rejected_as_not_a_map(body: bytes) -> None:
-    assert rejection(body).code == codec.NOT_A_MAP
+    assert rejection(body).code == Reason.NOT_A_MAP
 
 
 def test_a_rejection_never_shows_the_payload_and_keeps_a_bounded_prefix() -> None:
     body = msgpack.packb([SECRET * 1000], use_bin_type=True)  # not a map, 21 kB
     err = rejection(body)
-    assert err.code == codec.NOT_A_MAP
+    assert err.code == Reason.NOT_A_MAP
     assert len(err.raw) == codec.RAW_KEEP
     assert SECRET not in str(err)
     assert SECRET not in repr(err)
@@ -216,9 +217,9 @@ def test_random_bytes_either_decode_to_a_map_or_raise_decode_failed() -> None:
         try:
             value = codec.unpack(body)
         except DecodeFailed as err:
-            assert err.code in {codec.MALFORMED, codec.TRAILING_BYTES, codec.TOO_DEEP, codec.LIMIT_EXCEEDED,
-                                codec.INVALID_UTF8, codec.NON_STR_KEY, codec.EXT_TYPE,
-                                codec.NON_FINITE_FLOAT, codec.NOT_A_MAP}
+            assert err.code in {Reason.MALFORMED, Reason.TRAILING_BYTES, Reason.TOO_DEEP, Reason.LIMIT_EXCEEDED,
+                                Reason.INVALID_UTF8, Reason.NON_STR_KEY, Reason.EXT_TYPE,
+                                Reason.NON_FINITE_FLOAT, Reason.NOT_A_MAP}
             assert len(err.raw) <= codec.RAW_KEEP
         else:
             assert isinstance(value, dict)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from persistence import Database
-from persistence.db import after_commit
+from miniflow.persistence import Database
+from miniflow.persistence.db import after_commit
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def db(tmp_path: Path):
 
 def rows(db: Database) -> int:
     with db.connect() as conn:
-        return conn.execute(text("select count(*) from t")).scalar_one()
+        return int(conn.execute(text("select count(*) from t")).scalar_one())
 
 
 def test_after_commit_callbacks_run_once_the_rows_are_committed(db):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import Backoff, ParamSpec, StepSpec, Workflow, find_cycle, load_file, loads, parse
-from protocol.errors import CoordinatorError, DefinitionError
+from miniflow.coordinator import Backoff, ParamSpec, StepSpec, Workflow, find_cycle, load_file, loads, parse
+from miniflow.protocol.errors import CoordinatorError, DefinitionError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

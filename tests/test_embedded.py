@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from coordinator import StartOutcome, loads
-from persistence import repository as repo
-from protocol import codec
-from protocol.messages import StartWorkflow, StepResult, envelope
-from protocol.names import EXECUTE_STEP, START_WORKFLOW
+from miniflow.coordinator import Results, StartOutcome, loads
+from miniflow.persistence import AttemptRow
+from miniflow.persistence import repository as repo
+from miniflow.protocol import codec
+from miniflow.protocol.clock import utcnow
+from miniflow.protocol.messages import StartWorkflow, StepResult, envelope
+from miniflow.protocol.names import EXECUTE_STEP, START_WORKFLOW
 
 DIAMOND = """
 name: diamond
@@ -44,9 +46,9 @@ def test_the_diamond_runs_through_all_four_actors_and_passes_outputs(engine):
     engine.deploy(loads(DIAMOND))
     run = engine.wait(engine.submit("diamond", {"x": 4}), timeout=30)
     assert run.status == "succeeded"
-    outputs = {s["step"]: s["output"] for s in run.steps}
+    outputs = {s.step: s.output for s in run.steps}
     assert outputs == {"a": 4, "b": 8, "c": 16, "d": 24}
-    assert sorted((a["step"], a["attempt"], a["ok"]) for a in run.attempts) == [
+    assert sorted((a.step, a.attempt, a.ok) for a in run.attempts) == [
         ("a", 1, True), ("b", 1, True), ("c", 1, True), ("d", 1, True)]
     assert outbox_drains(engine)
 
@@ -74,7 +76,7 @@ steps:
   - {name: b, task: test.echo, needs: [a]}
 """))
     run = engine.wait(engine.submit("passing", {"who": "ada"}), timeout=30)
-    echo = next(s for s in run.steps if s["step"] == "b")["output"]
+    echo = next(s for s in run.steps if s.step == "b").output
     assert echo["params"] == {"who": "ada", "greeting": "hello"}
     assert echo["inputs"] == {"a": 1}
     assert echo["key"] == f"{run.run_id}:b:1"
@@ -84,10 +86,10 @@ def test_a_step_that_fails_twice_then_succeeds_is_recorded_as_three_attempts(eng
     engine.deploy(loads(flaky_workflow(fail_times=2, retries=2)))
     run = engine.wait(engine.submit("flaky"), timeout=30)
     assert run.status == "succeeded"
-    first = [a for a in run.attempts if a["step"] == "first"]
-    assert [(a["attempt"], a["ok"]) for a in first] == [(1, False), (2, False), (3, True)]
-    assert "flaky failure 1" in first[0]["error"]
-    assert next(s for s in run.steps if s["step"] == "first")["output"] == {"calls": 3, "attempt": 3}
+    first = [a for a in run.attempts if a.step == "first"]
+    assert [(a.attempt, a.ok) for a in first] == [(1, False), (2, False), (3, True)]
+    assert "flaky failure 1" in first[0].error
+    assert next(s for s in run.steps if s.step == "first").output == {"calls": 3, "attempt": 3}
 
 
 def test_a_step_that_keeps_failing_fails_the_run_with_its_reason_and_skips_the_rest(engine):
@@ -96,9 +98,9 @@ def test_a_step_that_keeps_failing_fails_the_run_with_its_reason_and_skips_the_r
     assert run.status == "failed"
     assert "step 'first' failed after 2 attempts" in run.error
     assert "flaky failure 2" in run.error
-    statuses = {s["step"]: s["status"] for s in run.steps}
+    statuses = {s.step: s.status for s in run.steps}
     assert statuses == {"first": "failed", "after": "skipped"}
-    assert len([a for a in run.attempts if a["step"] == "first"]) == 2
+    assert len([a for a in run.attempts if a.step == "first"]) == 2
 
 
 def test_the_same_idempotency_key_makes_one_run(engine):
@@ -108,7 +110,7 @@ def test_the_same_idempotency_key_makes_one_run(engine):
     run = engine.wait(key, timeout=30)
     engine.settle()
     with engine.db.connect() as conn:
-        assert [r["id"] for r in repo.list_runs(conn)] == [run.run_id]
+        assert [r.id for r in repo.list_runs(conn)] == [run.run_id]
 
 
 def test_a_start_for_an_unknown_workflow_is_rejected_and_archived_without_creating_a_run(engine):
@@ -117,9 +119,9 @@ def test_a_start_for_an_unknown_workflow_is_rejected_and_archived_without_creati
     with engine.db.connect() as conn:
         assert repo.list_runs(conn) == []
     [letter] = dead_letters(engine)
-    assert letter["code"] == "unknown_workflow"
-    assert letter["queue"] == engine.names.ingress
-    assert "nope" in letter["detail"]
+    assert letter.code == "unknown_workflow"
+    assert letter.queue == engine.names.ingress
+    assert "nope" in letter.detail
 
 
 def test_an_unknown_version_and_bad_params_are_rejected_with_their_own_codes(engine):
@@ -127,7 +129,7 @@ def test_an_unknown_version_and_bad_params_are_rejected_with_their_own_codes(eng
     engine.submit("diamond", version=9)
     engine.submit("diamond", {"y": 1})
     engine.settle()
-    assert sorted(d["code"] for d in dead_letters(engine)) == ["invalid_params", "unknown_version"]
+    assert sorted(d.code for d in dead_letters(engine)) == ["invalid_params", "unknown_version"]
 
 
 def test_malformed_messages_are_dead_lettered_with_a_reason_while_a_good_start_completes(engine, caplog):
@@ -148,10 +150,10 @@ def test_malformed_messages_are_dead_lettered_with_a_reason_while_a_good_start_c
         engine.settle()
     assert run.status == "succeeded"
     letters = dead_letters(engine)
-    assert sorted(d["code"] for d in letters) == [
+    assert sorted(d.code for d in letters) == [
         "actor_not_allowed", "envelope_missing_field", "malformed", "queue_mismatch", "unknown_field"]
-    assert all(d["raw"] for d in letters)  # a bounded copy of the bytes is archived
-    assert all(len(d["raw"]) <= codec.RAW_KEEP for d in letters)
+    assert all(d.raw for d in letters)  # a bounded copy of the bytes is archived
+    assert all(len(d.raw) <= codec.RAW_KEEP for d in letters)
     assert secret not in caplog.text  # the payload never reaches the log
 
 
@@ -159,7 +161,7 @@ def test_a_step_returning_data_that_cannot_be_stored_fails_with_a_clear_error(en
     engine.deploy(loads("name: bad-output\nsteps:\n  - {name: a, task: test.not_json}\n"))
     run = engine.wait(engine.submit("bad-output"), timeout=30)
     assert run.status == "failed"
-    assert "not JSON-compatible" in run.attempts[0]["error"]
+    assert "not JSON-compatible" in run.attempts[0].error
 
 
 def test_an_unregistered_task_fails_the_attempt_naming_the_task(engine):
@@ -173,8 +175,8 @@ def test_a_step_over_its_timeout_fails_as_a_timeout(engine):
     engine.deploy(loads("name: slow\nsteps:\n  - {name: a, task: test.sleep, timeout: 0.2, config: {seconds: 5}}\n"))
     run = engine.wait(engine.submit("slow"), timeout=30)
     assert run.status == "failed"
-    assert run.attempts[0]["error_type"] == "Timeout"
-    assert run.attempts[0]["duration_ms"] < 4500
+    assert run.attempts[0].error_type == "Timeout"
+    assert run.attempts[0].duration_ms < 4500
 
 
 def test_a_result_delivered_twice_is_recorded_once(engine):
@@ -184,9 +186,9 @@ def test_a_result_delivered_twice_is_recorded_once(engine):
     result = StepResult(run_id=outcome.run_id, step="a", attempt=1, ok=True, started_at=1.0, finished_at=2.0,
                         output=3)
     with engine.db.transaction() as conn:
-        first = engine.node.coordinator.record_result(conn, result)
+        first = Results(engine.node.coordinator).record(conn, result)
     with engine.db.transaction() as conn:
-        second = engine.node.coordinator.record_result(conn, result)
+        second = Results(engine.node.coordinator).record(conn, result)
     assert len(first) == 1 and second == []
     with engine.db.connect() as conn:
         assert len(repo.get_attempts(conn, outcome.run_id)) == 1
@@ -194,34 +196,34 @@ def test_a_result_delivered_twice_is_recorded_once(engine):
 
 def test_a_stale_attempt_is_fenced_by_the_coordinator(engine):
     engine.deploy(loads(flaky_workflow(fail_times=0, retries=2)))
-    from protocol.messages import StepFinished
+    from miniflow.protocol.messages import StepFinished
 
     with engine.db.transaction() as conn:
         outcome = engine.node.coordinator.start(conn, StartWorkflow("flaky"), "m-2")
-        repo.insert_attempt(conn, {"run_id": outcome.run_id, "step": "first", "attempt": 7, "ok": True,
-                                   "output": 1, "started_at": repo.utcnow(), "finished_at": repo.utcnow(),
-                                   "duration_ms": 1.0, "recorded_at": repo.utcnow()})
+        now = utcnow()
+        repo.insert_attempt(conn, AttemptRow(run_id=outcome.run_id, step="first", attempt=7, ok=True, output=1,
+                                             started_at=now, finished_at=now, duration_ms=1.0, recorded_at=now))
         sent = engine.node.coordinator.step_finished(conn, StepFinished(outcome.run_id, "first", 7))
         steps = repo.get_steps(conn, outcome.run_id)
     assert sent == []
-    assert steps["first"]["status"] == "queued" and steps["first"]["attempt"] == 1
+    assert steps["first"].status == "queued" and steps["first"].attempt == 1
 
 
 def test_the_csv_example_writes_its_report(tmp_path):
-    from coordinator import load_file
-    from ops.runtime import run_embedded
+    from miniflow.coordinator import load_file
+    from miniflow.ops.embedded import run_embedded
 
     workflow = load_file("examples/csv_report.yaml")
     run = run_embedded(workflow, {"out_dir": str(tmp_path / "out")}, f"sqlite:///{tmp_path / 'x.db'}",
                        timeout=60)
     assert run.status == "succeeded"
-    report = next(s for s in run.steps if s["step"] == "report")["output"]
+    report = next(s for s in run.steps if s.step == "report").output
     text = (tmp_path / "out").joinpath(report["report"].split("/")[-1]).read_text()
     assert "Total revenue" in text and report["best_region"] in text
 
 
 def test_secret_params_are_masked_in_step_errors_and_in_what_the_cli_shows(engine):
-    from ops.views import run_to_dict
+    from miniflow.ops.views import run_to_dict
 
     engine.deploy(loads("""
 name: with-secret
@@ -232,10 +234,12 @@ steps:
     run = engine.wait(engine.submit("with-secret", {"token": "s3cr3t-value"}), timeout=30)
     assert run.status == "failed"
     assert "s3cr3t-value" not in run.error and "***" in run.error
-    assert "s3cr3t-value" not in run.attempts[0]["error"]
+    assert "s3cr3t-value" not in run.attempts[0].error
     with engine.db.connect() as conn:
         row = repo.get_run(conn, run.run_id)
-        workflow = engine.node.coordinator.workflow(conn, row["workflow"], row["version"])
+        assert row is not None
+        workflow = engine.node.coordinator.workflow(conn, row.workflow, row.version)
+        assert workflow is not None
     shown = run_to_dict(row, run.steps, run.attempts, workflow.secret_params())
     assert shown["params"] == {"token": "***", "region": "eu"}
 
@@ -260,7 +264,7 @@ def wait_status(engine, run_id, statuses, timeout=30.0):
     while time.monotonic() < deadline:
         with engine.db.connect() as conn:
             run = repo.get_run(conn, run_id)
-        if run["status"] in statuses:
+        if run is not None and run.status in statuses:
             return run
         time.sleep(0.02)
     raise AssertionError(f"run {run_id} never reached {statuses}")
@@ -295,10 +299,10 @@ def test_a_cancelled_run_dispatches_nothing_more_and_ignores_the_late_result(eng
     run = engine.wait(key, timeout=30)
     assert run.status == "cancelled" and run.error == "cancelled: operator said so"
     # the step still finishes on its node: its result is recorded, and changes nothing
-    final = poll_result(engine, run_id, lambda r: [a for a in r.attempts if a["step"] == "first"])
+    final = poll_result(engine, run_id, lambda r: [a for a in r.attempts if a.step == "first"])
     assert final.status == "cancelled"
-    assert {s["step"]: s["status"] for s in final.steps} == {"first": "cancelled", "second": "skipped"}
-    assert [a["step"] for a in final.attempts] == ["first"]
+    assert {s.step: s.status for s in final.steps} == {"first": "cancelled", "second": "skipped"}
+    assert [a.step for a in final.attempts] == ["first"]
 
 
 def test_retry_reruns_a_failed_run_from_its_failed_steps_keeping_succeeded_outputs(engine):
@@ -321,9 +325,9 @@ steps:
     wait_status(engine, first.run_id, ("running", "succeeded"))
     second = engine.wait(key, timeout=30)
     assert second.status == "succeeded" and second.error is None
-    by_step = {}
+    by_step: dict[str, list[tuple[int, bool]]] = {}
     for a in second.attempts:
-        by_step.setdefault(a["step"], []).append((a["attempt"], a["ok"]))
+        by_step.setdefault(a.step, []).append((a.attempt, a.ok))
     assert by_step["good"] == [(1, True)]  # kept, not re-run
     assert by_step["flaky"] == [(1, False), (2, False), (3, True)]  # a fresh budget, numbers go on
     assert by_step["after"] == [(1, True)]
@@ -334,7 +338,7 @@ def test_a_run_past_its_workflow_timeout_fails_with_that_reason(engine):
     run = engine.wait(engine.submit("bounded"), timeout=30)
     assert run.status == "failed"
     assert run.error.startswith("workflow timeout")
-    assert {s["step"]: s["status"] for s in run.steps} == {"a": "cancelled"}
+    assert {s.step: s.status for s in run.steps} == {"a": "cancelled"}
 
 
 def test_a_step_whose_inputs_exceed_the_message_limit_fails_the_run_with_a_clear_reason(engine):
@@ -349,7 +353,7 @@ steps:
     run = engine.wait(engine.submit("big-fan-in"), timeout=30)
     assert run.status == "failed"
     assert "step 'j' cannot be dispatched" in run.error and "message limit" in run.error
-    assert {s["step"]: s["status"] for s in run.steps}["j"] == "failed"
+    assert {s.step: s.status for s in run.steps}["j"] == "failed"
     assert outbox_drains(engine)
 
 
@@ -379,7 +383,7 @@ def test_an_executor_keeps_a_result_it_could_not_send_and_delivers_it_when_the_b
         run = engine.wait(engine.submit("diamond", {"x": 1}), timeout=30)
     assert run.status == "succeeded"
     assert len(refused) == 2
-    assert sorted((a["step"], a["attempt"]) for a in run.attempts) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert sorted((a.step, a.attempt) for a in run.attempts) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
     assert "delivered after 2 failed tries" in caplog.text
 
 
@@ -400,7 +404,7 @@ steps:
         while "already handled" not in caplog.text:
             assert time.monotonic() < deadline, "the duplicate retry was never handled"
             time.sleep(0.02)
-    assert [a["attempt"] for a in engine.wait(key, timeout=30).attempts] == [1, 2]  # not re-run again
+    assert [a.attempt for a in engine.wait(key, timeout=30).attempts] == [1, 2]  # not re-run again
     engine.retry(first.run_id)  # a new request is a new retry
     poll_result(engine, first.run_id, lambda r: r.status == "failed" and len(r.attempts) == 3)
 
@@ -416,11 +420,12 @@ steps:
         run_id = engine.node.coordinator.start(conn, StartWorkflow(workflow="lost", idempotency_key="lost-1"),
                                                "m-lost").run_id
     deadline = time.monotonic() + 10
-    while engine.node.reconcile_once() == 0:  # overdue 50 ms after dispatch
+    assert engine.node.reconciler is not None
+    while engine.node.reconciler.run_once() == 0:  # overdue 50 ms after dispatch
         assert time.monotonic() < deadline, "the reconciler never repaired the run"
         time.sleep(0.01)
     run = wait_status(engine, run_id, ("failed",))
-    assert "was lost" in run["error"]
+    assert "was lost" in run.error
 
 
 def test_a_root_step_over_the_message_limit_fails_its_run_at_start_with_the_reason(engine):
@@ -435,7 +440,7 @@ steps:
     run = engine.wait(engine.submit("big-root", {"blob": "x" * (500 * 1024)}), timeout=30)
     assert run.status == "failed"
     assert "step 'first' cannot be dispatched" in run.error
-    assert {s["step"]: s["status"] for s in run.steps} == {"first": "failed", "then": "skipped"}
+    assert {s.step: s.status for s in run.steps} == {"first": "failed", "then": "skipped"}
     assert run.attempts == []
     assert outbox_drains(engine)
 
@@ -451,7 +456,7 @@ steps:
     with caplog.at_level(logging.WARNING, logger="miniflow.actors"):
         run = engine.wait(engine.submit("quick"), timeout=30)
     assert run.status == "succeeded"
-    assert [(a["attempt"], a["output"]) for a in run.attempts] == [(1, {"calls": 1, "attempt": 1})]  # ran once
+    assert [(a.attempt, a.output) for a in run.attempts] == [(1, {"calls": 1, "attempt": 1})]  # ran once
     assert "delivered after 2 failed tries" in caplog.text
 
 

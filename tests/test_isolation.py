@@ -7,8 +7,9 @@ import signal
 
 import pytest
 
-from actors.app import StepCrashed, StepFailedInChild, run_isolated
-from actors.registry import StepContext
+from miniflow.actors.isolation import run_isolated
+from miniflow.actors.registry import StepContext
+from miniflow.protocol.errors import StepCrashed, StepFailed, StepTimedOut
 
 CTX = StepContext(run_id="r", workflow="w", step="s", attempt=1, params={"n": 2})
 
@@ -26,14 +27,16 @@ def test_an_isolated_step_that_raises_reports_the_original_type_and_message():
     def bad(ctx):
         raise KeyError("no such column")
 
-    with pytest.raises(StepFailedInChild, match="KeyError: 'no such column'"):
+    with pytest.raises(StepFailed, match="KeyError: 'no such column'") as info:
         run_isolated(bad, CTX, 30)
+    assert info.value.error_type == "KeyError"
 
 
-def test_an_isolated_step_past_its_timeout_is_killed():
+def test_an_isolated_step_past_its_timeout_is_killed_and_recorded_as_a_timeout():
     def forever(ctx):
         while True:
             pass
 
-    with pytest.raises(TimeoutError, match="timeout of 0.5s"):
+    with pytest.raises(StepTimedOut, match="timeout of 0.5s") as info:
         run_isolated(forever, CTX, 0.5)
+    assert info.value.error_type == "Timeout"  # recorded as a timeout in the worker thread is

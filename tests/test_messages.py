@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from protocol import codec
-from protocol import messages as m
-from protocol.errors import MessageRejected
-from protocol.messages import (
+from miniflow.protocol import codec
+from miniflow.protocol import messages as m
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import MessageRejected
+from miniflow.protocol.messages import (
     CancelRun,
     DeadLetterReport,
     Payload,
@@ -20,7 +21,7 @@ from protocol.messages import (
     check_envelope,
     payload_of,
 )
-from protocol.names import QueueNames
+from miniflow.protocol.names import QueueNames
 
 SECRET = "sk_live_51HxQ_secret_token"
 
@@ -70,7 +71,7 @@ def test_an_envelope_without_a_field_is_rejected_naming_it(key: str) -> None:
     del env[key]
     with pytest.raises(MessageRejected) as info:
         check_envelope(env)
-    assert info.value.code == m.ENVELOPE_MISSING_FIELD
+    assert info.value.code == Reason.ENVELOPE_MISSING_FIELD
     assert info.value.field == key
 
 
@@ -82,14 +83,14 @@ def test_an_envelope_without_a_field_is_rejected_naming_it(key: str) -> None:
 def test_an_envelope_field_of_the_wrong_type_is_rejected_naming_it(key: str, bad: Any) -> None:
     with pytest.raises(MessageRejected) as info:
         check_envelope(an_envelope(**{key: bad}))
-    assert info.value.code == m.ENVELOPE_BAD_TYPE
+    assert info.value.code == Reason.ENVELOPE_BAD_TYPE
     assert info.value.field == key
 
 
 def test_an_envelope_with_an_extra_field_is_rejected_naming_it() -> None:
     with pytest.raises(MessageRejected) as info:
         check_envelope(an_envelope(zzz=1, eta=2))
-    assert info.value.code == m.ENVELOPE_EXTRA_FIELD
+    assert info.value.code == Reason.ENVELOPE_EXTRA_FIELD
     assert info.value.field == "eta"
 
 
@@ -119,7 +120,7 @@ def test_payload_of_returns_the_single_payload_map() -> None:
 def test_payload_of_refuses_kwargs() -> None:
     with pytest.raises(MessageRejected) as info:
         payload_of([{"v": 1}], {"workflow": SECRET})
-    assert (info.value.code, info.value.field) == (m.BAD_ARGS, "kwargs")
+    assert (info.value.code, info.value.field) == (Reason.BAD_ARGS, "kwargs")
     assert SECRET not in str(info.value)
 
 
@@ -127,7 +128,7 @@ def test_payload_of_refuses_kwargs() -> None:
 def test_payload_of_refuses_args_that_are_not_exactly_one_map(args: Any) -> None:
     with pytest.raises(MessageRejected) as info:
         payload_of(args, {})
-    assert (info.value.code, info.value.field) == (m.BAD_ARGS, "args")
+    assert (info.value.code, info.value.field) == (Reason.BAD_ARGS, "args")
 
 
 # -- start_workflow ------------------------------------------------------------------------------
@@ -162,42 +163,42 @@ def test_the_defaults_are_not_shared_between_starts() -> None:
 
 def test_a_start_without_a_version_marker_is_rejected() -> None:
     err = rejected(StartWorkflow, {"workflow": "w"})
-    assert (err.code, err.field) == (m.MISSING_FIELD, "v")
+    assert (err.code, err.field) == (Reason.MISSING_FIELD, "v")
 
 
 @pytest.mark.parametrize("v", [2, 0, -1, True, "1"])
 def test_a_start_of_an_unsupported_protocol_version_is_rejected(v: Any) -> None:
     err = rejected(StartWorkflow, {"v": v, "workflow": "w"})
-    assert (err.code, err.field) == (m.UNSUPPORTED_VERSION, "v")
+    assert (err.code, err.field) == (Reason.UNSUPPORTED_VERSION, "v")
 
 
 def test_a_nil_version_marker_is_rejected_as_missing() -> None:
     err = rejected(StartWorkflow, {"v": None, "workflow": "w"})
-    assert (err.code, err.field) == (m.MISSING_FIELD, "v")
+    assert (err.code, err.field) == (Reason.MISSING_FIELD, "v")
 
 
 def test_a_float_version_marker_is_not_accepted() -> None:
     err = rejected(StartWorkflow, {"v": 1.0, "workflow": "w"})
     assert err.field == "v"
-    assert err.code in {m.UNSUPPORTED_VERSION, m.BAD_TYPE}
+    assert err.code in {Reason.UNSUPPORTED_VERSION, Reason.BAD_TYPE}
 
 
 def test_an_unsupported_version_rejection_does_not_echo_the_value() -> None:
     err = rejected(StartWorkflow, {"v": SECRET, "workflow": "w"})
-    assert err.code == m.UNSUPPORTED_VERSION
+    assert err.code == Reason.UNSUPPORTED_VERSION
     assert SECRET not in str(err)
 
 
 @pytest.mark.parametrize("v", [[1], {"major": 1}], ids=["array", "map"])
 def test_an_unhashable_version_marker_is_rejected_not_crashed(v: Any) -> None:
     err = rejected(StartWorkflow, {"v": v, "workflow": "w"})
-    assert (err.code, err.field) == (m.UNSUPPORTED_VERSION, "v")
+    assert (err.code, err.field) == (Reason.UNSUPPORTED_VERSION, "v")
 
 
 def test_a_start_without_a_workflow_is_rejected() -> None:
     for payload in ({"v": 1}, {"v": 1, "workflow": None}):
         err = rejected(StartWorkflow, payload)
-        assert (err.code, err.field) == (m.MISSING_FIELD, "workflow")
+        assert (err.code, err.field) == (Reason.MISSING_FIELD, "workflow")
 
 
 @pytest.mark.parametrize("name, value", [
@@ -207,19 +208,19 @@ def test_a_start_without_a_workflow_is_rejected() -> None:
 def test_a_start_field_of_the_wrong_type_is_rejected_naming_it(name: str, value: Any) -> None:
     payload = {"v": 1, "workflow": "w", name: value}
     err = rejected(StartWorkflow, payload)
-    assert (err.code, err.field) == (m.BAD_TYPE, name)
+    assert (err.code, err.field) == (Reason.BAD_TYPE, name)
 
 
 def test_a_start_with_an_unknown_field_is_rejected_naming_it() -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "parmas": {}})
-    assert (err.code, err.field) == (m.UNKNOWN_FIELD, "parmas")
+    assert (err.code, err.field) == (Reason.UNKNOWN_FIELD, "parmas")
 
 
 @pytest.mark.parametrize("workflow", ["", "-leading-dash", "has space", "a/b", "x" * 129, "caf\u00e9",
                                       SECRET + "!", "diamond\n"])
 def test_a_start_with_a_bad_workflow_name_is_rejected_without_echoing_it(workflow: str) -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": workflow})
-    assert (err.code, err.field) == (m.BAD_VALUE, "workflow")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "workflow")
     if workflow:
         assert workflow not in str(err)
 
@@ -227,7 +228,7 @@ def test_a_start_with_a_bad_workflow_name_is_rejected_without_echoing_it(workflo
 @pytest.mark.parametrize("priority", [-1, 10, 2**40])
 def test_a_priority_outside_0_to_9_is_rejected(priority: int) -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "priority": priority})
-    assert (err.code, err.field) == (m.BAD_VALUE, "priority")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "priority")
 
 
 @pytest.mark.parametrize("priority", [0, 9])
@@ -238,43 +239,43 @@ def test_priorities_0_and_9_are_accepted(priority: int) -> None:
 @pytest.mark.parametrize("key", ["", SECRET * 20])
 def test_an_idempotency_key_that_is_empty_or_too_long_is_rejected_without_echoing_it(key: str) -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "idempotency_key": key})
-    assert (err.code, err.field) == (m.BAD_VALUE, "idempotency_key")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "idempotency_key")
     if key:
         assert SECRET not in str(err)
 
 
 def test_an_idempotency_key_in_the_reserved_message_prefix_is_rejected() -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "idempotency_key": "message:1234"})
-    assert (err.code, err.field) == (m.BAD_VALUE, "idempotency_key")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "idempotency_key")
 
 
 @pytest.mark.parametrize("params", [{"blob": b"\x00\x01"}, {"name": "a\x00b"}, {"deep": [{"k": b"x"}]}],
                          ids=["bin", "nul", "nested-bin"])
 def test_params_that_are_not_json_compatible_are_rejected(params: dict[str, Any]) -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "params": params})
-    assert (err.code, err.field) == (m.BAD_VALUE, "params")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "params")
 
 
 def test_a_params_key_with_a_nul_character_is_rejected() -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "params": {"a\x00b": 1}})
-    assert (err.code, err.field) == (m.BAD_VALUE, "params")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "params")
 
 
 @pytest.mark.parametrize("version", [0, -1])
 def test_a_workflow_version_below_1_is_rejected(version: int) -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "version": version})
-    assert (err.code, err.field) == (m.BAD_VALUE, "version")
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "version")
 
 
 def test_a_wrongly_typed_secret_is_not_echoed() -> None:
     err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "idempotency_key": [SECRET]})
-    assert err.code == m.BAD_TYPE
+    assert err.code == Reason.BAD_TYPE
     assert SECRET not in str(err)
 
 
 def test_a_payload_that_is_not_a_map_is_rejected() -> None:
     err = rejected(StartWorkflow, [{"v": 1, "workflow": "w"}])
-    assert (err.code, err.field) == (m.BAD_ARGS, "args")
+    assert (err.code, err.field) == (Reason.BAD_ARGS, "args")
 
 
 def test_a_start_survives_the_wire() -> None:
@@ -298,7 +299,7 @@ def test_a_cancel_keeps_its_reason_and_round_trips() -> None:
 
 def test_a_cancel_without_a_run_id_is_rejected() -> None:
     err = rejected(CancelRun, {"v": 1, "reason": "x"})
-    assert (err.code, err.field) == (m.MISSING_FIELD, "run_id")
+    assert (err.code, err.field) == (Reason.MISSING_FIELD, "run_id")
 
 
 # -- execute_step and record_result --------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_a_step_task_takes_an_integer_timeout_as_seconds() -> None:
 
 def test_a_step_task_without_an_attempt_is_rejected() -> None:
     err = rejected(StepTask, {"v": 1, "run_id": "r1", "workflow": "w", "step": "a", "task": "t"})
-    assert (err.code, err.field) == (m.MISSING_FIELD, "attempt")
+    assert (err.code, err.field) == (Reason.MISSING_FIELD, "attempt")
 
 
 @pytest.mark.parametrize("output", [None, [1, "two", None], 42, 1.5, "text", True, {"rows": 3}])
@@ -348,14 +349,14 @@ def test_a_step_result_takes_integer_timestamps() -> None:
                                          ("started_at", True), ("started_at", "1.5"), ("error", 5)])
 def test_a_step_result_field_of_the_wrong_type_is_rejected_naming_it(name: str, value: Any) -> None:
     err = rejected(StepResult, a_step_result(**{name: value}))
-    assert (err.code, err.field) == (m.BAD_TYPE, name)
+    assert (err.code, err.field) == (Reason.BAD_TYPE, name)
 
 
 def test_a_step_result_without_ok_is_rejected() -> None:
     payload = a_step_result()
     del payload["ok"]
     err = rejected(StepResult, payload)
-    assert (err.code, err.field) == (m.MISSING_FIELD, "ok")
+    assert (err.code, err.field) == (Reason.MISSING_FIELD, "ok")
 
 
 def test_step_finished_round_trips() -> None:
@@ -380,7 +381,7 @@ def test_a_dead_letter_report_defaults_raw_to_empty_bytes() -> None:
 
 def test_a_dead_letter_report_with_text_as_raw_is_rejected() -> None:
     err = rejected(DeadLetterReport, {"v": 1, "queue": "q", "code": "c", "detail": "d", "raw": "\u00ff"})
-    assert (err.code, err.field) == (m.BAD_TYPE, "raw")
+    assert (err.code, err.field) == (Reason.BAD_TYPE, "raw")
 
 
 # -- queue names ---------------------------------------------------------------------------------

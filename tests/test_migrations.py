@@ -8,8 +8,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from persistence import Database
-from persistence.models import Base
+from miniflow.persistence import Database
+from miniflow.persistence.models import Base
 
 
 def test_upgraded_schema_matches_the_models(tmp_path: Path):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import Coordinator, loads
-from persistence import Database
-from persistence import repository as repo
-from protocol.messages import StartWorkflow, StepResult
-from protocol.names import QueueNames
+from miniflow.coordinator import Coordinator, Reconciler, Results, loads
+from miniflow.persistence import Database
+from miniflow.persistence import repository as repo
+from miniflow.protocol.messages import StartWorkflow, StepResult
+from miniflow.protocol.names import QueueNames
 
 CHAIN = """
 name: chain
@@ -47,14 +47,14 @@ def setup(tmp_path: Path):
 
 def steps(db: Database, run_id: str) -> dict[str, tuple[str, int]]:
     with db.connect() as conn:
-        return {name: (row["status"], row["attempt"]) for name, row in repo.get_steps(conn, run_id).items()}
+        return {name: (row.status, row.attempt) for name, row in repo.get_steps(conn, run_id).items()}
 
 
 def test_an_attempt_recorded_but_never_advanced_is_advanced(setup):
     db, clock, coordinator, run_id = setup
     now = clock.now.timestamp()
     with db.transaction() as conn:  # the results role records it; its step_finished is then lost
-        coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
+        Results(coordinator).record(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
                                                    node="n", started_at=now, finished_at=now))
     assert steps(db, run_id)["first"] == ("queued", 1)
     with db.connect() as conn:
@@ -62,13 +62,13 @@ def test_an_attempt_recorded_but_never_advanced_is_advanced(setup):
         found = repo.unadvanced_attempts(conn, clock.now + timedelta(seconds=1))
     assert found == [(run_id, "first", 1)]
     with db.transaction() as conn:
-        outgoing = coordinator.reconcile_unadvanced(conn, *found[0])
-    assert [o.queue_name for o in outgoing] == ["rc.steps"]  # `second` dispatched
+        outgoing = Reconciler(coordinator).unadvanced(conn, *found[0])
+    assert outgoing is not None and [o.queue_name for o in outgoing] == ["rc.steps"]  # `second` dispatched
     assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
     with db.connect() as conn:  # a finished step leaves the reconciler's index
-        assert repo.get_steps(conn, run_id)["first"]["result_due_at"] is None
+        assert repo.get_steps(conn, run_id)["first"].result_due_at is None
     with db.transaction() as conn:  # a second pass (or another coordinator) finds nothing to do
-        assert coordinator.reconcile_unadvanced(conn, *found[0]) is None
+        assert Reconciler(coordinator).unadvanced(conn, *found[0]) is None
     with db.connect() as conn:
         assert repo.unadvanced_attempts(conn, clock.now + timedelta(seconds=1)) == []
 
@@ -81,18 +81,20 @@ def test_an_attempt_with_no_result_past_its_deadline_is_recorded_lost_and_retrie
     assert found == [(run_id, "first", 1)]
     clock.now += timedelta(seconds=91)
     with db.transaction() as conn:
-        outgoing = coordinator.reconcile_overdue(conn, *found[0])
+        outgoing = Reconciler(coordinator).overdue(conn, *found[0])
+    assert outgoing is not None
     assert len(outgoing) == 1 and outgoing[0].delay_ms == 1000  # retried under the step's policy
     assert steps(db, run_id)["first"] == ("queued", 2)
     with db.connect() as conn:
         lost = repo.get_attempt(conn, run_id, "first", 1)
-        assert repo.get_steps(conn, run_id)["second"]["result_due_at"] is None  # never queued
-    assert lost["ok"] is False and lost["error_type"] == "Lost" and "was lost" in lost["error"]
+        assert repo.get_steps(conn, run_id)["second"].result_due_at is None  # never queued
+    assert lost is not None and lost.error is not None
+    assert lost.ok is False and lost.error_type == "Lost" and "was lost" in lost.error
 
     # the real result of attempt 1 arriving now is a duplicate: fenced
     now = clock.now.timestamp()
     with db.transaction() as conn:
-        assert coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True,
+        assert Results(coordinator).record(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True,
                                                           output=1, node="late", started_at=now, finished_at=now),
                                          advance=True) == []
     # attempt 2 lost as well: its deadline counts from its own dispatch (delay + timeout + grace)
@@ -101,10 +103,11 @@ def test_an_attempt_with_no_result_past_its_deadline_is_recorded_lost_and_retrie
         again = repo.overdue_results(conn, clock.now + timedelta(seconds=92))
     clock.now += timedelta(seconds=92)
     with db.transaction() as conn:
-        assert coordinator.reconcile_overdue(conn, *again[0]) == []
+        assert Reconciler(coordinator).overdue(conn, *again[0]) == []
     with db.connect() as conn:
         run = repo.get_run(conn, run_id)
-    assert run["status"] == "failed" and "was lost" in run["error"]
+    assert run is not None and run.error is not None
+    assert run.status == "failed" and "was lost" in run.error
     assert steps(db, run_id)["second"][0] == "skipped"
 
 
@@ -115,10 +118,10 @@ def test_a_result_that_arrives_before_the_repair_wins(setup):
         found = repo.overdue_results(conn, clock.now)
     now = clock.now.timestamp()
     with db.transaction() as conn:
-        coordinator.record_result(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
+        Results(coordinator).record(conn, StepResult(run_id=run_id, step="first", attempt=1, ok=True, output=1,
                                                    node="n", started_at=now, finished_at=now), advance=True)
     with db.transaction() as conn:  # the reconciler read it as overdue a moment before
-        assert coordinator.reconcile_overdue(conn, *found[0]) is None
+        assert Reconciler(coordinator).overdue(conn, *found[0]) is None
     assert steps(db, run_id) == {"first": ("succeeded", 1), "second": ("queued", 1)}
 
 

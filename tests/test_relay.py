@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from actors.broker import declare_topology, make_broker
-from actors.relay import SWEEP_BATCH, Relay
-from coordinator.service import Outbox
-from persistence import Database
-from persistence import repository as repo
-from protocol.messages import StepFinished
-from protocol.names import STEP_FINISHED, QueueNames
+from miniflow.actors.broker import declare_topology, make_broker
+from miniflow.actors.relay import SWEEP_BATCH, Relay
+from miniflow.coordinator import Outbox
+from miniflow.persistence import Database
+from miniflow.persistence import repository as repo
+from miniflow.protocol.clock import utcnow
+from miniflow.protocol.messages import StepFinished
+from miniflow.protocol.names import STEP_FINISHED, QueueNames
 
 
 def test_a_backlog_of_stale_rows_drains_in_one_sweep_in_batches(tmp_path: Path):
@@ -22,13 +23,13 @@ def test_a_backlog_of_stale_rows_drains_in_one_sweep_in_batches(tmp_path: Path):
     declare_topology(broker, names)
     try:
         count = SWEEP_BATCH * 2 + 7
-        old = repo.utcnow() - timedelta(minutes=5)
+        old = utcnow() - timedelta(minutes=5)
         with db.transaction() as conn:
             outbox = Outbox(conn, old)
             for i in range(count):
                 outbox.add(names.coordinator, STEP_FINISHED, StepFinished(f"run-{i}", "a", 1).to_payload())
             outbox.flush()
-            fresh = Outbox(conn, repo.utcnow())  # not stale: its publisher may still be at it
+            fresh = Outbox(conn, utcnow())  # not stale: its publisher may still be at it
             fresh.add(names.coordinator, STEP_FINISHED, StepFinished("run-new", "a", 1).to_payload())
             fresh.flush()
         commits: list[str] = []

@@ -1,4 +1,4 @@
-"""coordinator/schedule.py: cron math as a pure function of (expression, timezone, instant)."""
+"""coordinator/cron.py and schedule_policy.py: cron math as a pure function of (expression, timezone, instant)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coordinator.schedule import (
-    CAUGHT_UP,
-    FIRED,
-    MISSED,
-    OVERLAP_BUFFER,
-    OVERLAP_CANCEL,
-    OVERLAP_FIRE,
-    OVERLAP_SKIP,
+from miniflow.coordinator.cron import check_fires, next_fire, next_fires, parse_cron, ticks_between
+from miniflow.coordinator.schedule_policy import (
     CatchUp,
-    check_fires,
+    OverlapAction,
+    TickOutcome,
     jitter_for,
-    next_fire,
-    next_fires,
     overlap_action,
-    parse_cron,
     plan_ticks,
     tick_key,
-    ticks_between,
 )
-from coordinator.scheduling import parse_schedule
-from protocol.errors import DefinitionError
+from miniflow.coordinator.schedule_spec import parse_schedule
+from miniflow.protocol.errors import DefinitionError
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def local(ticks: list[datetime], tz: str) -> list[str]:
@@ -224,26 +215,28 @@ def _plan(policy: str, limit: int = 1, late: int = 5, on_time: int = 0) -> list[
 
 
 def test_catch_up_skip_records_every_late_tick_as_missed():
-    assert _plan("skip") == [MISSED] * 5
-    assert _plan("skip", on_time=1) == [MISSED] * 5 + [FIRED]
+    assert _plan("skip") == [TickOutcome.MISSED] * 5
+    assert _plan("skip", on_time=1) == [TickOutcome.MISSED] * 5 + [TickOutcome.FIRED]
 
 
 def test_catch_up_latest_runs_only_the_most_recent_late_tick_unless_one_is_on_time():
-    assert _plan("latest") == [MISSED] * 4 + [CAUGHT_UP]
-    assert _plan("latest", on_time=1) == [MISSED] * 5 + [FIRED]
+    assert _plan("latest") == [TickOutcome.MISSED] * 4 + [TickOutcome.CAUGHT_UP]
+    assert _plan("latest", on_time=1) == [TickOutcome.MISSED] * 5 + [TickOutcome.FIRED]
 
 
 def test_catch_up_all_runs_the_most_recent_late_ticks_up_to_the_limit():
-    assert _plan("all", limit=3) == [MISSED] * 2 + [CAUGHT_UP] * 3
-    assert _plan("all", limit=10) == [CAUGHT_UP] * 5
-    assert _plan("all", limit=2, on_time=2) == [MISSED] * 3 + [CAUGHT_UP] * 2 + [FIRED] * 2
+    assert _plan("all", limit=3) == [TickOutcome.MISSED] * 2 + [TickOutcome.CAUGHT_UP] * 3
+    assert _plan("all", limit=10) == [TickOutcome.CAUGHT_UP] * 5
+    assert _plan("all", limit=2, on_time=2) == \
+        [TickOutcome.MISSED] * 3 + [TickOutcome.CAUGHT_UP] * 2 + [TickOutcome.FIRED] * 2
 
 
 @pytest.mark.parametrize("policy,running,buffered,expected", [
-    ("allow", True, False, OVERLAP_FIRE), ("skip", False, False, OVERLAP_FIRE), ("skip", True, False, OVERLAP_SKIP),
-    ("buffer_one", True, False, OVERLAP_BUFFER), ("buffer_one", True, True, OVERLAP_SKIP),
-    ("buffer_one", False, False, OVERLAP_FIRE), ("cancel_running", True, False, OVERLAP_CANCEL),
-    ("cancel_running", False, False, OVERLAP_FIRE),
+    ("allow", True, False, OverlapAction.FIRE), ("skip", False, False, OverlapAction.FIRE),
+    ("skip", True, False, OverlapAction.SKIP),
+    ("buffer_one", True, False, OverlapAction.BUFFER), ("buffer_one", True, True, OverlapAction.SKIP),
+    ("buffer_one", False, False, OverlapAction.FIRE), ("cancel_running", True, False, OverlapAction.CANCEL_AND_FIRE),
+    ("cancel_running", False, False, OverlapAction.FIRE),
 ])
 def test_overlap_policies_decide_what_a_tick_does_while_the_previous_run_goes(policy, running, buffered, expected):
     assert overlap_action(policy, running, buffered) == expected

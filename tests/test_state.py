@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from coordinator import Backoff, Decision, Workflow, backoff_delay, decide, parse, ready_steps
-from coordinator import state as s
+from miniflow.coordinator import Backoff, Decision, Workflow, backoff_delay, decide, parse, ready_steps
+from miniflow.protocol.states import RunStatus, StepStatus
 
 NO_JITTER = Backoff(initial=1.0, max=60.0, multiplier=2.0, jitter=0.0)
 
@@ -24,9 +24,9 @@ def diamond(retries: int = 0, backoff: Backoff | None = None) -> Workflow:
     ]}, source="diamond.yaml")
 
 
-def statuses(**given: str) -> dict[str, str]:
+def statuses(**given: StepStatus) -> dict[str, StepStatus]:
     """Every diamond step pending unless given."""
-    return {"a": s.STEP_PENDING, "b": s.STEP_PENDING, "c": s.STEP_PENDING, "d": s.STEP_PENDING, **given}
+    return {"a": StepStatus.PENDING, "b": StepStatus.PENDING, "c": StepStatus.PENDING, "d": StepStatus.PENDING, **given}
 
 
 # -- ready_steps ---------------------------------------------------------------------------------
@@ -35,56 +35,56 @@ def test_only_the_root_of_the_diamond_is_ready_at_the_start() -> None:
 
 
 def test_both_middle_steps_are_ready_once_the_root_succeeded() -> None:
-    assert ready_steps(diamond(), statuses(a=s.STEP_SUCCEEDED)) == ["b", "c"]
+    assert ready_steps(diamond(), statuses(a=StepStatus.SUCCEEDED)) == ["b", "c"]
 
 
 def test_the_join_waits_until_every_need_succeeded() -> None:
     wf = diamond()
-    assert ready_steps(wf, statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_QUEUED)) == []
-    assert ready_steps(wf, statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_SUCCEEDED)) == ["d"]
+    assert ready_steps(wf, statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.QUEUED)) == []
+    assert ready_steps(wf, statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.SUCCEEDED)) == ["d"]
 
 
 def test_queued_and_finished_steps_are_never_ready_again() -> None:
     wf = diamond()
-    assert ready_steps(wf, statuses(a=s.STEP_QUEUED)) == []
-    assert ready_steps(wf, statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_SUCCEEDED)) == []
+    assert ready_steps(wf, statuses(a=StepStatus.QUEUED)) == []
+    assert ready_steps(wf, statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.SUCCEEDED)) == []
 
 
 def test_a_need_that_failed_or_was_skipped_never_makes_a_step_ready() -> None:
     wf = diamond()
-    assert ready_steps(wf, statuses(a=s.STEP_FAILED)) == []
-    assert ready_steps(wf, statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SKIPPED, c=s.STEP_SUCCEEDED)) == []
+    assert ready_steps(wf, statuses(a=StepStatus.FAILED)) == []
+    assert ready_steps(wf, statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SKIPPED, c=StepStatus.SUCCEEDED)) == []
 
 
 # -- decide: success -----------------------------------------------------------------------------
 def test_the_root_succeeding_dispatches_both_middle_steps() -> None:
-    decision = decide(diamond(), statuses(a=s.STEP_QUEUED), "a", 1, ok=True)
-    assert decision == Decision(s.STEP_SUCCEEDED, dispatch=("b", "c"))
+    decision = decide(diamond(), statuses(a=StepStatus.QUEUED), "a", 1, ok=True)
+    assert decision == Decision(StepStatus.SUCCEEDED, dispatch=("b", "c"))
     assert decision.run_status is None
 
 
 def test_one_middle_step_succeeding_dispatches_nothing_while_the_other_is_out() -> None:
-    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_QUEUED)
+    given = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.QUEUED)
     decision = decide(diamond(), given, "b", 1, ok=True)
-    assert decision == Decision(s.STEP_SUCCEEDED, dispatch=())
+    assert decision == Decision(StepStatus.SUCCEEDED, dispatch=())
 
 
 def test_the_second_middle_step_succeeding_dispatches_the_join() -> None:
-    decision = decide(diamond(), statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_QUEUED), "c", 1,
+    decision = decide(diamond(), statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.QUEUED), "c", 1,
                       ok=True)
-    assert decision == Decision(s.STEP_SUCCEEDED, dispatch=("d",))
+    assert decision == Decision(StepStatus.SUCCEEDED, dispatch=("d",))
 
 
 def test_the_last_success_ends_the_run_succeeded() -> None:
-    decision = decide(diamond(), statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_SUCCEEDED,
-                                          d=s.STEP_QUEUED), "d", 1, ok=True)
-    assert decision == Decision(s.STEP_SUCCEEDED, run_status=s.RUN_SUCCEEDED)
+    decision = decide(diamond(), statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.SUCCEEDED,
+                                          d=StepStatus.QUEUED), "d", 1, ok=True)
+    assert decision == Decision(StepStatus.SUCCEEDED, run_status=RunStatus.SUCCEEDED)
     assert decision.dispatch == ()
     assert decision.run_error is None
 
 
 def test_decide_does_not_change_the_statuses_it_is_given() -> None:
-    given = statuses(a=s.STEP_QUEUED)
+    given = statuses(a=StepStatus.QUEUED)
     before = dict(given)
     decide(diamond(), given, "a", 1, ok=True)
     decide(diamond(), given, "a", 1, ok=False)
@@ -97,7 +97,7 @@ def test_a_whole_diamond_run_dispatches_every_step_once_and_succeeds() -> None:
     dispatched: list[str] = []
     outstanding = ready_steps(wf, state)
     for name in outstanding:
-        state[name] = s.STEP_QUEUED
+        state[name] = StepStatus.QUEUED
     run_status = None
     while outstanding:
         name = outstanding.pop(0)
@@ -105,21 +105,21 @@ def test_a_whole_diamond_run_dispatches_every_step_once_and_succeeds() -> None:
         decision = decide(wf, state, name, 1, ok=True)
         state[name] = decision.step_status
         for nxt in decision.dispatch:
-            state[nxt] = s.STEP_QUEUED
+            state[nxt] = StepStatus.QUEUED
             outstanding.append(nxt)
         run_status = decision.run_status or run_status
     assert dispatched == ["a", "b", "c", "d"]
-    assert run_status == s.RUN_SUCCEEDED
-    assert set(state.values()) == {s.STEP_SUCCEEDED}
+    assert run_status == RunStatus.SUCCEEDED
+    assert set(state.values()) == {StepStatus.SUCCEEDED}
 
 
 # -- decide: failure -----------------------------------------------------------------------------
 def test_a_failure_with_attempts_left_queues_the_step_again_after_a_backoff() -> None:
     policy = Backoff(initial=2.0, max=30.0, multiplier=3.0, jitter=0.25)
     wf = diamond(retries=2, backoff=policy)
-    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_QUEUED)
+    given = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.QUEUED)
     decision = decide(wf, given, "b", 2, ok=False, error="boom", rng=random.Random(7))
-    assert decision.step_status == s.STEP_QUEUED
+    assert decision.step_status == StepStatus.QUEUED
     assert decision.retry_delay == backoff_delay(policy, 2, random.Random(7))
     assert decision.run_status is None
     assert (decision.dispatch, decision.skip, decision.cancel) == ((), (), ())
@@ -127,16 +127,16 @@ def test_a_failure_with_attempts_left_queues_the_step_again_after_a_backoff() ->
 
 def test_the_retry_delay_without_jitter_follows_the_policy() -> None:
     wf = diamond(retries=3, backoff=Backoff(initial=1.5, max=60.0, multiplier=2.0, jitter=0.0))
-    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED)
+    given = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED)
     assert [decide(wf, given, "b", n, ok=False).retry_delay for n in (1, 2, 3)] == [1.5, 3.0, 6.0]
 
 
 def test_the_final_failure_fails_the_run_skips_pending_and_cancels_queued_steps() -> None:
     wf = diamond(retries=2)
-    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_QUEUED, d=s.STEP_PENDING)
+    given = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.QUEUED, d=StepStatus.PENDING)
     decision = decide(wf, given, "b", 3, ok=False, error="disk full")
-    assert decision.step_status == s.STEP_FAILED
-    assert decision.run_status == s.RUN_FAILED
+    assert decision.step_status == StepStatus.FAILED
+    assert decision.run_status == RunStatus.FAILED
     assert decision.run_error == "step 'b' failed after 3 attempts: disk full"
     assert decision.skip == ("d",)
     assert decision.cancel == ("c",)
@@ -145,16 +145,16 @@ def test_the_final_failure_fails_the_run_skips_pending_and_cancels_queued_steps(
 
 
 def test_a_step_without_retries_fails_the_run_on_its_first_failure() -> None:
-    decision = decide(diamond(), statuses(a=s.STEP_QUEUED), "a", 1, ok=False)
-    assert decision.step_status == s.STEP_FAILED
-    assert decision.run_status == s.RUN_FAILED
+    decision = decide(diamond(), statuses(a=StepStatus.QUEUED), "a", 1, ok=False)
+    assert decision.step_status == StepStatus.FAILED
+    assert decision.run_status == RunStatus.FAILED
     assert decision.run_error == "step 'a' failed after 1 attempt"
     assert decision.skip == ("b", "c", "d")
     assert decision.cancel == ()
 
 
 def test_a_failure_does_not_skip_or_cancel_finished_steps() -> None:
-    given = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_QUEUED)
+    given = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.QUEUED)
     decision = decide(diamond(), given, "c", 1, ok=False, error="x")
     assert "a" not in decision.skip + decision.cancel
     assert "b" not in decision.skip + decision.cancel
@@ -165,7 +165,7 @@ def test_a_failure_does_not_skip_or_cancel_finished_steps() -> None:
 def test_a_step_that_fails_twice_then_succeeds_is_recorded_as_three_attempts() -> None:
     wf = diamond(retries=2, backoff=Backoff(initial=1.0, max=10.0, multiplier=2.0, jitter=0.5))
     rng = random.Random(42)
-    state = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_SUCCEEDED)
+    state = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.SUCCEEDED)
     outcomes = [False, False, True]
     decisions = []
     for attempt, ok in enumerate(outcomes, start=1):
@@ -173,23 +173,24 @@ def test_a_step_that_fails_twice_then_succeeds_is_recorded_as_three_attempts() -
         decisions.append(decision)
         state["b"] = decision.step_status
         for nxt in decision.dispatch:
-            state[nxt] = s.STEP_QUEUED
-    assert [d.step_status for d in decisions] == [s.STEP_QUEUED, s.STEP_QUEUED, s.STEP_SUCCEEDED]
+            state[nxt] = StepStatus.QUEUED
+    assert [d.step_status for d in decisions] == [StepStatus.QUEUED, StepStatus.QUEUED, StepStatus.SUCCEEDED]
     assert [d.run_status for d in decisions] == [None, None, None]
     first, second = decisions[0].retry_delay, decisions[1].retry_delay
     assert first is not None and 0.5 <= first <= 1.5
     assert second is not None and 1.0 <= second <= 3.0
     assert decisions[2].retry_delay is None
     assert decisions[2].dispatch == ("d",)
-    assert state == statuses(a=s.STEP_SUCCEEDED, b=s.STEP_SUCCEEDED, c=s.STEP_SUCCEEDED, d=s.STEP_QUEUED)
+    assert state == statuses(a=StepStatus.SUCCEEDED, b=StepStatus.SUCCEEDED, c=StepStatus.SUCCEEDED,
+                             d=StepStatus.QUEUED)
 
 
 def test_a_step_with_two_retries_that_fails_three_times_fails_the_run() -> None:
     wf = diamond(retries=2)
-    state = statuses(a=s.STEP_SUCCEEDED, b=s.STEP_QUEUED, c=s.STEP_SUCCEEDED)
+    state = statuses(a=StepStatus.SUCCEEDED, b=StepStatus.QUEUED, c=StepStatus.SUCCEEDED)
     results = [decide(wf, state, "b", n, ok=False, error="flaky", rng=random.Random(n)) for n in (1, 2, 3)]
-    assert [r.step_status for r in results] == [s.STEP_QUEUED, s.STEP_QUEUED, s.STEP_FAILED]
-    assert results[2].run_status == s.RUN_FAILED
+    assert [r.step_status for r in results] == [StepStatus.QUEUED, StepStatus.QUEUED, StepStatus.FAILED]
+    assert results[2].run_status == RunStatus.FAILED
     assert results[2].run_error == "step 'b' failed after 3 attempts: flaky"
     assert results[2].skip == ("d",)
 
@@ -250,6 +251,6 @@ def test_a_huge_multiplier_is_capped_at_max_instead_of_overflowing() -> None:
                                         "backoff": {"initial": 1, "max": 60, "multiplier": 10000,
                                                     "jitter": 0}}]}, source="wf.yaml")
     assert wf.steps["a"].max_attempts == 101
-    decision = decide(wf, {"a": s.STEP_QUEUED}, "a", 100, ok=False)
-    assert decision.step_status == s.STEP_QUEUED
+    decision = decide(wf, {"a": StepStatus.QUEUED}, "a", 100, ok=False)
+    assert decision.step_status == StepStatus.QUEUED
     assert decision.retry_delay == 60.0

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.timer import Timer
-from coordinator import parse
-from coordinator.schedule import CAUGHT_UP, FIRED, MANUAL, MISSED, SKIPPED_OVERLAP, CatchUp
-from coordinator.scheduling import Scheduler, ScheduleSpec, load_schedules_file
-from ops.runtime import EmbeddedEngine
-from persistence import repository as repo
-from persistence import schedule_repo as srepo
-from protocol.errors import DefinitionError
+from miniflow.actors.timer import Timer
+from miniflow.coordinator import Scheduler, ScheduleSpec, load_schedules_file, parse
+from miniflow.coordinator.schedule_policy import CatchUp, TickOutcome
+from miniflow.ops.embedded import EmbeddedEngine
+from miniflow.persistence import TickRow
+from miniflow.persistence import repository as repo
+from miniflow.persistence.repository import schedules as srepo
+from miniflow.protocol.errors import DefinitionError
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 DIAMOND = parse({"name": "diamond", "params": {"x": {"default": 3}}, "steps": [
@@ -57,10 +57,10 @@ def add(engine: EmbeddedEngine, now: datetime, **kwargs: object) -> str:
     values.update(kwargs)
     with engine.db.transaction() as conn:
         row, _ = Scheduler(engine.names).add(conn, ScheduleSpec(**values), now)  # type: ignore[arg-type]
-    return str(row["id"])
+    return str(row.id)
 
 
-def ledger(engine: EmbeddedEngine, schedule_id: str) -> list[dict[str, object]]:
+def ledger(engine: EmbeddedEngine, schedule_id: str) -> list[TickRow]:
     with engine.db.connect() as conn:
         return srepo.all_ticks(conn, schedule_id)
 
@@ -87,21 +87,21 @@ def test_two_timers_racing_on_one_database_fire_each_tick_exactly_once(engine):
         for th in threads:
             th.join()
     rows = ledger(engine, sid)
-    assert [r["due_at"] for r in rows] == [T0 + timedelta(seconds=s) for s in range(1, 11)]
-    assert {r["outcome"] for r in rows} == {FIRED}
-    keys = [str(r["idempotency_key"]) for r in rows]
+    assert [r.due_at for r in rows] == [T0 + timedelta(seconds=s) for s in range(1, 11)]
+    assert {r.outcome for r in rows} == {TickOutcome.FIRED}
+    keys = [str(r.idempotency_key) for r in rows]
     assert len(runs_by_key(engine, keys)) == 10
     engine.settle()
     with engine.db.connect() as conn:
-        scheduled = [r for r in repo.list_runs(conn, limit=100) if r["idempotency_key"].startswith("schedule:")]
-    assert Counter(r["idempotency_key"] for r in scheduled) == Counter(keys)
+        scheduled = [r for r in repo.list_runs(conn, limit=100) if r.idempotency_key.startswith("schedule:")]
+    assert Counter(r.idempotency_key for r in scheduled) == Counter(keys)
     assert sum(t.fired for t in timers) == 10
 
 
 @pytest.mark.parametrize("policy,limit,expected", [
-    ("skip", 1, [MISSED] * 5),
-    ("latest", 1, [MISSED] * 4 + [CAUGHT_UP]),
-    ("all", 3, [MISSED] * 2 + [CAUGHT_UP] * 3),
+    ("skip", 1, [TickOutcome.MISSED] * 5),
+    ("latest", 1, [TickOutcome.MISSED] * 4 + [TickOutcome.CAUGHT_UP]),
+    ("all", 3, [TickOutcome.MISSED] * 2 + [TickOutcome.CAUGHT_UP] * 3),
 ])
 def test_ticks_missed_while_no_timer_ran_follow_the_catch_up_policy(engine, policy, limit, expected):
     clock = Clock(T0)
@@ -111,12 +111,13 @@ def test_ticks_missed_while_no_timer_ran_follow_the_catch_up_policy(engine, poli
     timer.run_once()
     timer.run_once()  # a second pass finds nothing new
     rows = ledger(engine, sid)
-    assert [r["outcome"] for r in rows] == expected
-    assert [r["due_at"] for r in rows] == [T0 + timedelta(minutes=m) for m in range(1, 6)]
-    started = [str(r["idempotency_key"]) for r in rows if r["outcome"] == CAUGHT_UP]
+    assert [r.outcome for r in rows] == expected
+    assert [r.due_at for r in rows] == [T0 + timedelta(minutes=m) for m in range(1, 6)]
+    started = [str(r.idempotency_key) for r in rows if r.outcome == TickOutcome.CAUGHT_UP]
     assert len(runs_by_key(engine, started)) == len(started)
     with engine.db.connect() as conn:
-        assert srepo.get_schedule(conn, "s")["next_due_at"] == T0 + timedelta(minutes=6)  # type: ignore[index]
+        schedule = srepo.get_schedule(conn, "s")
+    assert schedule is not None and schedule.next_due_at == T0 + timedelta(minutes=6)
 
 
 def test_a_long_outage_is_recorded_in_bounded_batches_and_the_latest_tick_still_runs(engine):
@@ -127,8 +128,8 @@ def test_a_long_outage_is_recorded_in_bounded_batches_and_the_latest_tick_still_
     rows = ledger(engine, sid)
     assert len(rows) == 2500
     # ticks up to 5 s late (grace) are on time: they fire, so "latest" has nothing late to run
-    assert Counter(r["outcome"] for r in rows) == Counter({MISSED: 2494, FIRED: 6})
-    assert rows[-1]["outcome"] == FIRED
+    assert Counter(r.outcome for r in rows) == Counter({TickOutcome.MISSED: 2494, TickOutcome.FIRED: 6})
+    assert rows[-1].outcome == TickOutcome.FIRED
 
 
 def test_a_paused_schedule_does_not_fire_and_resumes_from_now(engine):
@@ -147,7 +148,7 @@ def test_a_paused_schedule_does_not_fire_and_resumes_from_now(engine):
     assert due == T0 + timedelta(seconds=8)
     clock.advance(1)
     timer.run_once()
-    assert [r["due_at"] for r in ledger(engine, sid)][-1] == T0 + timedelta(seconds=8)
+    assert [r.due_at for r in ledger(engine, sid)][-1] == T0 + timedelta(seconds=8)
 
 
 def test_the_window_end_stops_the_schedule(engine):
@@ -157,7 +158,8 @@ def test_the_window_end_stops_the_schedule(engine):
     Timer(engine.db, engine.broker, engine.names, clock=clock).run_once()
     assert len(ledger(engine, sid)) == 3
     with engine.db.connect() as conn:
-        assert srepo.get_schedule(conn, "s")["next_due_at"] is None  # type: ignore[index]
+        schedule = srepo.get_schedule(conn, "s")
+    assert schedule is not None and schedule.next_due_at is None
 
 
 def test_overlap_skip_records_ticks_that_come_while_the_previous_run_is_going(engine):
@@ -168,8 +170,8 @@ def test_overlap_skip_records_ticks_that_come_while_the_previous_run_is_going(en
     timer.run_once()
     clock.advance(1)
     timer.run_once()  # the first run sleeps 0.5 s (or its start is still in flight)
-    outcomes = [r["outcome"] for r in ledger(engine, sid)]
-    assert outcomes == [FIRED, SKIPPED_OVERLAP]
+    outcomes = [r.outcome for r in ledger(engine, sid)]
+    assert outcomes == [TickOutcome.FIRED, TickOutcome.SKIPPED_OVERLAP]
 
 
 def test_a_manual_trigger_fires_once_with_a_manual_marker(engine):
@@ -177,7 +179,7 @@ def test_a_manual_trigger_fires_once_with_a_manual_marker(engine):
     with engine.db.transaction() as conn:
         key, outgoing = Scheduler(engine.names).trigger(conn, "s", T0)
     Timer(engine.db, engine.broker, engine.names).relay.publish(outgoing)
-    assert [r["outcome"] for r in ledger(engine, sid)] == [MANUAL]
+    assert [r.outcome for r in ledger(engine, sid)] == [TickOutcome.MANUAL]
     assert runs_by_key(engine, [key])
 
 

@@ -12,11 +12,13 @@ import logging
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 
-from protocol import codec
-from protocol.errors import MessageRejected
-from protocol.names import RECORD_DEAD_LETTER
+from miniflow.protocol import codec
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import MessageRejected
+from miniflow.protocol.names import RECORD_DEAD_LETTER
 
 from ..guard import Guard, Rejection
 
@@ -31,19 +33,19 @@ class Rejections(Middleware):
         exception = getattr(message, "_exception", None)
         if isinstance(exception, MessageRejected):
             code, detail = exception.code, exception.detail
+        elif isinstance(exception, ActorNotFound):
+            code, detail = Reason.ACTOR_NOT_FOUND, f"no actor {message.actor_name!r} here"
         elif exception is not None:
-            code = "actor_not_found" if type(exception).__name__ == "ActorNotFound" else "retries_exhausted"
             first = (str(exception).strip().splitlines() or [""])[0][:300]
-            detail = f"{type(exception).__name__}: {first}" if code != "actor_not_found" else \
-                f"no actor {message.actor_name!r} here"
+            code, detail = Reason.RETRIES_EXHAUSTED, f"{type(exception).__name__}: {first}"
         else:
-            code, detail = "failed", "message failed without an exception"
+            code, detail = Reason.FAILED, "message failed without an exception"
         if message.actor_name == RECORD_DEAD_LETTER:
             logger.error("could not archive a dead-letter report %s: %s (%s)", message.message_id, code, detail)
             return
         try:
             raw = message.encode()[:codec.RAW_KEEP]
-        except Exception:
+        except Exception:  # noqa: BLE001 - the report goes out without the raw copy
             raw = b""
         self.guard.report(broker, message.queue_name,
                           Rejection(code, detail, message.message_id, message.actor_name, raw))

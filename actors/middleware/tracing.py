@@ -20,8 +20,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from coordinator.service import Instrument
-from protocol.names import EXECUTE_STEP
+from miniflow.coordinator import Instrument
+from miniflow.protocol.names import EXECUTE_STEP
+from miniflow.protocol.states import RunStatus
 
 TRACER_NAME = "miniflow"
 _propagator = TraceContextTextMapPropagator()
@@ -147,6 +148,6 @@ class TracingInstrument(Instrument):
     def run_finished(self, run_id: str, workflow: str, status: str, error: str | None) -> None:
         span = tracer().start_span(f"run {status}", attributes={
             "miniflow.run_id": run_id, "miniflow.workflow": workflow, "miniflow.outcome": status})
-        if status != "succeeded" and span.is_recording():
+        if status != RunStatus.SUCCEEDED and span.is_recording():
             span.set_status(Status(StatusCode.ERROR, (error or status)[:200]))
         span.end()

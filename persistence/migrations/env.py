@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from persistence import schedule_models  # noqa: F401  (registers the schedule tables)
-from persistence.models import Base
+from miniflow.persistence import schedule_models  # noqa: F401  (registers the schedule tables)
+from miniflow.persistence.models import Base
 
 config = context.config
 connection = config.attributes.get("connection")

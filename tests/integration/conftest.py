@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pika
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from .processes import BIN, ROOT, WorkerProcess
+from miniflow.ops import processes
+from miniflow.ops.polling import poll_until
 
-__all__ = ["BIN", "ROOT", "WorkerProcess"]
+__all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "poll", "query"]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = processes.BIN
 BROKER_URL = os.environ.get("MINIFLOW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 ADMIN_DB_URL = os.environ.get("MINIFLOW_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -50,18 +54,18 @@ def _pg_dsn(url: str, database: str | None = None) -> str:
 def services() -> None:
     try:
         pika.BlockingConnection(pika.URLParameters(BROKER_URL)).close()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means the service is not there
         _unavailable(f"RabbitMQ at {make_url(BROKER_URL.replace('amqp', 'postgresql', 1)).host}", exc)
     try:
         psycopg2.connect(_pg_dsn(ADMIN_DB_URL), connect_timeout=5).close()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means the service is not there
         _unavailable("Postgres", exc)
 
 
 @pytest.fixture(scope="session")
 def namespace(services: None) -> Iterator[str]:
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     ns = f"mft_{uuid.uuid4().hex[:8]}"
     yield ns
@@ -123,13 +127,32 @@ def cluster(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
             w.stop()
 
 
-def poll(fn, *, timeout: float = 60, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Call fn until it returns something truthy; fail with `what` past the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def poll(fn: Callable[[], Any], *, timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
+    """Call fn until it returns something truthy (and return that); WaitTimedOut naming `what` past the
+    deadline."""
+    return poll_until(lambda: fn() or None, timeout=timeout, interval=interval, what=what)
+
+
+def query(database_url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on a test database and return its rows (a connection of its own)."""
+    conn = psycopg2.connect(_pg_dsn(database_url))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+    finally:
+        conn.close()
+
+
+class WorkerProcess(processes.WorkerProcess):
+    """`miniflow worker` run from the repository root (so `--steps examples.steps` imports)."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(env, args, log, prefix, cwd=ROOT, **kwargs)
+
+
+class TimerProcess(processes.TimerProcess):
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__(env, log, cwd=ROOT)

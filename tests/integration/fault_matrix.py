@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pika
 
-from .conftest import BROKER_URL, ROOT, WorkerProcess, miniflow
-from .test_distributed import query
+from .conftest import BROKER_URL, ROOT, WorkerProcess, miniflow, query
 
 REPORT = ROOT / "reports" / "faults.json"
 
@@ -90,7 +89,8 @@ class Restartable:
 
 def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, pace_s: float = 0.0) -> list[str]:
     """Publish a start per key with confirms, retrying each until confirmed; returns confirmed keys."""
-    from protocol.publisher import Publisher, PublishFailed
+    from miniflow.protocol.errors import BrokerUnavailable
+    from miniflow.protocol.publisher import Publisher
 
     confirmed: list[str] = []
     deadline = time.monotonic() + retry_for_s
@@ -103,7 +103,7 @@ def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, 
                     confirmed.append(key)
                     time.sleep(pace_s)
                     break
-                except PublishFailed:
+                except BrokerUnavailable:
                     if time.monotonic() > deadline:
                         break
                     publisher.close()
@@ -129,12 +129,34 @@ def queue_depth(namespace: str) -> int:
     return total
 
 
+def _until_terminal(db: str, keys: list[str], deadline: float) -> None:
+    """Wait (measuring, never failing) until every run of ``keys`` has ended or the deadline passed."""
+    placeholders = ",".join(["%s"] * len(keys))
+    while True:
+        rows = query(db, f"select status from runs where idempotency_key in ({placeholders})", *keys)
+        done = [r for r in rows if r[0] in ("succeeded", "failed", "cancelled")]
+        if len(done) == len(keys) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def _settle(outcome: Outcome, db: str, ns: str, within_s: float = 30) -> None:
+    """Let the relay and sweepers finish their upkeep, then record what is left in outbox and queues."""
+    settle = time.monotonic() + within_s
+    while time.monotonic() < settle:
+        outcome.outbox_left = query(db, "select count(*) from outbox")[0][0]
+        outcome.queued_left = queue_depth(ns)
+        if outcome.outbox_left == 0 and outcome.queued_left == 0:
+            return
+        time.sleep(0.5)
+
+
 def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, runs: int = 20,
                  coordinator_fault: str | None = None, executor_fault: str | None = None,
                  inject: Callable[[], None] | None = None, bound_s: float = 180, pace_s: float = 0.0) -> Outcome:
     """One row of the matrix, in its own namespace (so a fault stays inside it)."""
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     ns = f"{env['MINIFLOW_NAMESPACE']}_m{uuid.uuid4().hex[:4]}"
     env = dict(env, MINIFLOW_NAMESPACE=ns)
@@ -163,14 +185,8 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
         if injector:
             injector.join(timeout=bound_s)
         healed = time.monotonic()
-        deadline = healed + bound_s
+        _until_terminal(db, confirmed, healed + bound_s)
         placeholders = ",".join(["%s"] * len(confirmed))
-        while True:
-            rows = query(db, f"select status from runs where idempotency_key in ({placeholders})", *confirmed)
-            done = [r for r in rows if r[0] in ("succeeded", "failed", "cancelled")]
-            if len(done) == len(confirmed) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
         for w in workers:  # heal time counts from the last restart that brought a process back
             if w.healed_at:
                 healed = max(healed, w.healed_at) if w.healed_at < time.monotonic() else healed
@@ -187,14 +203,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
         outcome.duplicates = len(query(db, "select run_id, step, attempt from step_attempts where run_id in "
                                        f"({id_marks}) group by run_id, step, attempt having count(*) > 1", *ids))
         outcome.heal_to_terminal_s = round(max(0.0, finished - healed), 2)
-        # let the relay and sweepers finish their upkeep, then read what is left
-        settle = time.monotonic() + 30
-        while time.monotonic() < settle:
-            outcome.outbox_left = query(db, "select count(*) from outbox")[0][0]
-            outcome.queued_left = queue_depth(ns)
-            if outcome.outbox_left == 0 and outcome.queued_left == 0:
-                break
-            time.sleep(0.5)
+        _settle(outcome, db, ns)
         outcome.dead_letters = query(db, "select count(*) from dead_letters")[0][0] - before_letters
         logs_text = "".join(w.log_text() for w in workers)
         outcome.re_executions = logs_text.count("redelivered: running it in an isolated process")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import msgpack
 import pika
 
 
-def publish_start(url: str, namespace: str, workflow: str, params: dict, idempotency_key: str,
-                  options: dict | None = None) -> str:
+def publish_start(url: str, namespace: str, workflow: str, params: dict[str, Any], idempotency_key: str,
+                  options: dict[str, Any] | None = None) -> str:
     queue = f"{namespace}.ingress"
     message_id = str(uuid.uuid4())
     body = msgpack.packb({

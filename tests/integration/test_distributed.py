@@ -8,18 +8,9 @@ import uuid
 from pathlib import Path
 
 import pika
-import psycopg2
 
-from .conftest import BROKER_URL, _pg_dsn, miniflow, poll
+from .conftest import BROKER_URL, miniflow, poll, query
 from .raw_producer import publish_raw, publish_start
-
-
-def query(database_url: str, sql: str, *args: object) -> list[tuple]:
-    with psycopg2.connect(_pg_dsn(database_url)) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        rows = cur.fetchall()
-    conn.close()
-    return rows
 
 
 def test_the_diamond_runs_across_processes_and_start_wait_exits_zero(cluster):

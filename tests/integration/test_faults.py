@@ -3,17 +3,18 @@ cancel and retry. Each test runs its own workers in its own namespace (they get 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import BIN, BROKER_URL, ROOT, WorkerProcess, miniflow, poll
-from .test_distributed import query
+from .conftest import BIN, BROKER_URL, ROOT, WorkerProcess, miniflow, poll, query
 
 POISON = """
 name: poison
@@ -59,8 +60,8 @@ class Supervised:
 
 @pytest.fixture
 def space(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     ns = f"{env['MINIFLOW_NAMESPACE']}_f{uuid.uuid4().hex[:4]}"
     own = dict(env, MINIFLOW_NAMESPACE=ns)
@@ -74,7 +75,7 @@ def space(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     delete_topology(BROKER_URL, QueueNames(ns))
 
 
-def run_status(db: str, key: str) -> tuple | None:
+def run_status(db: str, key: str) -> tuple[Any, ...] | None:
     rows = query(db, "select id, status, error from runs where idempotency_key = %s", key)
     return rows[0] if rows and rows[0][1] in ("succeeded", "failed", "cancelled") else None
 
@@ -101,7 +102,7 @@ def test_a_poison_step_fails_its_run_with_a_reason_while_other_runs_flow(space, 
         assert status == "failed"
         assert "poison" in error and "killed the process running it" in error
         for key in good_keys:
-            assert poll(lambda k=key: run_status(db, k), timeout=120, what="a good run")[1] == "succeeded"
+            assert poll(functools.partial(run_status, db, key), timeout=120, what="a good run")[1] == "succeeded"
         assert executors.starts >= 2  # the executor really died once, and came back
         attempts = query(db, "select count(*) from step_attempts a join runs r on r.id = a.run_id "
                              "where r.idempotency_key = %s", poison_key)
@@ -204,7 +205,10 @@ def test_retry_of_a_run_that_fails_again_at_once_is_reported_as_retried(space, w
         assert "not retried" not in retried.stderr, retried.stderr
         # with --wait it follows the re-run to its end (failed again: exit 1); without, exit 0
         assert retried.returncode == (1 if args else 0), retried.stderr + retried.stdout
-        poll(lambda n=round_: query(db, "select count(*) from step_attempts where run_id = %s", run_id)[0][0] == n
-             and run_status(db, key) is not None, timeout=60, what=f"re-run {round_} to end")
+        def rerun_ended(n: int = round_) -> bool:
+            count = query(db, "select count(*) from step_attempts where run_id = %s", run_id)[0][0]
+            return bool(count == n and run_status(db, key) is not None)
+
+        poll(rerun_ended, timeout=60, what=f"re-run {round_} to end")
     assert [a for (a,) in query(db, "select attempt from step_attempts where run_id = %s order by attempt",
                                 run_id)] == [1, 2, 3]

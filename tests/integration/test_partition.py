@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from . import netns
-from .conftest import BROKER_URL, WorkerProcess, miniflow, poll
+from .conftest import BROKER_URL, WorkerProcess, miniflow, poll, query
 from .fault_matrix import Outcome, queue_depth, record
-from .test_distributed import query
 
 PARTITION = """
 name: partition
@@ -49,8 +48,8 @@ def node() -> Iterator[netns.Node]:
 
 @pytest.fixture
 def space(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     ns = f"{env['MINIFLOW_NAMESPACE']}_p{uuid.uuid4().hex[:4]}"
     own = dict(env, MINIFLOW_NAMESPACE=ns)

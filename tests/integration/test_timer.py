@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
-from .conftest import _pg_dsn, miniflow, poll
-from .processes import TimerProcess
+from .conftest import TimerProcess, miniflow, poll, query
 
 SLOW_YAML = """\
 name: timer-slow
@@ -25,16 +23,6 @@ steps:
   - {name: nap, task: demo.sleep, config: {seconds: 2.5}}
 """
 STARTED = ("fired", "caught_up", "manual")
-
-
-def query(database_url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(_pg_dsn(database_url))
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -82,7 +70,7 @@ def assert_one_run_per_started_tick(db: str, schedule_id: str) -> list[tuple[Any
                          "where idempotency_key like %s", f"schedule:{schedule_id}:%")
         return rows if len(rows) >= len(started) else None
 
-    runs = poll(all_created, timeout=30, what="a run for every started tick")
+    runs: list[tuple[Any, ...]] = poll(all_created, timeout=30, what="a run for every started tick")
     assert Counter(r[0] for r in runs) == Counter(started)
     return runs
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from .conftest import BROKER_URL, WorkerProcess, miniflow, poll
-from .otlp_receiver import OtlpReceiver, ReceivedSpan
+from miniflow.ops.tracesink import OtlpReceiver, ReceivedSpan
+
+from .conftest import BROKER_URL, WorkerProcess, miniflow, poll, query
 from .raw_producer import publish_start
-from .test_distributed import query
 
 SECRET = "tr4ce-s3cret-token"
 TRACED_WORKFLOW = """
@@ -28,10 +29,10 @@ steps:
 
 
 @pytest.fixture(scope="module")
-def traced(env: dict[str, str], namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+def traced(env: dict[str, str], namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     """Workers of their own namespace exporting to a receiver: coordinator+results and an executor."""
-    from actors.broker import delete_topology
-    from protocol.names import QueueNames
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
 
     ns = f"{namespace}_tr"
     logs = tmp_path_factory.mktemp("traced-logs")

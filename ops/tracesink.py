@@ -1,7 +1,9 @@
-"""A real OTLP/HTTP trace receiver for tests: decodes ExportTraceServiceRequest protobufs.
+"""A trace sink: a small OTLP/HTTP receiver that keeps the spans MiniFlow's processes export.
 
-It listens on 127.0.0.1 (a free port), accepts POST /v1/traces with protobuf bodies as the
-OTLP exporter sends them, and keeps every span with its service name.
+For the integration tests and the benchmarks (and anyone checking that a run is one trace without
+a Jaeger at hand): it listens on 127.0.0.1 (a free port), accepts POST /v1/traces with protobuf
+bodies as the OTLP exporter sends them, decodes ExportTraceServiceRequest messages and keeps every
+span with its service name. Point OTEL_EXPORTER_OTLP_ENDPOINT at its ``endpoint``.
 """
 
 from __future__ import annotations

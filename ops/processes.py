@@ -1,5 +1,6 @@
-"""MiniFlow processes for the integration tests and the benchmarks: `miniflow worker` or
-`miniflow timer` as a subprocess, ready once it prints its ready line, stopped with SIGTERM."""
+"""Launching and supervising `miniflow worker` and `miniflow timer` processes from another program
+(the integration tests, the benchmarks): a subprocess that is ready once it prints its ready line,
+and is stopped with SIGTERM (SIGKILL if it does not stop in time)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).parent  # where this environment's `miniflow` command is
 
 
 class MiniflowProcess:
+    """One `miniflow <command>` process; its stdout and stderr go to ``log``."""
+
     COMMAND = "worker"
 
-    def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None) -> None:
+    def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None,
+                 cwd: Path | str | None = None) -> None:
         self.log_path = log
         self._log = log.open("w")
         # prefix: run it through another command, e.g. `ip netns exec <ns>` for a node of its own
-        self.proc = subprocess.Popen([*(prefix or []), str(BIN / "miniflow"), self.COMMAND, *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([*(prefix or []), str(BIN / "miniflow"), self.COMMAND, *args], cwd=cwd, env=env,
                                      stdout=self._log, stderr=subprocess.PIPE, text=True)
         self.ready = threading.Event()
         self.lines: list[str] = []
@@ -38,6 +41,7 @@ class MiniflowProcess:
                 self.ready.set()
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the process printed its ready line; AssertionError (with its last lines) if not."""
         if not self.ready.wait(timeout):
             self.stop()
             raise AssertionError(f"{self.COMMAND} not ready in {timeout}s:\n{''.join(self.lines[-30:])}")
@@ -72,5 +76,5 @@ class WorkerProcess(MiniflowProcess):
 class TimerProcess(MiniflowProcess):
     COMMAND = "timer"
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        super().__init__(env, [], log)
+    def __init__(self, env: dict[str, str], log: Path, cwd: Path | str | None = None) -> None:
+        super().__init__(env, [], log, cwd=cwd)

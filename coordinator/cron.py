@@ -1,4 +1,4 @@
-"""Schedule math: pure functions of (cron expression, IANA timezone, instant). No clock, no I/O.
+"""Cron maths: pure functions of (cron expression, IANA timezone, instant). No clock, no I/O.
 
 Expressions have 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first
 (second minute hour ...), or an alias: @yearly @annually @monthly @weekly @daily @midnight @hourly.
@@ -21,9 +21,7 @@ Every search is bounded: an expression that does not fire within ``HORIZON_YEARS
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
-from protocol.errors import DefinitionError
+from miniflow.protocol.errors import DefinitionError
 
 HORIZON_YEARS = 8
 HORIZON = timedelta(days=366 * HORIZON_YEARS)
@@ -43,19 +41,6 @@ ALIASES = {
 _SPAN = timedelta(hours=6)  # longer than any offset change; shorter than the gap between two of them
 _SECOND = timedelta(seconds=1)
 _RANDOM = re.compile(r"(^|,)R($|[(,/])", re.IGNORECASE)
-
-CATCH_UP_POLICIES = ("skip", "latest", "all")
-OVERLAP_POLICIES = ("allow", "skip", "buffer_one", "cancel_running")
-MAX_CATCH_UP_LIMIT = 1000
-
-# Ledger outcomes of a tick.
-FIRED = "fired"  # a start was sent (on time)
-CAUGHT_UP = "caught_up"  # a late tick started by the catch-up policy
-MISSED = "missed"  # a late tick the catch-up policy did not run
-SKIPPED_OVERLAP = "skipped_overlap"  # the previous run was still going (overlap skip / buffer full)
-BUFFERED = "buffered"  # waiting for the previous run to end (overlap buffer_one); becomes fired
-MANUAL = "manual"  # `miniflow schedules trigger`
-STARTED_OUTCOMES = frozenset({FIRED, CAUGHT_UP, MANUAL})
 
 
 @dataclass(frozen=True)
@@ -207,34 +192,41 @@ def next_fire(cron: Cron, after: datetime, *, horizon: timedelta = HORIZON) -> d
     while t < limit:
         e = t + _SPAN
         off_t, off_e = _offset(tz, t), _offset(tz, e)
-        if off_t == off_e:
-            found = _next_in_segment(cron, t, e + _SECOND, off_t)
+        if off_t != off_e:  # the zone changes its offset within this span
+            found = _across_change(cron, t, e, off_t, off_e, best)
             if found is not None:
-                return min(found, best) if best is not None else found
-            if best is not None:
-                return best
-            wall = _next_wall(cron, _wall(e, off_t))
-            if wall is None:
-                return None
-            t = max(e, _instant(wall, off_t) - _SPAN)
+                return found
+            t = e
             continue
-        change = _transition(tz, t, e)
-        found = _next_in_segment(cron, t, change, off_t)
+        found = _next_in_segment(cron, t, e + _SECOND, off_t)
         if found is not None:
             return min(found, best) if best is not None else found
-        candidates = [best] if best is not None else []
-        gap = off_e - off_t
-        if gap > timedelta(0) and not cron.every_hour:
-            wall = _next_wall(cron, _wall(change, off_t) - _SECOND)
-            if wall is not None and wall < _wall(change, off_e):
-                candidates.append(_instant(wall, off_t))
-        after_change = _next_in_segment(cron, change - _SECOND, max(e, change + gap) + _SECOND, off_e)
-        if after_change is not None:
-            candidates.append(after_change)
-        if candidates:
-            return min(candidates)
-        t = e
+        if best is not None:
+            return best
+        wall = _next_wall(cron, _wall(e, off_t))
+        if wall is None:
+            return None
+        t = max(e, _instant(wall, off_t) - _SPAN)
     return best if best is not None and best < limit else None
+
+
+def _across_change(cron: Cron, t: datetime, e: datetime, off_t: timedelta, off_e: timedelta,
+                   best: datetime | None) -> datetime | None:
+    """The first tick in (t, e] when the offset changes from ``off_t`` to ``off_e`` within it."""
+    change = _transition(cron.tz, t, e)
+    found = _next_in_segment(cron, t, change, off_t)
+    if found is not None:
+        return min(found, best) if best is not None else found
+    candidates = [best] if best is not None else []
+    gap = off_e - off_t
+    if gap > timedelta(0) and not cron.every_hour:  # a wall time in the gap fires shifted forward
+        wall = _next_wall(cron, _wall(change, off_t) - _SECOND)
+        if wall is not None and wall < _wall(change, off_e):
+            candidates.append(_instant(wall, off_t))
+    after_change = _next_in_segment(cron, change - _SECOND, max(e, change + gap) + _SECOND, off_e)
+    if after_change is not None:
+        candidates.append(after_change)
+    return min(candidates) if candidates else None
 
 
 def next_fires(cron: Cron, after: datetime, count: int) -> list[datetime]:
@@ -285,72 +277,3 @@ def check_fires(cron: Cron, now: datetime, start: datetime | None = None, end: d
         raise DefinitionError(source, f"cron expression {cron.expression!r} never fires within its window "
                               f"(the first tick, {first.isoformat()}, is after its end {end.isoformat()})")
     return first
-
-
-# -- jitter, catch-up and overlap decisions -------------------------------------------------------
-def jitter_for(schedule_id: str, due: datetime, jitter_s: float) -> timedelta:
-    """A deterministic delay in [0, jitter_s) for one tick: every timer computes the same one."""
-    if jitter_s <= 0:
-        return timedelta(0)
-    digest = hashlib.sha256(f"{schedule_id}|{due.astimezone(UTC).isoformat()}".encode()).digest()
-    fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return timedelta(milliseconds=int(fraction * jitter_s * 1000))
-
-
-@dataclass(frozen=True)
-class CatchUp:
-    """What to do with ticks found late (more than ``grace_s`` after they were due to fire)."""
-
-    policy: str = "skip"  # skip | latest | all
-    limit: int = 1  # with "all": at most this many late ticks run (the most recent ones)
-    grace_s: float = 60.0  # a tick up to this late still counts as on time
-
-
-def plan_ticks(ticks: Sequence[datetime], now: datetime, catch_up: CatchUp,
-               fire_at: Callable[[datetime], datetime]) -> list[tuple[datetime, str]]:
-    """Outcome of each due tick (oldest first): FIRED (on time), CAUGHT_UP or MISSED (late).
-
-    ``ticks`` are the due ticks (fire time <= now), all of them: the caller bounds the list.
-    """
-    late = [t for t in ticks if (now - fire_at(t)).total_seconds() > catch_up.grace_s]
-    on_time = len(ticks) - len(late)
-    if catch_up.policy == "all":
-        keep = catch_up.limit
-    elif catch_up.policy == "latest":
-        keep = 0 if on_time else 1
-    else:
-        keep = 0
-    run_late = set(late[len(late) - keep:]) if keep else set()
-    plan: list[tuple[datetime, str]] = []
-    for tick in ticks:
-        if tick in run_late:
-            plan.append((tick, CAUGHT_UP))
-        elif tick in late:
-            plan.append((tick, MISSED))
-        else:
-            plan.append((tick, FIRED))
-    return plan
-
-
-OVERLAP_FIRE = "fire"
-OVERLAP_SKIP = "skip"
-OVERLAP_BUFFER = "buffer"
-OVERLAP_CANCEL = "cancel_and_fire"
-
-
-def overlap_action(policy: str, previous_running: bool, buffered_pending: bool) -> str:
-    """What a tick that is due to start does, given whether the schedule's previous run is going."""
-    if not previous_running or policy == "allow":
-        return OVERLAP_FIRE
-    if policy == "skip":
-        return OVERLAP_SKIP
-    if policy == "buffer_one":
-        return OVERLAP_SKIP if buffered_pending else OVERLAP_BUFFER
-    if policy == "cancel_running":
-        return OVERLAP_CANCEL
-    raise ValueError(f"unknown overlap policy {policy!r}")
-
-
-def tick_key(schedule_id: str, due: datetime) -> str:
-    """The idempotency key of the run a tick starts: the coordinator makes one run per key."""
-    return f"schedule:{schedule_id}:{due.astimezone(UTC).isoformat()}"

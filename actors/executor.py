@@ -1,0 +1,172 @@
+"""The executor role: runs one step attempt and hands in its result.
+
+It looks the task up in the node's registry, runs it (in an isolated child process when the
+message is a redelivery), classifies a failure into what the attempt records (an error type and a
+masked, bounded text), and sends the result to the results queue, riding out a broker that is out
+of reach.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, TimeLimit
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from miniflow.protocol import codec
+from miniflow.protocol.clock import epoch_s
+from miniflow.protocol.errors import (
+    BrokerUnavailable,
+    EncodeFailed,
+    OutputNotPlainData,
+    StepFailed,
+    StepNotFound,
+    StepTimedOut,
+)
+from miniflow.protocol.masking import mask_values
+from miniflow.protocol.messages import StepResult, StepTask, envelope
+from miniflow.protocol.names import RECORD_RESULT, QueueNames
+
+from .broker import publish
+from .faults import FaultPoints
+from .guard import as_message
+from .isolation import MAX_ERROR_LEN, run_isolated
+from .middleware.tracing import annotate, record_error
+from .registry import Registry, StepContext
+
+logger = logging.getLogger("miniflow.actors")
+# How long an executor keeps trying to hand in a finished step's result while the broker is out of
+# reach (a partition, a broker restart). Past it the step message goes back to dramatiq's retries.
+RESULT_RESEND_S = 3600.0
+RESULT_RESEND_MAX_DELAY_S = 10.0
+
+Emit = Callable[..., None]
+
+
+class Executor:
+    """The ``execute_step`` handler of one node."""
+
+    def __init__(self, broker: dramatiq.Broker, names: QueueNames, registry: Registry, node: str, *,
+                 faults: FaultPoints, stop: threading.Event, emit: Emit) -> None:
+        self.broker = broker
+        self.names = names
+        self.registry = registry
+        self.node = node
+        self.faults = faults
+        self.stop = stop
+        self.emit = emit
+
+    def execute_step(self, payload: dict[str, Any]) -> None:
+        task = StepTask.from_payload(payload)
+        message = CurrentMessage.get_current_message()
+        # RabbitMQ redelivers a step whose executor died holding it. It may be the step that killed
+        # that process (a poison step): run it in a child process, so that if it kills again, only
+        # the child dies and the attempt is recorded as failed with the reason.
+        isolate = bool(getattr(message, "redelivered", False))
+        if isolate:
+            logger.warning("run %s step %s attempt %d redelivered: running it in an isolated process",
+                           task.run_id, task.step, task.attempt)
+        annotate(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt, task=task.task,
+                 node=self.node, isolated=isolate or None)
+        self.emit("step_started", run_id=task.run_id, step=task.step, attempt=task.attempt, node=self.node)
+        started = epoch_s()
+        output, failure = self._run(task, isolate)
+        finished = epoch_s()
+        self.faults.hit("executor.after_body")
+        error = None
+        if failure is not None:  # mask first, then truncate: a cut could split a secret
+            error = mask_values(str(failure), task.params, task.secret_params)[:MAX_ERROR_LEN]
+            # Recorded with the (masked) message only: a traceback's locals could hold secrets.
+            record_error(StepFailed(error, failure.error_type), error[:200])
+        annotate(outcome="failed" if failure else "succeeded")
+        result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
+                            output=None if failure else output, error=error,
+                            error_type=failure.error_type if failure else None, node=self.node,
+                            started_at=started, finished_at=finished)
+        self.report(result)
+        self.emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
+                  error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+    def _run(self, task: StepTask, isolate: bool) -> tuple[Any, StepFailed | None]:
+        """The step's output, or what its failure records."""
+        ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
+                          params=task.params, config=task.config, inputs=task.inputs, node=self.node)
+        try:
+            fn = self.registry.get(task.task)
+            output = run_isolated(fn, ctx, task.timeout_s) if isolate else fn(ctx)
+            check_output(output)
+        except TimeLimitExceeded:
+            return None, StepTimedOut(f"step exceeded its timeout of {task.timeout_s:g}s" if task.timeout_s
+                                      else "step exceeded its time limit")
+        except StepNotFound as exc:
+            return None, StepFailed(str(exc), "StepNotFound")
+        except StepFailed as exc:
+            return None, exc
+        except Exception as exc:  # noqa: BLE001 - a step may raise anything: it is recorded, not raised
+            logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id, task.attempt,
+                        type(exc).__name__)
+            return None, StepFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__)
+        return output, None
+
+    def report(self, result: StepResult) -> None:
+        """Send a step's result, riding out a broker that is out of reach.
+
+        A result is the only copy of work already done, so an executor cut off from the broker
+        keeps it and tries again (with backoff, up to RESULT_RESEND_S) instead of dropping it. If
+        the cut outlasted the broker's heartbeat, the step was meanwhile redelivered and recorded
+        from another node: this late result then arrives as a duplicate and is fenced by the
+        results role (the first recorded attempt wins). A stopping worker gives up at once; its
+        step message was not acked, so it is redelivered."""
+        self._end_time_limit()
+        message = envelope(self.names.results, RECORD_RESULT, result.to_payload())
+        deadline = time.monotonic() + RESULT_RESEND_S
+        delay, failures = 0.5, 0
+        while True:
+            try:
+                publish(self.broker, as_message(message))
+            except TimeLimitExceeded:  # only if the limit could not be lifted: it fires once, go on
+                continue
+            except BrokerUnavailable as exc:
+                failures += 1
+                cause = type(exc.__cause__ or exc).__name__
+                if time.monotonic() + delay > deadline or self.stop.is_set():
+                    logger.error("result of run %s step %s attempt %d not delivered after %d tries: %s",
+                                 result.run_id, result.step, result.attempt, failures, cause)
+                    raise
+                logger.warning("result of run %s step %s attempt %d not delivered (broker out of reach: %s); "
+                               "trying again in %.1fs", result.run_id, result.step, result.attempt, cause, delay)
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, RESULT_RESEND_MAX_DELAY_S)
+                continue
+            if failures:
+                logger.warning("result of run %s step %s attempt %d delivered after %d failed tries",
+                               result.run_id, result.step, result.attempt, failures)
+            return
+
+    def _end_time_limit(self) -> None:
+        """The step's time limit bounds its body; once the body has returned, handing in the result
+        (which may wait for the broker) must not be interrupted by it."""
+        for middleware in self.broker.middleware:
+            manager = getattr(middleware, "manager", None) if isinstance(middleware, TimeLimit) else None
+            if manager is not None:
+                manager.remove_timeout(threading.get_ident())
+
+
+def check_output(output: Any) -> None:
+    """OutputNotPlainData unless a step's return value can be stored (JSON) and sent on (msgpack)."""
+    try:
+        codec.check_encodable(output, "output", 0)
+        text = json.dumps(output, allow_nan=False)
+    except (ValueError, TypeError, EncodeFailed) as exc:
+        raise OutputNotPlainData(f"the step's return value is not JSON-compatible data: {exc}") from None
+    if len(text) > codec.MAX_MESSAGE_BYTES // 2:
+        raise OutputNotPlainData(f"the step's return value is {len(text)} bytes as JSON; the limit is "
+                                 f"{codec.MAX_MESSAGE_BYTES // 2}: store large data elsewhere and return a "
+                                 "reference")

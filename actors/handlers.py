@@ -1,0 +1,101 @@
+"""The handlers of the coordinator and results roles: decode a payload, run the coordinating
+service in one transaction, publish what it queued once the transaction has committed.
+
+    coordinator   start_workflow, cancel_run, retry_run (<ns>.ingress); step_finished (<ns>.coordinator)
+    results       record_result, record_dead_letter (<ns>.results)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dramatiq.middleware import CurrentMessage
+
+from miniflow.coordinator import Coordinator, Results
+from miniflow.persistence import Database
+from miniflow.protocol.messages import CancelRun, DeadLetterReport, RetryRun, StartWorkflow, StepFinished, StepResult
+
+from .faults import FaultPoints
+from .middleware.tracing import annotate, current_trace_id
+from .relay import Relay
+
+logger = logging.getLogger("miniflow.actors")
+Emit = Callable[..., None]
+
+
+def _message_id() -> str:
+    message = CurrentMessage.get_current_message()
+    return message.message_id if message is not None else ""
+
+
+class CoreHandlers:
+    """The database-backed handlers of one node. ``advance`` is True when the coordinator role runs
+    in the same process as the results role: a recorded result then advances its run at once."""
+
+    def __init__(self, db: Database, relay: Relay, coordinator: Coordinator, *, advance: bool,
+                 faults: FaultPoints, emit: Emit) -> None:
+        self.db = db
+        self.relay = relay
+        self.coordinator = coordinator
+        self.results = Results(coordinator)
+        self.advance = advance
+        self.faults = faults
+        self.emit = emit
+
+    # -- coordinator role -------------------------------------------------------------------------
+    def start_workflow(self, payload: dict[str, Any]) -> None:
+        start = StartWorkflow.from_payload(payload)
+        annotate(workflow=start.workflow)
+        with self.db.transaction() as conn:
+            outcome = self.coordinator.start(conn, start, _message_id(), trace_id=current_trace_id())
+        self.faults.hit("coordinator.after_commit")
+        annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
+        self.relay.publish(outcome.outgoing)
+        if outcome.created:
+            logger.info("run %s of %s started", outcome.run_id, start.workflow)
+            self.emit("run_started", run_id=outcome.run_id, workflow=start.workflow)
+        else:
+            logger.info("duplicate start of %s: run %s exists", start.workflow, outcome.run_id)
+
+    def cancel_run(self, payload: dict[str, Any]) -> None:
+        request = CancelRun.from_payload(payload)
+        annotate(run_id=request.run_id)
+        with self.db.transaction() as conn:
+            cancelled = self.coordinator.cancel(conn, request)
+        logger.info("run %s %s", request.run_id, "cancelled" if cancelled else "had already ended")
+
+    def retry_run(self, payload: dict[str, Any]) -> None:
+        request = RetryRun.from_payload(payload)
+        annotate(run_id=request.run_id)
+        with self.db.transaction() as conn:
+            outgoing = self.coordinator.retry(conn, request, _message_id())
+        if outgoing is None:
+            return
+        self.faults.hit("coordinator.after_commit")
+        self.relay.publish(outgoing)
+        logger.info("run %s retried", request.run_id)
+
+    def step_finished(self, payload: dict[str, Any]) -> None:
+        event = StepFinished.from_payload(payload)
+        annotate(run_id=event.run_id, step=event.step, attempt=event.attempt)
+        with self.db.transaction() as conn:
+            outgoing = self.coordinator.step_finished(conn, event)
+        self.faults.hit("coordinator.after_commit")
+        self.relay.publish(outgoing)
+
+    # -- results role -----------------------------------------------------------------------------
+    def record_result(self, payload: dict[str, Any]) -> None:
+        result = StepResult.from_payload(payload)
+        annotate(run_id=result.run_id, step=result.step, attempt=result.attempt, node=result.node,
+                 outcome="succeeded" if result.ok else "failed")
+        with self.db.transaction() as conn:
+            outgoing = self.results.record(conn, result, advance=self.advance)
+        self.faults.hit("results.after_commit")
+        self.relay.publish(outgoing)
+
+    def record_dead_letter(self, payload: dict[str, Any]) -> None:
+        report = DeadLetterReport.from_payload(payload)
+        with self.db.transaction() as conn:
+            self.results.record_dead_letter(conn, report)

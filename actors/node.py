@@ -1,0 +1,162 @@
+"""The actors of one process, bound to one broker by role.
+
+    role          actors (queue)                                               handlers
+    coordinator   start_workflow, cancel_run, retry_run (<ns>.ingress);        handlers.CoreHandlers
+                  step_finished (<ns>.coordinator)
+    results       record_result, record_dead_letter (<ns>.results)             handlers.CoreHandlers
+    executor      execute_step (<ns>.steps and <ns>.steps.<pool>)              executor.Executor
+
+Roles may share a process. Coordinator and results need the database; an executor needs only
+the broker. Actors are created at run time (not at import), so the namespace and broker come
+from settings and tests can build as many nodes as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from miniflow.coordinator import Coordinator
+from miniflow.persistence import Database
+from miniflow.protocol.errors import ConfigError, MessageRejected
+from miniflow.protocol.messages import payload_of
+from miniflow.protocol.names import (
+    CANCEL_RUN,
+    EXECUTE_STEP,
+    RECORD_DEAD_LETTER,
+    RECORD_RESULT,
+    RETRY_RUN,
+    START_WORKFLOW,
+    STEP_FINISHED,
+    QueueNames,
+)
+
+from .executor import Executor
+from .faults import NONE as NO_FAULTS
+from .faults import FaultPoints
+from .guard import node_name
+from .handlers import CoreHandlers
+from .middleware import Rejections, Tracing, TracingInstrument
+from .reconciler import ReconcileLoop
+from .registry import Registry
+from .registry import registry as global_registry
+from .relay import Relay
+
+logger = logging.getLogger("miniflow.actors")
+
+COORDINATOR = "coordinator"
+RESULTS = "results"
+EXECUTOR = "executor"
+ROLES = (COORDINATOR, RESULTS, EXECUTOR)
+STEP_TIME_LIMIT_CEILING_MS = 24 * 3600 * 1000  # step time limits travel per message (options.time_limit)
+
+Listener = Callable[[str, dict[str, Any]], None]
+Handler = Callable[[dict[str, Any]], None]
+
+
+class Node:
+    """The actors of one process, for the given roles, on one broker."""
+
+    def __init__(self, broker: dramatiq.Broker, names: QueueNames, roles: Iterable[str], *,
+                 db: Database | None = None, registry: Registry | None = None,
+                 pools: Iterable[str] = (), coordinator: Coordinator | None = None,
+                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS) -> None:
+        self.broker = broker
+        self.names = names
+        self.roles = tuple(dict.fromkeys(roles))
+        unknown = [r for r in self.roles if r not in ROLES]
+        if unknown or not self.roles:
+            raise ConfigError(f"unknown role(s) {unknown}: choose from {', '.join(ROLES)}")
+        self.pools = tuple(dict.fromkeys(p for p in pools if p))
+        self.node = node_name()
+        self.listener = listener
+        self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
+        self._stop = threading.Event()
+        self.db = db
+        self.relay: Relay | None = None
+        self.handlers: CoreHandlers | None = None
+        self.reconciler: ReconcileLoop | None = None
+        if COORDINATOR in self.roles or RESULTS in self.roles:
+            if db is None:
+                raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
+            self.relay = Relay(broker, db, faults=faults)
+            self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
+                                         faults=faults, emit=self._emit)
+            if COORDINATOR in self.roles:
+                self.reconciler = ReconcileLoop(db, self.relay, self.coordinator)
+        self.executor = Executor(broker, names, registry or global_registry, self.node, faults=faults,
+                                 stop=self._stop, emit=self._emit) if EXECUTOR in self.roles else None
+        self._install_middleware()
+        self._declare()
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def _install_middleware(self) -> None:
+        present = {type(m) for m in self.broker.middleware}
+        if CurrentMessage not in present:
+            self.broker.add_middleware(CurrentMessage())
+        guard = getattr(self.broker, "guard", None)
+        if guard is not None and Rejections not in present:
+            self.broker.add_middleware(Rejections(guard))
+        if Tracing not in present:
+            self.broker.add_middleware(Tracing())
+
+    def _actor(self, handler: Handler, name: str, queue: str, **options: Any) -> None:
+        options.setdefault("throws", (MessageRejected,))
+
+        def actor(*args: Any, **kwargs: Any) -> None:  # exactly one payload map (the guard checks it first)
+            handler(payload_of(args, kwargs))
+
+        dramatiq.Actor(actor, broker=self.broker, actor_name=name, queue_name=queue, priority=0, options=options)
+
+    def _declare(self) -> None:
+        if self.handlers is not None and COORDINATOR in self.roles:
+            self._actor(self.handlers.start_workflow, START_WORKFLOW, self.names.ingress)
+            self._actor(self.handlers.cancel_run, CANCEL_RUN, self.names.ingress)
+            self._actor(self.handlers.retry_run, RETRY_RUN, self.names.ingress)
+            self._actor(self.handlers.step_finished, STEP_FINISHED, self.names.coordinator)
+        if self.handlers is not None and RESULTS in self.roles:
+            self._actor(self.handlers.record_result, RECORD_RESULT, self.names.results)
+            self._actor(self.handlers.record_dead_letter, RECORD_DEAD_LETTER, self.names.results)
+        if self.executor is not None:
+            self._actor(self.executor.execute_step, EXECUTE_STEP, self.names.steps,
+                        time_limit=STEP_TIME_LIMIT_CEILING_MS)
+            for pool in self.pools:
+                self.broker.declare_queue(self.names.step_queue(pool))
+
+    def queues(self) -> set[str]:
+        """The canonical queues this node consumes (the Worker's whitelist)."""
+        queues: set[str] = set()
+        if COORDINATOR in self.roles:
+            queues |= {self.names.ingress, self.names.coordinator}
+        if RESULTS in self.roles:
+            queues.add(self.names.results)
+        if EXECUTOR in self.roles:
+            queues.add(self.names.steps)
+            queues |= {self.names.step_queue(p) for p in self.pools}
+        return queues
+
+    # -- background threads -----------------------------------------------------------------------
+    def start_background(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
+
+    def stop_background(self) -> None:
+        self._stop.set()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if self.relay is not None:
+            self.relay.stop()
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.listener is not None:
+            try:
+                self.listener(kind, data)
+            except Exception:  # noqa: BLE001 - a listener must never break a step
+                logger.exception("event listener failed on %s", kind)

@@ -1,0 +1,82 @@
+"""The coordinator's background loop: workflow deadlines every second, and every RECONCILE_EVERY_S
+a repair pass over what messages lost in long outages left behind (``coordinator.reconcile``).
+
+Any coordinator may do either; row locks serialise them. Each repair is its own transaction, and
+what it queues is published after its commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from miniflow.coordinator import Coordinator, Reconciler
+from miniflow.persistence import Database
+from miniflow.persistence import repository as repo
+
+from .relay import Relay
+
+logger = logging.getLogger("miniflow.actors")
+RECONCILE_EVERY_S = 10.0
+UNADVANCED_AFTER_S = 60.0  # a recorded attempt's step_finished normally lands within milliseconds
+# Handled retry ids are kept this long: far longer than a message can wait to be redelivered, and
+# than dramatiq keeps a dead-lettered one (7 days) for a replay.
+HANDLED_KEEP_S = 30 * 24 * 3600.0
+
+
+class ReconcileLoop:
+    def __init__(self, db: Database, relay: Relay, coordinator: Coordinator) -> None:
+        self.db = db
+        self.relay = relay
+        self.coordinator = coordinator
+        self.reconciler = Reconciler(coordinator)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="miniflow-deadlines", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self, every_s: float = 1.0) -> None:
+        next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+        while not self._stop.wait(every_s):
+            try:
+                with self.db.transaction() as conn:
+                    expired = self.reconciler.expire_overdue(conn)
+                for run_id in expired:
+                    logger.warning("run %s failed: workflow timeout", run_id)
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+                    self.run_once()
+            except Exception as exc:  # noqa: BLE001 - a background loop outlives any one failure; next pass retries
+                logger.warning("deadline check failed: %s", type(exc).__name__)
+
+    def run_once(self, unadvanced_after_s: float = UNADVANCED_AFTER_S) -> int:
+        """One repair pass; returns how many steps were repaired (items another coordinator
+        repaired first are skipped)."""
+        now = self.coordinator.clock()
+        with self.db.connect() as conn:
+            unadvanced = repo.unadvanced_attempts(conn, now - timedelta(seconds=unadvanced_after_s))
+            overdue = repo.overdue_results(conn, now)
+        repaired = 0
+        for fix, items in ((self.reconciler.unadvanced, unadvanced), (self.reconciler.overdue, overdue)):
+            for run_id, step, attempt in items:
+                try:
+                    with self.db.transaction() as conn:
+                        outgoing = fix(conn, run_id, step, attempt)
+                    if outgoing is not None:
+                        self.relay.publish(outgoing)
+                        repaired += 1
+                except Exception as exc:  # noqa: BLE001 - the others still get their turn; this one comes back next pass
+                    logger.warning("could not reconcile run %s step %s attempt %d: %s", run_id, step, attempt,
+                                   type(exc).__name__)
+        with self.db.transaction() as conn:
+            repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
+        return repaired

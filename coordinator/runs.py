@@ -1,0 +1,298 @@
+"""The coordinator: given a transaction and an event, record the change of a run and queue the
+messages it implies in the outbox (same transaction). The caller publishes them after commit.
+
+The coordinator is the only writer of run and step state. What follows from a finished attempt is
+decided by the pure ``state.decide``; this module applies it. Recording results is the results
+service's job (``results``), repairing what lost messages left behind the reconciler's
+(``reconcile``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from miniflow.persistence import AttemptRow, RunRow, StepRow, after_commit
+from miniflow.persistence import repository as repo
+from miniflow.protocol.clock import Clock, utcnow
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import EncodeFailed, MessageRejected
+from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepTask
+from miniflow.protocol.names import EXECUTE_STEP, QueueNames
+from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
+
+from .catalog import Catalog
+from .definitions import Workflow
+from .instrument import Instrument
+from .outbox import Outbox, Outgoing
+from .params import resolve_params
+from .state import Decision, decide, ready_steps
+
+logger = logging.getLogger("miniflow.coordinator")
+# A queued attempt of a step with a timeout whose result has not come this long after the timeout
+# is recorded as lost (failed) by the reconciler, so the run goes on instead of waiting for ever.
+# Counted from the dispatch, so it also covers the time the message waits in the queue: an hour,
+# like the infrastructure retries, so that only a real loss (not a backlog) trips it.
+RESULT_GRACE_S = 3600.0
+
+Groups = dict[tuple[int, datetime | None], list[str]]  # (attempt, result deadline) -> step names
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    run_id: str
+    created: bool
+    outgoing: list[Outgoing]
+
+
+@dataclass(frozen=True)
+class Undispatchable:
+    """A step message that cannot be sent (over the size limit): the run fails with the reason."""
+
+    step: str
+    reason: str
+
+
+class Coordinator:
+    """Start, advance, cancel, retry and finish runs. Thread-safe; its catalog caches definitions."""
+
+    def __init__(self, names: QueueNames, *, clock: Clock = utcnow, rng: random.Random | None = None,
+                 instrument: Instrument | None = None, result_grace_s: float = RESULT_GRACE_S,
+                 catalog: Catalog | None = None) -> None:
+        self.names = names
+        self.clock = clock
+        self.result_grace_s = result_grace_s
+        self.rng = rng or random.Random()
+        self.instrument = instrument or Instrument()
+        self.catalog = catalog or Catalog()
+
+    def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
+        return self.catalog.workflow(conn, name, version)
+
+    def deploy(self, conn: Connection, workflow: Workflow, source: str | None = None) -> tuple[int, bool]:
+        return self.catalog.deploy(conn, workflow, source)
+
+    # -- start ------------------------------------------------------------------------------------
+    def start(self, conn: Connection, start: StartWorkflow, message_id: str,
+              trace_id: str | None = None) -> StartOutcome:
+        """Create the run (once per idempotency key) and dispatch its root steps.
+
+        The run row's unique idempotency key is the dedupe (INSERT ... ON CONFLICT DO NOTHING);
+        the steps are inserted with the roots already queued: five statements in all."""
+        key = start.idempotency_key or f"message:{message_id}"
+        try:
+            workflow = self._workflow_to_start(conn, start)
+            params = resolve_params(workflow, start.params)
+        except MessageRejected:
+            # A re-sent start whose run exists is a duplicate, even if a later deploy would reject it.
+            existing = repo.run_id_for_key(conn, key)
+            if existing is not None:
+                return StartOutcome(existing, False, [])
+            raise
+        now = self.clock()
+        assert workflow.version is not None  # the catalog's workflows are stored versions
+        run = RunRow(id=str(uuid.uuid4()), workflow=workflow.name, version=workflow.version,
+                     status=RunStatus.RUNNING, params=params, idempotency_key=key, priority=start.priority,
+                     created_at=now, trace_id=trace_id, started_at=now,
+                     deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+        if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
+            return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
+        outbox = Outbox(conn, now, self.instrument)
+        plan = self._prepare(outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
+        queued = {} if isinstance(plan, Undispatchable) else \
+            {name: (attempt, due) for (attempt, due), names in plan.items() for name in names}
+        repo.insert_steps(conn, [
+            StepRow(run.id, name, StepStatus.QUEUED, attempt=queued[name][0], queued_at=now,
+                    result_due_at=queued[name][1]) if name in queued else StepRow(run.id, name, StepStatus.PENDING)
+            for name in workflow.steps])
+        if isinstance(plan, Undispatchable):
+            self._fail_undispatchable(conn, run, plan)
+        return StartOutcome(run.id, True, outbox.flush())
+
+    def _workflow_to_start(self, conn: Connection, start: StartWorkflow) -> Workflow:
+        workflow = self.catalog.workflow(conn, start.workflow, start.version)
+        if workflow is not None:
+            return workflow
+        if start.version is not None and self.catalog.exists(conn, start.workflow):
+            raise MessageRejected(Reason.UNKNOWN_VERSION, f"workflow {start.workflow!r} has no version "
+                                  f"{start.version}", "version")
+        raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {start.workflow!r} is not deployed", "workflow")
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def _dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
+                  attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None) -> bool:
+        """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
+        when a message cannot be sent. Steps that share an attempt number and deadline are marked
+        queued in one statement."""
+        plan = self._prepare(outbox, run, workflow, attempts, outputs, delay_s)
+        if isinstance(plan, Undispatchable):
+            self._fail_undispatchable(conn, run, plan)
+            return False
+        for (attempt, due), names in plan.items():
+            repo.update_steps(conn, run.id, names, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
+                              error=None, result_due_at=due)
+        return True
+
+    def _prepare(self, outbox: Outbox, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
+                 outputs: dict[str, Any], delay_s: float | None) -> Groups | Undispatchable:
+        """Add the step messages to the outbox; returns the steps by (attempt, result deadline), or
+        (with none of them added) the step whose message is over the size limit."""
+        mark = outbox.mark()
+        groups: Groups = {}
+        delay_ms = int(delay_s * 1000) if delay_s else None
+        for step, attempt in attempts:
+            spec = workflow.steps[step]
+            task = StepTask(run_id=run.id, workflow=workflow.name, step=step, attempt=attempt,
+                            task=spec.task, params=run.params, config=spec.config,
+                            inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
+                            secret_params=workflow.secret_param_list)
+            options: dict[str, Any] = {}
+            if run.priority:
+                options["broker_priority"] = run.priority
+            if spec.timeout:
+                options["time_limit"] = int(spec.timeout * 1000)
+            try:
+                outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
+                           delay_ms=delay_ms, attributes={"run_id": run.id, "workflow": workflow.name,
+                                                          "step": step, "attempt": attempt, "delay_ms": delay_ms})
+            except EncodeFailed as exc:
+                outbox.discard_since(mark)
+                return Undispatchable(step, (
+                    f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
+                    f"come to {exc.problem}; return references (paths, keys) instead of bulk data"))
+            due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
+                if spec.timeout else None
+            groups.setdefault((attempt, due), []).append(step)
+        return groups
+
+    def _fail_undispatchable(self, conn: Connection, run: RunRow, failure: Undispatchable) -> None:
+        repo.update_step(conn, run.id, failure.step, status=StepStatus.FAILED, error=failure.reason)
+        self.end_run(conn, run, RunStatus.FAILED, failure.reason)
+
+    # -- advance ----------------------------------------------------------------------------------
+    def step_finished(self, conn: Connection, event: StepFinished) -> list[Outgoing]:
+        """Advance the run after a recorded attempt; stale or duplicate events are fenced."""
+        run, steps = repo.lock_run_with_steps(conn, event.run_id)
+        if run is None:
+            raise MessageRejected(Reason.UNKNOWN_RUN, f"run {event.run_id!r} does not exist", "run_id")
+        attempt = repo.get_attempt(conn, event.run_id, event.step, event.attempt)
+        if attempt is None:
+            raise MessageRejected(Reason.UNKNOWN_STEP, f"run {event.run_id} has no recorded attempt "
+                                  f"{event.attempt} of step {event.step!r}", "step")
+        return self.advance(conn, run, steps, attempt)
+
+    def advance(self, conn: Connection, run: RunRow, steps: dict[str, StepRow], attempt: AttemptRow) -> list[Outgoing]:
+        """Apply a recorded attempt to its run (locked by the caller, ``steps`` read under the lock)."""
+        row = steps.get(attempt.step)
+        if row is None:
+            raise MessageRejected(Reason.UNKNOWN_STEP, f"run {run.id} has no step {attempt.step!r}", "step")
+        if run.status in RUN_TERMINAL:
+            logger.info("late result of run %s step %s attempt %d ignored: run is %s",
+                        run.id, attempt.step, attempt.attempt, run.status)
+            return []
+        if row.status != StepStatus.QUEUED or row.attempt != attempt.attempt:
+            logger.info("stale result fenced: run %s step %s attempt %d (step is %s at attempt %d)",
+                        run.id, attempt.step, attempt.attempt, row.status, row.attempt)
+            return []
+        workflow = self.catalog.workflow(conn, run.workflow, run.version)
+        if workflow is None:  # pragma: no cover - definitions are never deleted
+            raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
+        statuses = {name: r.status for name, r in steps.items()}
+        # Attempts count from the step's current budget (a run retry starts a new one).
+        used = attempt.attempt - (row.first_attempt or 1) + 1
+        decision = decide(workflow, statuses, attempt.step, used, attempt.ok, attempt.error, self.rng)
+        with repo.batched_writes(conn):  # its writes in one round trip on Postgres
+            return self._apply(conn, run, workflow, steps, attempt, decision)
+
+    def _apply(self, conn: Connection, run: RunRow, workflow: Workflow, steps: dict[str, StepRow],
+               attempt: AttemptRow, decision: Decision) -> list[Outgoing]:
+        now = self.clock()
+        outbox = Outbox(conn, now, self.instrument)
+        outputs = {name: r.output for name, r in steps.items()}
+        if decision.retry_delay is not None:
+            repo.update_step(conn, run.id, attempt.step, error=attempt.error, node=attempt.node)
+            self._dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)], outputs,
+                           decision.retry_delay)
+            return outbox.flush()
+        repo.update_step(conn, run.id, attempt.step, status=decision.step_status, output=attempt.output,
+                         error=attempt.error, node=attempt.node, started_at=attempt.started_at,
+                         finished_at=attempt.finished_at, result_due_at=None)
+        outputs[attempt.step] = attempt.output
+        if not self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1)
+                                                             for step in decision.dispatch], outputs, None):
+            return outbox.flush()
+        repo.update_steps(conn, run.id, decision.skip, status=StepStatus.SKIPPED)
+        repo.update_steps(conn, run.id, decision.cancel, status=StepStatus.CANCELLED, result_due_at=None)
+        if decision.run_status:
+            repo.update_run(conn, run.id, status=decision.run_status, error=decision.run_error, finished_at=now)
+            self._finished(conn, run.id, workflow.name, decision.run_status, decision.run_error)
+        return outbox.flush()
+
+    def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
+        """Mark the run's end for the instrument once the transaction that ends it has committed."""
+        after_commit(conn, lambda: self.instrument.run_finished(run_id, workflow, status, error))
+
+    # -- end early: cancel, timeouts ---------------------------------------------------------------
+    def end_run(self, conn: Connection, run: RunRow, status: RunStatus, reason: str) -> None:
+        """End a run early: pending steps are skipped, queued ones cancelled (their late results
+        are recorded as attempts and change nothing)."""
+        steps = repo.get_steps(conn, run.id)
+        repo.update_steps(conn, run.id, [s for s, r in steps.items() if r.status == StepStatus.PENDING],
+                          status=StepStatus.SKIPPED)
+        repo.update_steps(conn, run.id, [s for s, r in steps.items() if r.status == StepStatus.QUEUED],
+                          status=StepStatus.CANCELLED, result_due_at=None)
+        repo.update_run(conn, run.id, status=status, error=reason, finished_at=self.clock())
+        self._finished(conn, run.id, run.workflow, status, reason)
+
+    def cancel(self, conn: Connection, request: CancelRun) -> bool:
+        """Cancel a run that has not ended; False when it had already ended."""
+        run = repo.lock_run(conn, request.run_id)
+        if run is None:
+            raise MessageRejected(Reason.UNKNOWN_RUN, f"run {request.run_id!r} does not exist", "run_id")
+        if run.status in RUN_TERMINAL:
+            return False
+        self.end_run(conn, run, RunStatus.CANCELLED, "cancelled" + (f": {request.reason}" if request.reason else ""))
+        return True
+
+    # -- retry ------------------------------------------------------------------------------------
+    def retry(self, conn: Connection, request: RetryRun, message_id: str = "") -> list[Outgoing] | None:
+        """Re-run a failed or cancelled run from its unfinished steps; succeeded outputs are kept.
+
+        Each re-run step gets a fresh retry budget; attempt numbers keep counting up, so every
+        attempt stays unique. Returns None (and logs why) when the run is not failed or cancelled,
+        or when this request message (``message_id``) was already acted on: a redelivered retry
+        must not re-run a run whose re-run has failed again."""
+        run = repo.lock_run(conn, request.run_id)
+        if run is None:
+            raise MessageRejected(Reason.UNKNOWN_RUN, f"run {request.run_id!r} does not exist", "run_id")
+        if run.status not in RETRYABLE:
+            logger.info("retry of run %s ignored: it is %s, not failed or cancelled", request.run_id, run.status)
+            return None
+        now = self.clock()
+        if message_id and not repo.mark_handled(conn, message_id, RetryRun.KIND, request.run_id, now):
+            logger.info("retry of run %s ignored: request %s was already handled (a redelivery)",
+                        request.run_id, message_id)
+            return None
+        workflow = self.catalog.workflow(conn, run.workflow, run.version)
+        if workflow is None:  # pragma: no cover - definitions are never deleted
+            raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
+        for name, row in repo.get_steps(conn, request.run_id).items():
+            if row.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
+                repo.update_step(conn, request.run_id, name, status=StepStatus.PENDING, error=None,
+                                 first_attempt=row.attempt + 1, finished_at=None)
+        repo.update_run(conn, request.run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
+                        deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+        steps = repo.get_steps(conn, request.run_id)
+        statuses = {name: r.status for name, r in steps.items()}
+        outputs = {name: r.output for name, r in steps.items()}
+        outbox = Outbox(conn, now, self.instrument)
+        self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1)
+                                                     for step in ready_steps(workflow, statuses)], outputs, None)
+        return outbox.flush()

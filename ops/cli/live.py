@@ -1,0 +1,60 @@
+"""The live view of `miniflow run`: each step as it starts and finishes, and on a terminal a table
+of the steps that redraws itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from miniflow.coordinator import Workflow
+
+from ..views import fmt_ms
+
+
+class LiveView:
+    def __init__(self, console: Console, workflow: Workflow, quiet: bool = False) -> None:
+        self.console = console
+        self.workflow = workflow
+        self.quiet = quiet
+        self.state: dict[str, dict[str, Any]] = {s: {"status": "pending", "attempt": 0, "ms": None}
+                                                 for s in workflow.steps}
+        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True) \
+            if console.is_terminal and not quiet else None
+
+    def __enter__(self) -> LiveView:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def _table(self) -> Table:
+        table = Table(title=f"{self.workflow.name}", title_justify="left")
+        for col in ("step", "status", "attempt", "duration"):
+            table.add_column(col)
+        for name, st in self.state.items():
+            table.add_row(name, st["status"], str(st["attempt"] or "-"), fmt_ms(st["ms"]))
+        return table
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        step = data.get("step")
+        if step in self.state:
+            st = self.state[step]
+            st["attempt"] = data.get("attempt", st["attempt"])
+            if kind == "step_started":
+                st["status"] = "running"
+                line = f"[cyan]▶ {step}[/] started (attempt {st['attempt']})"
+            else:
+                st["status"] = "succeeded" if data.get("ok") else "failed"
+                st["ms"] = data.get("duration_ms")
+                line = (f"[green]✔ {step}[/] finished in {fmt_ms(st['ms'])}" if data.get("ok") else
+                        f"[red]✘ {step}[/] failed on attempt {st['attempt']}: {data.get('error')}")
+            if not self.quiet:
+                self.console.print(line, highlight=False)
+        if self.live:
+            self.live.update(self._table())

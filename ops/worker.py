@@ -1,0 +1,131 @@
+"""Long-running processes: `miniflow worker` (actors for some roles) and `miniflow timer` (cron).
+
+Both serve until SIGINT or SIGTERM, then stop cleanly, and print one ``ready`` line once they
+consume. Settings come in as a typed object; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import dramatiq
+
+from miniflow.actors import (
+    COORDINATOR,
+    EXECUTOR,
+    RESULTS,
+    ROLES,
+    Node,
+    declare_topology,
+    load_step_modules,
+    make_broker,
+)
+from miniflow.actors.faults import FaultPoints
+from miniflow.actors.relay import Relay
+from miniflow.actors.timer import Timer, limit_idle_transactions
+from miniflow.persistence import Database
+from miniflow.protocol.errors import ConfigError
+from miniflow.protocol.names import QueueNames
+
+from .settings import Settings
+from .telemetry import setup as telemetry_setup
+
+logger = logging.getLogger("miniflow.runtime")
+Ready = Callable[[str], None]
+
+
+def import_steps(modules: list[str] | tuple[str, ...]) -> list[str]:
+    """Import step modules, with the working folder importable (as `python -m` would have it)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_step_modules(modules)
+
+
+def default_threads(roles: list[str]) -> int:
+    """16 with the coordinator or results role (they mostly wait on the database and the broker), 8
+    for an executor alone."""
+    return 16 if {COORDINATOR, RESULTS} & set(roles or ROLES) else 8
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
+def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: list[str], threads: int,
+               ready: Ready = print) -> int:
+    """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
+    roles = roles or list(ROLES)
+    url = settings.require_broker()
+    if EXECUTOR in roles:
+        if not steps:
+            raise ConfigError("the executor role needs --steps MODULE (the module(s) that register steps)")
+        import_steps(steps)
+    needs_db = bool({COORDINATOR, RESULTS} & set(roles))
+    if needs_db and settings.database_url.startswith("sqlite"):
+        raise ConfigError("workers need Postgres (MINIFLOW_DATABASE_URL=postgresql://...): SQLite has no row "
+                          "locks across processes; use `miniflow run` for the embedded, single-process mode")
+    telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
+    db = Database(settings.database_url, pool_size=threads + 2) if needs_db else None
+    if db is not None:
+        telemetry.instrument_engine(db.engine)
+    names = QueueNames(settings.namespace)
+    broker = make_broker(url, names)
+    node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints))
+    declare_topology(broker, names, pools)
+    worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
+    stop = _stop_on_signals()
+    broker.emit_after("process_boot")
+    worker.start()
+    node.start_background()
+    ready(f"miniflow worker ready: node={node.node} roles={','.join(node.roles)} "
+          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}")
+    try:
+        while not stop.wait(0.5):  # woken by the signal handler (a timed wait keeps signals prompt)
+            pass
+    finally:
+        logger.info("stopping worker %s", node.node)
+        node.stop_background()
+        worker.stop(timeout=10_000)
+        broker.close()
+        if db is not None:
+            db.dispose()
+        telemetry.shutdown()
+    return 0
+
+
+def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = print) -> int:
+    """Run a cron timer until SIGINT/SIGTERM (any number may run: each tick fires once)."""
+    url = settings.require_broker()
+    if settings.database_url.startswith("sqlite"):
+        raise ConfigError("timers need Postgres (MINIFLOW_DATABASE_URL=postgresql://...): several timers "
+                          "fence each tick with row locks that SQLite does not have across processes")
+    names = QueueNames(settings.namespace)
+    database = Database(settings.database_url, pool_size=4)
+    limit_idle_transactions(database)
+    broker = make_broker(url, names)
+    declare_topology(broker, names)
+    relay = Relay(broker, database)
+    loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s)
+    stop = _stop_on_signals()
+    relay.start()
+    ready(f"miniflow timer ready: node={loop.node} {settings.describe()}")
+    try:
+        loop.run(stop)
+    finally:
+        relay.stop()
+        broker.close()
+        database.dispose()
+    return 0

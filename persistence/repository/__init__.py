@@ -1,0 +1,50 @@
+"""Queries, in SQLAlchemy Core, each run inside a transaction the caller owns, by table:
+
+    definitions    stored workflow versions (immutable)
+    runs           runs and their steps; the run row is the lock of its state
+    attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
+    outbox         messages committed with a state change, waiting to be published
+    dead_letters   the archive of rejected messages
+    requests       handled retry requests (a redelivery is not a second retry)
+    schedules      schedules and the tick ledger of the cron timer
+
+Nothing here commits: callers hold ``Database.transaction()`` so that a state change and the
+outbox rows it implies commit together. Durable dedupe is done by unique keys with
+INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as the typed rows of
+``persistence.rows``. The Postgres-only fast path (batched writes, prepared statements) is in
+``persistence.fastpath``; ``batched_writes`` is re-exported here for the coordinator.
+"""
+
+from ..fastpath import batched_writes
+from . import schedules
+from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
+from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters
+from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
+from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
+from .requests import mark_handled, prune_handled, request_handled
+from .runs import (
+    find_run,
+    get_run,
+    get_steps,
+    insert_run,
+    insert_steps,
+    list_runs,
+    lock_run,
+    lock_run_with_steps,
+    overdue_results,
+    overdue_run_ids,
+    run_id_for_key,
+    unadvanced_attempts,
+    update_run,
+    update_step,
+    update_steps,
+)
+
+__all__ = [
+    "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
+    "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
+    "insert_dead_letter", "insert_run", "insert_steps", "latest_version", "list_dead_letters", "list_definitions",
+    "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "overdue_results", "overdue_run_ids",
+    "prune_handled", "record_and_lock", "request_handled", "run_id_for_key", "save_definition", "schedules",
+    "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps",
+]

@@ -1,0 +1,26 @@
+"""Queries of the dead-letter archive: every rejected message, its reason code and a bounded copy."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from ..fastpath import flush
+from ..models import dead_letters
+from ..rows import DeadLetterRow, from_mapping, values_of
+
+
+def insert_dead_letter(conn: Connection, row: DeadLetterRow) -> None:
+    flush(conn)
+    conn.execute(insert(dead_letters).values(**values_of(row)))
+
+
+def dead_letters_for_message(conn: Connection, message_id: str) -> list[DeadLetterRow]:
+    rows = conn.execute(select(dead_letters).where(dead_letters.c.message_id == message_id)
+                        .order_by(dead_letters.c.id)).mappings()
+    return [from_mapping(DeadLetterRow, r) for r in rows]
+
+
+def list_dead_letters(conn: Connection, limit: int = 50) -> list[DeadLetterRow]:
+    rows = conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)).mappings()
+    return [from_mapping(DeadLetterRow, r) for r in rows]

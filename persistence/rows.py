@@ -1,0 +1,178 @@
+"""Rows as typed objects: what the repository hands the layers above, and what they hand it to insert.
+
+Timestamps are always aware UTC datetimes (SQLite's naive ones are converted on the way out), and
+statuses are the enums of ``protocol.states``. Rows are frozen: a change goes through a repository
+update, never through a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+from miniflow.protocol.clock import as_utc
+from miniflow.protocol.states import RunStatus, StepStatus
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    id: str
+    workflow: str
+    version: int
+    status: RunStatus
+    params: dict[str, Any]
+    idempotency_key: str
+    priority: int
+    created_at: datetime
+    error: str | None = None
+    trace_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline_at: datetime | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        return duration_ms(self.started_at, self.finished_at)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    run_id: str
+    step: str
+    status: StepStatus
+    attempt: int = 0
+    first_attempt: int = 1  # the first attempt of the current retry budget (a run retry starts a new one)
+    output: Any = None
+    error: str | None = None
+    node: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_due_at: datetime | None = None  # a queued attempt of a step with a timeout: when its result is overdue
+
+    @property
+    def duration_ms(self) -> float | None:
+        return duration_ms(self.started_at, self.finished_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    run_id: str
+    step: str
+    attempt: int
+    ok: bool
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: float
+    recorded_at: datetime
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    node: str | None = None
+    id: int | None = None  # set once stored
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionRow:
+    name: str
+    version: int
+    created_at: datetime
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    message_id: str
+    queue_name: str
+    body: bytes
+    created_at: datetime
+    delay_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    queue: str
+    code: str
+    detail: str
+    raw: bytes
+    created_at: datetime
+    message_id: str | None = None
+    actor: str | None = None
+    node: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    id: str
+    name: str
+    workflow: str
+    cron: str
+    timezone: str
+    params: dict[str, Any]
+    catch_up: str
+    overlap: str
+    created_at: datetime
+    updated_at: datetime
+    version: int | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    jitter_s: float = 0.0
+    catch_up_limit: int = 1
+    catch_up_grace_s: float = 60.0
+    priority: int = 0
+    paused: bool = False
+    next_due_at: datetime | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TickRow:
+    schedule_id: str
+    due_at: datetime
+    kind: str  # cron | manual
+    outcome: str
+    fired_at: datetime  # when the outcome was recorded
+    lateness_ms: float  # fired_at - due_at
+    idempotency_key: str | None = None
+    detail: str | None = None
+    node: str | None = None
+    id: int | None = None
+
+
+_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def from_mapping(cls: type[R], mapping: Mapping[Any, Any]) -> R:
+    """A row of ``cls`` from a result mapping (extra columns ignored, datetimes made aware UTC)."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple((f.name, "datetime" in str(f.type)) for f in fields(cls))  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for name, is_time in names:
+        if name in mapping:
+            value = mapping[name]
+            values[name] = as_utc(value) if is_time else value
+    if cls is RunRow:
+        values["status"] = RunStatus(values["status"])
+    elif cls is StepRow:
+        values["status"] = StepStatus(values["status"])
+    return cls(**values)
+
+
+def values_of(row: Any) -> dict[str, Any]:
+    """A row's fields as column values for an insert (an unset ``id`` left out)."""
+    out = {f.name: getattr(row, f.name) for f in fields(row)}
+    if out.get("id", 0) is None:
+        del out["id"]
+    return out
+
+
+def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 1)

@@ -1,0 +1,32 @@
+"""The states of runs and steps, defined once. Stored as these strings in the ``runs`` and
+``run_steps`` tables and shown as they are by every face (CLI, JSON); the transitions are decided
+in ``coordinator.state``.
+
+    run:  running -> succeeded | failed | cancelled
+    step: pending -> queued (attempt n) -> succeeded | failed | queued (attempt n+1, a retry)
+          pending -> skipped;  queued -> cancelled
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+RUN_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})  # a run retry re-opens only these
