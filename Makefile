@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/miniflow run examples/csv_report.yaml --steps examples.steps --db sqlite:///.miniflow-demo.db
 
 test: install
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=10
 
 test-unit: install
 	$(BIN)/pytest tests --ignore=tests/integration

@@ -32,6 +32,7 @@ from miniflow.protocol.errors import (
 from miniflow.protocol.masking import mask_values
 from miniflow.protocol.messages import StepResult, StepTask, envelope
 from miniflow.protocol.names import RECORD_RESULT, QueueNames
+from miniflow.protocol.states import StepStatus
 
 from .broker import publish
 from .faults import FaultPoints
@@ -84,7 +85,7 @@ class Executor:
             error = mask_values(str(failure), task.params, task.secret_params)[:MAX_ERROR_LEN]
             # Recorded with the (masked) message only: a traceback's locals could hold secrets.
             record_error(StepFailed(error, failure.error_type), error[:200])
-        annotate(outcome="failed" if failure else "succeeded")
+        annotate(outcome=StepStatus.FAILED if failure else StepStatus.SUCCEEDED)
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                             output=None if failure else output, error=error,
                             error_type=failure.error_type if failure else None, node=self.node,

@@ -16,6 +16,7 @@ from dramatiq.middleware import CurrentMessage
 from miniflow.coordinator import Coordinator, Results
 from miniflow.persistence import Database
 from miniflow.protocol.messages import CancelRun, DeadLetterReport, RetryRun, StartWorkflow, StepFinished, StepResult
+from miniflow.protocol.states import StepStatus
 
 from .faults import FaultPoints
 from .middleware.tracing import annotate, current_trace_id
@@ -89,7 +90,7 @@ class CoreHandlers:
     def record_result(self, payload: dict[str, Any]) -> None:
         result = StepResult.from_payload(payload)
         annotate(run_id=result.run_id, step=result.step, attempt=result.attempt, node=result.node,
-                 outcome="succeeded" if result.ok else "failed")
+                 outcome=StepStatus.SUCCEEDED if result.ok else StepStatus.FAILED)
         with self.db.transaction() as conn:
             outgoing = self.results.record(conn, result, advance=self.advance)
         self.faults.hit("results.after_commit")

@@ -15,9 +15,11 @@ from sqlalchemy.engine import Connection
 from miniflow.coordinator import Catalog, next_fires, parse_cron
 from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow, ScheduleRow, StepRow
 from miniflow.protocol.masking import mask_params
+from miniflow.protocol.states import RunStatus, StepStatus
 
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-                "queued": "cyan", "pending": "dim", "skipped": "dim"}
+STATUS_STYLE = {RunStatus.SUCCEEDED: "green", RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow",
+                RunStatus.RUNNING: "cyan", StepStatus.QUEUED: "cyan", StepStatus.PENDING: "dim",
+                StepStatus.SKIPPED: "dim"}
 _catalog = Catalog()  # a cache of immutable definitions, for the names of secret params
 
 

@@ -10,8 +10,11 @@ from rich.live import Live
 from rich.table import Table
 
 from miniflow.coordinator import Workflow
+from miniflow.protocol.states import StepStatus
 
 from ..views import fmt_ms
+
+RUNNING = "running"  # shown between an executor's started and finished events (not a stored state)
 
 
 class LiveView:
@@ -19,7 +22,7 @@ class LiveView:
         self.console = console
         self.workflow = workflow
         self.quiet = quiet
-        self.state: dict[str, dict[str, Any]] = {s: {"status": "pending", "attempt": 0, "ms": None}
+        self.state: dict[str, dict[str, Any]] = {s: {"status": StepStatus.PENDING, "attempt": 0, "ms": None}
                                                  for s in workflow.steps}
         self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True) \
             if console.is_terminal and not quiet else None
@@ -47,10 +50,10 @@ class LiveView:
             st = self.state[step]
             st["attempt"] = data.get("attempt", st["attempt"])
             if kind == "step_started":
-                st["status"] = "running"
+                st["status"] = RUNNING
                 line = f"[cyan]▶ {step}[/] started (attempt {st['attempt']})"
             else:
-                st["status"] = "succeeded" if data.get("ok") else "failed"
+                st["status"] = StepStatus.SUCCEEDED if data.get("ok") else StepStatus.FAILED
                 st["ms"] = data.get("duration_ms")
                 line = (f"[green]✔ {step}[/] finished in {fmt_ms(st['ms'])}" if data.get("ok") else
                         f"[red]✘ {step}[/] failed on attempt {st['attempt']}: {data.get('error')}")
