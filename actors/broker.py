@@ -8,6 +8,7 @@ own sends go through :func:`publish`, where dramatiq's connection errors become 
 
 from __future__ import annotations
 
+import logging
 import threading
 from queue import Empty
 from typing import Any
@@ -28,6 +29,7 @@ from dramatiq.middleware import (
 )
 
 from miniflow.protocol.errors import BrokerUnavailable
+from miniflow.protocol.masking import mask_url
 from miniflow.protocol.names import QueueNames
 
 from . import encoder, redaction
@@ -146,6 +148,31 @@ def publish(broker: dramatiq.Broker, message: Message[Any], *, delay: int | None
     except BrokerConnectionError as exc:
         raise BrokerUnavailable(f"could not publish message {message.message_id} to {message.queue_name}: "
                                 f"{type(exc).__name__}") from exc
+
+
+def check_broker(url: str, timeout_s: float = 5.0) -> None:
+    """Open and close one AMQP connection: BrokerUnavailable (URL masked, one line) when the broker
+    does not answer, refuses the login or the virtual host. pika's own noise about it is muted."""
+    params = pika.URLParameters(url)
+    params.connection_attempts = 1
+    params.socket_timeout = params.blocked_connection_timeout = timeout_s
+    pika_log = logging.getLogger("pika")
+    level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL + 1)
+    try:
+        pika.BlockingConnection(params).close()
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {mask_url(url)}: {_why(exc)}") from exc
+    finally:
+        pika_log.setLevel(level)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return "the login was refused (user or password)"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return "access to the virtual host was refused"
+    return type(exc).__name__
 
 
 def make_broker(url: str | None, names: QueueNames,

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from miniflow.protocol import codec
 from miniflow.protocol.clock import epoch_s
+from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import (
     BrokerUnavailable,
     EncodeFailed,
@@ -30,7 +32,7 @@ from miniflow.protocol.errors import (
     StepTimedOut,
 )
 from miniflow.protocol.masking import mask_values
-from miniflow.protocol.messages import StepResult, StepTask, envelope
+from miniflow.protocol.messages import StepResult, StepTask
 from miniflow.protocol.names import RECORD_RESULT, QueueNames
 from miniflow.protocol.states import StepStatus
 
@@ -39,6 +41,7 @@ from .faults import FaultPoints
 from .guard import as_message
 from .isolation import MAX_ERROR_LEN, run_isolated
 from .middleware.tracing import annotate, record_error
+from .outages import BROKER, OUTAGES
 from .registry import Registry, StepContext
 
 logger = logging.getLogger("miniflow.actors")
@@ -46,6 +49,7 @@ logger = logging.getLogger("miniflow.actors")
 # reach (a partition, a broker restart). Past it the step message goes back to dramatiq's retries.
 RESULT_RESEND_S = 3600.0
 RESULT_RESEND_MAX_DELAY_S = 10.0
+MAX_TRACEBACK_LEN = 8000  # characters of a failed attempt's traceback kept (its end)
 
 Emit = Callable[..., None]
 
@@ -80,16 +84,18 @@ class Executor:
         output, failure = self._run(task, isolate)
         finished = epoch_s()
         self.faults.hit("executor.after_body")
-        error = None
+        error = trace = None
         if failure is not None:  # mask first, then truncate: a cut could split a secret
             error = mask_values(str(failure), task.params, task.secret_params)[:MAX_ERROR_LEN]
-            # Recorded with the (masked) message only: a traceback's locals could hold secrets.
+            if failure.traceback:  # the tail of it: the frames nearest the error
+                trace = mask_values(failure.traceback, task.params, task.secret_params)[-MAX_TRACEBACK_LEN:]
+            # The span gets the (masked) message only.
             record_error(StepFailed(error, failure.error_type), error[:200])
         annotate(outcome=StepStatus.FAILED if failure else StepStatus.SUCCEEDED)
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                             output=None if failure else output, error=error,
                             error_type=failure.error_type if failure else None, node=self.node,
-                            started_at=started, finished_at=finished)
+                            started_at=started, finished_at=finished, traceback=trace)
         self.report(result)
         self.emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                   error=error, duration_ms=(finished - started) * 1000, node=self.node)
@@ -112,7 +118,7 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - a step may raise anything: it is recorded, not raised
             logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id, task.attempt,
                         type(exc).__name__)
-            return None, StepFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return None, StepFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__, traceback.format_exc())
         return output, None
 
     def report(self, result: StepResult) -> None:
@@ -136,16 +142,18 @@ class Executor:
             except BrokerUnavailable as exc:
                 failures += 1
                 cause = type(exc.__cause__ or exc).__name__
+                OUTAGES.failed(BROKER, cause)
                 if time.monotonic() + delay > deadline or self.stop.is_set():
                     logger.error("result of run %s step %s attempt %d not delivered after %d tries: %s",
                                  result.run_id, result.step, result.attempt, failures, cause)
                     raise
-                logger.warning("result of run %s step %s attempt %d not delivered (broker out of reach: %s); "
-                               "trying again in %.1fs", result.run_id, result.step, result.attempt, cause, delay)
+                logger.info("result of run %s step %s attempt %d not delivered (broker out of reach: %s); "
+                            "trying again in %.1fs", result.run_id, result.step, result.attempt, cause, delay)
                 if self.stop.wait(delay):
                     raise
                 delay = min(delay * 2, RESULT_RESEND_MAX_DELAY_S)
                 continue
+            OUTAGES.recovered(BROKER)
             if failures:
                 logger.warning("result of run %s step %s attempt %d delivered after %d failed tries",
                                result.run_id, result.step, result.attempt, failures)

@@ -19,13 +19,9 @@ import dramatiq
 
 from miniflow.protocol import codec
 from miniflow.protocol.codes import Reason
+from miniflow.protocol.envelope import check_envelope, envelope, payload_of
 from miniflow.protocol.errors import DecodeFailed, MessageRejected
-from miniflow.protocol.messages import (
-    DeadLetterReport,
-    check_envelope,
-    envelope,
-    payload_of,
-)
+from miniflow.protocol.messages import DeadLetterReport
 from miniflow.protocol.names import RECORD_DEAD_LETTER, QueueNames
 
 from .encoder import MsgpackEncoder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ def run_isolated(fn: Callable[[StepContext], Any], ctx: StepContext, timeout_s: 
         try:
             writer.send(("ok", fn(ctx)))
         except BaseException as exc:  # noqa: BLE001 - in the child: report everything, then leave at once
-            writer.send(("error", type(exc).__name__, str(exc)[:MAX_ERROR_LEN]))
+            writer.send(("error", type(exc).__name__, str(exc)[:MAX_ERROR_LEN], traceback.format_exc()))
         finally:
             os._exit(0)
 
@@ -52,8 +53,8 @@ def run_isolated(fn: Callable[[StepContext], Any], ctx: StepContext, timeout_s: 
                               "been delivered to an executor that died: treated as a poison step") from None
         if reply[0] == "ok":
             return reply[1]
-        error_type, message = reply[1], reply[2]
-        raise StepFailed(f"{error_type}: {message}", error_type)
+        error_type, message, trace = reply[1], reply[2], reply[3]
+        raise StepFailed(f"{error_type}: {message}", error_type, trace)
     finally:
         reader.close()
         if process.is_alive():

@@ -23,8 +23,8 @@ from dramatiq.middleware import CurrentMessage
 
 from miniflow.coordinator import Coordinator
 from miniflow.persistence import Database
+from miniflow.protocol.envelope import payload_of
 from miniflow.protocol.errors import ConfigError, MessageRejected
-from miniflow.protocol.messages import payload_of
 from miniflow.protocol.names import (
     CANCEL_RUN,
     EXECUTE_STEP,

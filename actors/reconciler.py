@@ -16,6 +16,7 @@ from miniflow.coordinator import Coordinator, Reconciler
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
 
+from .outages import DATABASE, OUTAGES, report
 from .relay import Relay
 
 logger = logging.getLogger("miniflow.actors")
@@ -50,13 +51,15 @@ class ReconcileLoop:
             try:
                 with self.db.transaction() as conn:
                     expired = self.reconciler.expire_overdue(conn)
+                OUTAGES.recovered(DATABASE)
                 for run_id in expired:
                     logger.warning("run %s failed: workflow timeout", run_id)
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + RECONCILE_EVERY_S
                     self.run_once()
             except Exception as exc:  # noqa: BLE001 - a background loop outlives any one failure; next pass retries
-                logger.warning("deadline check failed: %s", type(exc).__name__)
+                if not report(exc):
+                    logger.warning("deadline check failed: %s", type(exc).__name__)
 
     def run_once(self, unadvanced_after_s: float = UNADVANCED_AFTER_S) -> int:
         """One repair pass; returns how many steps were repaired (items another coordinator
@@ -75,6 +78,8 @@ class ReconcileLoop:
                         self.relay.publish(outgoing)
                         repaired += 1
                 except Exception as exc:  # noqa: BLE001 - the others still get their turn; this one comes back next pass
+                    if report(exc):
+                        return repaired
                     logger.warning("could not reconcile run %s step %s attempt %d: %s", run_id, step, attempt,
                                    type(exc).__name__)
         with self.db.transaction() as conn:

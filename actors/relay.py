@@ -28,6 +28,7 @@ from miniflow.protocol.errors import DecodeFailed
 from .broker import publish
 from .faults import NONE, FaultPoints
 from .guard import as_message
+from .outages import BROKER, DATABASE, OUTAGES, report
 
 logger = logging.getLogger("miniflow.relay")
 DELETE_BATCH_WINDOW_S = 0.05  # published rows are deleted in one statement per window
@@ -60,6 +61,7 @@ class Relay:
             else:
                 self._send(item.body, item.delay_ms)
         self.faults.hit("coordinator.after_publish")
+        OUTAGES.recovered(BROKER)
         with self._lock:
             self._published.extend(item.message_id for item in items)
         self._wake.set()
@@ -130,8 +132,10 @@ class Relay:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every_s
                     self.sweep_once()
+                    OUTAGES.recovered(DATABASE)
             except Exception as exc:  # noqa: BLE001 - keep going: the database or broker may come back
-                logger.warning("outbox upkeep failed: %s", _short(exc))
+                if not report(exc):
+                    logger.warning("outbox upkeep failed: %s", _short(exc))
 
     def stop(self) -> None:
         self._stop.set()

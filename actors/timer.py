@@ -27,6 +27,7 @@ from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.names import QueueNames
 
 from .guard import node_name
+from .outages import DATABASE, OUTAGES, report
 from .relay import Relay
 
 logger = logging.getLogger("miniflow.timer")
@@ -107,8 +108,10 @@ class Timer:
         while not stop.is_set():
             try:
                 delay = self.run_once()
+                OUTAGES.recovered(DATABASE)
             except Exception as exc:  # noqa: BLE001 - keep ticking: the database or broker may come back
-                logger.warning("timer pass failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0:1])
+                if not report(exc):
+                    logger.warning("timer pass failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0:1])
                 delay = 1.0
             if delay > 0:
                 stop.wait(delay)

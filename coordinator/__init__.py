@@ -1,7 +1,8 @@
 """Workflows and the decisions about their runs: given a database transaction and an event, what to
 record and what to send. No broker here: messages go to the outbox, the actors layer sends them.
 
-    definitions      workflow files (YAML) and specs -> validated Workflow objects; the DAG checks
+    workflow         the Workflow type: steps, params, policies, its stored spec
+    definitions      workflow files (YAML) and specs -> validated Workflows, every problem reported
     catalog          deployed workflow versions, cached (they are immutable)
     params           a run's params from the declared defaults and the start's
     state            the run/step state machine as a pure function (``decide``)
@@ -18,7 +19,7 @@ record and what to send. No broker here: messages go to the outbox, the actors l
 
 from .catalog import Catalog
 from .cron import Cron, next_fire, next_fires, parse_cron
-from .definitions import Backoff, ParamSpec, StepSpec, Workflow, find_cycle, load_file, loads, parse
+from .definitions import load_file, loads, parse
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params
@@ -28,6 +29,7 @@ from .runs import Coordinator, StartOutcome
 from .schedule_spec import ScheduleSpec, load_schedules_file, parse_schedule
 from .scheduler import Scheduler
 from .state import Decision, backoff_delay, decide, ready_steps
+from .workflow import Backoff, ParamSpec, StepSpec, Workflow, find_cycle
 
 __all__ = [
     "Backoff", "Catalog", "Coordinator", "Cron", "Decision", "Instrument", "Outbox", "Outgoing", "ParamSpec",

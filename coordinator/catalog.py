@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import repository as repo
 
-from .definitions import Workflow
+from .workflow import Workflow
 
 
 class Catalog:

@@ -1,8 +1,9 @@
-"""Workflow definitions: YAML (or a dict from Python) -> a validated, normalised spec.
+"""Workflow definitions: YAML (or a dict from Python) -> a validated :class:`~.workflow.Workflow`.
 
 A definition is a DAG of steps. Each step names a task (registered on executor nodes with
 ``@step("name")``), the steps it ``needs``, static ``config``, a step ``queue`` (pool of nodes), a
-retry policy and a timeout. Errors name the source, the step and the problem, e.g.::
+retry policy and a timeout. Every problem is reported, not only the first; each names the source,
+the step and the problem, e.g.::
 
     examples/bad.yaml: step 'join': needs unknown step 'lod' (known: load, clean)
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from miniflow.protocol.errors import DefinitionError
+
+from .workflow import Backoff, ParamSpec, StepSpec, Workflow, find_cycle
 
 MAX_STEPS = 1000
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -30,88 +33,26 @@ _WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout"
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
 _PARAM_KEYS = {"default", "required", "description", "secret"}
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with jitter between attempts, in seconds."""
+class _Problems:
+    """Collects the problems of one definition, so that all of them are reported at once."""
 
-    initial: float = 1.0
-    max: float = 60.0
-    multiplier: float = 2.0
-    jitter: float = 0.1  # +- this fraction of the delay, at random
+    def __init__(self) -> None:
+        self.found: list[DefinitionError] = []
 
+    def take(self, check: Callable[[], T], default: T) -> T:
+        """The value ``check`` returns, or (its problem recorded) ``default``."""
+        try:
+            return check()
+        except DefinitionError as exc:
+            self.found.extend(exc.problems)
+            return default
 
-@dataclass(frozen=True)
-class StepSpec:
-    name: str
-    task: str
-    needs: tuple[str, ...] = ()
-    config: dict[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    retries: int = 0
-    backoff: Backoff = Backoff()
-    timeout: float | None = None
-
-    @property
-    def max_attempts(self) -> int:
-        return self.retries + 1
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    default: Any = None
-    required: bool = False
-    secret: bool = False
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Workflow:
-    """A validated workflow. ``to_spec()`` is the JSON stored per version; ``from_spec`` reads it."""
-
-    name: str
-    steps: dict[str, StepSpec]
-    params: dict[str, ParamSpec] = field(default_factory=dict)
-    description: str = ""
-    version: int | None = None
-    timeout: float | None = None
-
-    def dependents(self, step: str) -> list[str]:
-        return [s.name for s in self.steps.values() if step in s.needs]
-
-    def roots(self) -> list[str]:
-        return [s.name for s in self.steps.values() if not s.needs]
-
-    def secret_params(self) -> frozenset[str]:
-        return frozenset(p.name for p in self.params.values() if p.secret)
-
-    @functools.cached_property
-    def secret_param_list(self) -> list[str]:
-        """The secret params' names, sorted (as step messages carry them); computed once."""
-        return sorted(self.secret_params())
-
-    def to_spec(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "timeout": self.timeout,
-            "params": {p.name: {"default": p.default, "required": p.required, "secret": p.secret,
-                                "description": p.description} for p in self.params.values()},
-            "steps": [{
-                "name": s.name, "task": s.task, "needs": list(s.needs), "config": s.config,
-                "queue": s.queue, "retries": s.retries, "timeout": s.timeout,
-                "backoff": {"initial": s.backoff.initial, "max": s.backoff.max,
-                            "multiplier": s.backoff.multiplier, "jitter": s.backoff.jitter},
-            } for s in self.steps.values()],
-        }
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], version: int | None = None) -> Workflow:
-        workflow = parse(spec, source=f"stored workflow {spec.get('name')!r}")
-        return Workflow(workflow.name, workflow.steps, workflow.params, workflow.description, version,
-                        workflow.timeout)
+    def raise_any(self) -> None:
+        if self.found:
+            raise DefinitionError.several(self.found)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -181,56 +122,80 @@ def _unknown(keys: set[str], allowed: set[str], what: str, source: str, step: st
 
 
 def parse(data: Any, source: str = "<dict>") -> Workflow:
-    """Validate a definition given as plain data (from YAML or Python)."""
+    """Validate a definition given as plain data (from YAML or Python); DefinitionError listing
+    every problem found (``.problems``)."""
     if not isinstance(data, dict):
         raise DefinitionError(source, "a workflow must be a mapping with 'name' and 'steps'")
-    _unknown(set(data), _WORKFLOW_KEYS, "workflow", source, None)
-    # Schedules live beside the workflow (coordinator.schedule_spec reads them; `miniflow schedules add
-    # --from FILE`): they are not part of the versioned spec, so changing one makes no new version.
-    raw_schedules = data.get("schedules")
-    if raw_schedules is not None and not isinstance(raw_schedules, list):
-        raise DefinitionError(source, "'schedules' must be a list of schedules")
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise DefinitionError(source, "'name' must be 1-128 characters of letters, digits, '_', '.', '-'")
-    timeout = data.get("timeout")
-    if timeout is not None:
-        timeout = _number(timeout, "'timeout'", source, None, minimum=0.001)
-    params = _parse_params(data.get("params"), source)
-    steps = _parse_steps(data.get("steps"), source)
+    problems = _Problems()
+    problems.take(lambda: _unknown(set(data), _WORKFLOW_KEYS, "workflow", source, None), None)
+    name = problems.take(lambda: _parse_name(data.get("name"), source), "")
+    timeout = problems.take(lambda: _parse_timeout(data.get("timeout"), source, None), None)
+    params: dict[str, ParamSpec] = problems.take(lambda: _parse_params(data.get("params"), source), {})
+    steps = _parse_steps(data.get("steps"), source, problems)
     description = data.get("description") or ""
     if not isinstance(description, str):
-        raise DefinitionError(source, "'description' must be text")
+        problems.found.append(DefinitionError(source, "'description' must be text"))
     version = data.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-        raise DefinitionError(source, "'version' must be a whole number >= 1 (or left out: deploy numbers it)")
+        problems.found.append(DefinitionError(source, "'version' must be a whole number >= 1 (or left out: "
+                                              "deploy numbers it)"))
+    # Schedules live beside the workflow (coordinator.schedule_spec reads them; `miniflow schedules add
+    # --from FILE`): they are not part of the versioned spec, so changing one makes no new version.
+    if data.get("schedules") is not None and not isinstance(data.get("schedules"), list):
+        problems.found.append(DefinitionError(source, "'schedules' must be a list of schedules"))
+    problems.raise_any()
     return Workflow(name=name, steps=steps, params=params, description=description, version=version,
                     timeout=timeout)
 
 
-def _parse_steps(raw_steps: Any, source: str) -> dict[str, StepSpec]:
-    """The steps, each valid, with names unique and their needs a DAG."""
+def _parse_name(name: Any, source: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise DefinitionError(source, "'name' must be 1-128 characters of letters, digits, '_', '.', '-'")
+    return name
+
+
+def _parse_timeout(timeout: Any, source: str, step: str | None) -> float | None:
+    return None if timeout is None else _number(timeout, "'timeout'", source, step, minimum=0.001)
+
+
+def _parse_steps(raw_steps: Any, source: str, problems: _Problems) -> dict[str, StepSpec]:
+    """The steps that are valid (the problems of the others recorded), names unique, needs a DAG."""
     if not isinstance(raw_steps, list) or not raw_steps:
-        raise DefinitionError(source, "'steps' must be a non-empty list of steps")
+        problems.found.append(DefinitionError(source, "'steps' must be a non-empty list of steps"))
+        return {}
     if len(raw_steps) > MAX_STEPS:
-        raise DefinitionError(source, f"{len(raw_steps)} steps is more than the limit of {MAX_STEPS}")
+        problems.found.append(DefinitionError(source, f"{len(raw_steps)} steps is more than the limit of "
+                                              f"{MAX_STEPS}"))
+        return {}
     steps: dict[str, StepSpec] = {}
+    named: list[str] = []  # every valid step name, also of steps with other problems
     for index, raw in enumerate(raw_steps):
-        spec = _parse_step(raw, index, source)
-        if spec.name in steps:
-            raise DefinitionError(source, "duplicate step name (each step needs its own name)", spec.name)
-        steps[spec.name] = spec
+        spec = _parse_step(raw, index, source, problems)
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and NAME_RE.fullmatch(name):
+            if name in named:
+                problems.found.append(DefinitionError(source, "duplicate step name (each step needs its own "
+                                                      "name)", name))
+            named.append(name)
+        if spec is not None and spec.name not in steps:
+            steps[spec.name] = spec
+    _check_needs(steps, named, source, problems)
+    if not problems.found:
+        cycle = find_cycle(steps)
+        if cycle:
+            problems.found.append(DefinitionError(source, "dependency cycle: " + " -> ".join(cycle), cycle[0]))
+    return steps
+
+
+def _check_needs(steps: dict[str, StepSpec], named: list[str], source: str, problems: _Problems) -> None:
     for spec in steps.values():
         for need in spec.needs:
             if need == spec.name:
-                raise DefinitionError(source, "needs itself", spec.name)
-            if need not in steps:
-                known = ", ".join(list(steps)[:20])
-                raise DefinitionError(source, f"needs unknown step {need!r} (known: {known})", spec.name)
-    cycle = find_cycle(steps)
-    if cycle:
-        raise DefinitionError(source, "dependency cycle: " + " -> ".join(cycle), cycle[0])
-    return steps
+                problems.found.append(DefinitionError(source, "needs itself", spec.name))
+            elif need not in named:
+                known = ", ".join(named[:20])
+                problems.found.append(DefinitionError(source, f"needs unknown step {need!r} (known: {known})",
+                                                      spec.name))
 
 
 def _parse_params(raw: Any, source: str) -> dict[str, ParamSpec]:
@@ -238,51 +203,78 @@ def _parse_params(raw: Any, source: str) -> dict[str, ParamSpec]:
         return {}
     if not isinstance(raw, dict):
         raise DefinitionError(source, "'params' must be a mapping of parameter names")
+    problems = _Problems()
     params: dict[str, ParamSpec] = {}
     for pname, pdef in raw.items():
-        if not isinstance(pname, str) or not NAME_RE.fullmatch(pname):
-            raise DefinitionError(source, f"param name {pname!r} is not a valid name")
-        if pdef is None or not isinstance(pdef, dict):
-            pdef = {"default": pdef}
-        _unknown(set(pdef), _PARAM_KEYS, f"param {pname!r}", source, None)
-        required = pdef.get("required", False)
-        secret = pdef.get("secret", False)
-        if not isinstance(required, bool) or not isinstance(secret, bool):
-            raise DefinitionError(source, f"param {pname!r}: 'required' and 'secret' must be true or false")
-        params[pname] = ParamSpec(pname, pdef.get("default"), required, secret,
-                                  str(pdef.get("description") or ""))
+        spec = problems.take(functools.partial(_parse_param, pname, pdef, source), None)
+        if spec is not None:
+            params[spec.name] = spec
+    problems.raise_any()
     return params
 
 
-def _parse_step(raw: Any, index: int, source: str) -> StepSpec:
+def _parse_param(pname: Any, pdef: Any, source: str) -> ParamSpec:
+    if not isinstance(pname, str) or not NAME_RE.fullmatch(pname):
+        raise DefinitionError(source, f"param name {pname!r} is not a valid name")
+    if pdef is None or not isinstance(pdef, dict):
+        pdef = {"default": pdef}
+    _unknown(set(pdef), _PARAM_KEYS, f"param {pname!r}", source, None)
+    required = pdef.get("required", False)
+    secret = pdef.get("secret", False)
+    if not isinstance(required, bool) or not isinstance(secret, bool):
+        raise DefinitionError(source, f"param {pname!r}: 'required' and 'secret' must be true or false")
+    return ParamSpec(pname, pdef.get("default"), required, secret, str(pdef.get("description") or ""))
+
+
+def _parse_step(raw: Any, index: int, source: str, problems: _Problems) -> StepSpec | None:
+    """One step, or None (its problems recorded, every field checked)."""
     if not isinstance(raw, dict):
-        raise DefinitionError(source, f"steps[{index}] must be a mapping with 'name' and 'task'")
+        problems.found.append(DefinitionError(source, f"steps[{index}] must be a mapping with 'name' and 'task'"))
+        return None
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise DefinitionError(source, f"steps[{index}]: 'name' must be 1-128 characters of letters, "
-                              "digits, '_', '.', '-'")
-    _unknown(set(raw), _STEP_KEYS, "step", source, name)
-    task = raw.get("task")
+        problems.found.append(DefinitionError(source, f"steps[{index}]: 'name' must be 1-128 characters of "
+                                              "letters, digits, '_', '.', '-'"))
+        return None
+    before = len(problems.found)
+    problems.take(lambda: _unknown(set(raw), _STEP_KEYS, "step", source, name), None)
+    task = problems.take(lambda: _parse_task(raw.get("task"), source, name), "")
+    needs: tuple[str, ...] = problems.take(lambda: _parse_needs(raw.get("needs"), source, name), ())
+    config: dict[str, Any] = problems.take(lambda: _parse_config(raw.get("config"), source, name), {})
+    queue = problems.take(lambda: _parse_queue(raw.get("queue"), source, name), None)
+    retries = problems.take(lambda: _parse_retries(raw.get("retries", 0), source, name), 0)
+    timeout = problems.take(lambda: _parse_timeout(raw.get("timeout"), source, name), None)
+    backoff = problems.take(lambda: _parse_backoff(raw.get("backoff"), source, name), Backoff())
+    if len(problems.found) > before:
+        return None
+    return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue, retries=retries,
+                    backoff=backoff, timeout=timeout)
+
+
+def _parse_task(task: Any, source: str, step: str) -> str:
     if not isinstance(task, str) or not TASK_RE.fullmatch(task):
         raise DefinitionError(source, "'task' must name a registered step, like 'csv.load' "
-                              "(letters, digits, '_', '.', '-')", name)
-    needs = _parse_needs(raw.get("needs"), source, name)
-    config = raw.get("config")
+                              "(letters, digits, '_', '.', '-')", step)
+    return task
+
+
+def _parse_config(config: Any, source: str, step: str) -> dict[str, Any]:
     config = {} if config is None else config
     if not isinstance(config, dict):
-        raise DefinitionError(source, "'config' must be a mapping", name)
-    queue = raw.get("queue")
+        raise DefinitionError(source, "'config' must be a mapping", step)
+    return config
+
+
+def _parse_queue(queue: Any, source: str, step: str) -> str | None:
     if queue is not None and (not isinstance(queue, str) or not POOL_RE.fullmatch(queue)):
-        raise DefinitionError(source, "'queue' must be 1-64 characters of letters, digits, '_', '-'", name)
-    retries = raw.get("retries", 0)
+        raise DefinitionError(source, "'queue' must be 1-64 characters of letters, digits, '_', '-'", step)
+    return queue
+
+
+def _parse_retries(retries: Any, source: str, step: str) -> int:
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
-        raise DefinitionError(source, f"'retries' must be a whole number from 0 to {MAX_RETRIES}", name)
-    timeout = raw.get("timeout")
-    if timeout is not None:
-        timeout = _number(timeout, "'timeout'", source, name, minimum=0.001)
-    backoff = _parse_backoff(raw.get("backoff"), source, name)
-    return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue,
-                    retries=retries, backoff=backoff, timeout=timeout)
+        raise DefinitionError(source, f"'retries' must be a whole number from 0 to {MAX_RETRIES}", step)
+    return retries
 
 
 def _parse_needs(raw: Any, source: str, step: str) -> tuple[str, ...]:
@@ -317,26 +309,3 @@ def _parse_backoff(raw: Any, source: str, step: str) -> Backoff:
         raise DefinitionError(source, "backoff 'max' must be >= 'initial'", step)
     return b
 
-
-def find_cycle(steps: dict[str, StepSpec]) -> list[str] | None:
-    """A dependency cycle as a path that starts and ends on the same step, or None."""
-    white, grey, black = 0, 1, 2
-    colour = dict.fromkeys(steps, white)
-    for start in steps:
-        if colour[start] != white:
-            continue
-        path: list[str] = [start]
-        iters = [iter(steps[start].needs)]
-        colour[start] = grey
-        while iters:
-            nxt = next(iters[-1], None)
-            if nxt is None:
-                colour[path.pop()] = black
-                iters.pop()
-            elif colour[nxt] == grey:
-                return path[path.index(nxt):] + [nxt]
-            elif colour[nxt] == white:
-                colour[nxt] = grey
-                path.append(nxt)
-                iters.append(iter(steps[nxt].needs))
-    return None

@@ -15,8 +15,8 @@ from sqlalchemy.engine import Connection
 from miniflow.persistence import OutboxRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol import codec
+from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import EncodeFailed
-from miniflow.protocol.messages import envelope
 
 from .instrument import Instrument
 

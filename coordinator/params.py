@@ -7,7 +7,7 @@ from typing import Any
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import MessageRejected
 
-from .definitions import Workflow
+from .workflow import Workflow
 
 
 def resolve_params(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:

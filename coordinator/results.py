@@ -47,7 +47,8 @@ class Results:
             started_at=datetime.fromtimestamp(result.started_at, UTC),
             finished_at=datetime.fromtimestamp(result.finished_at, UTC),
             duration_ms=max(0.0, (result.finished_at - result.started_at) * 1000), recorded_at=now,
-            output=result.output, error=result.error, error_type=result.error_type, node=result.node)
+            output=result.output, error=result.error, error_type=result.error_type, node=result.node,
+            traceback=result.traceback)
         if advance:  # lock, record and read in one round trip on Postgres
             run, steps, inserted = repo.record_and_lock(conn, attempt)
         else:

@@ -29,11 +29,11 @@ from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
 
 from .catalog import Catalog
-from .definitions import Workflow
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params
 from .state import Decision, decide, ready_steps
+from .workflow import Workflow
 
 logger = logging.getLogger("miniflow.coordinator")
 # A queued attempt of a step with a timeout whose result has not come this long after the timeout

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from miniflow.protocol.states import RunStatus, StepStatus
 
-from .definitions import Backoff, Workflow
+from .workflow import Backoff, Workflow
 
 
 @dataclass(frozen=True)

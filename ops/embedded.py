@@ -17,8 +17,9 @@ from miniflow.actors.guard import as_message
 from miniflow.coordinator import Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
 from miniflow.persistence import repository as repo
+from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import DefinitionError
-from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, envelope
+from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow
 from miniflow.protocol.names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 from miniflow.protocol.states import RUN_TERMINAL
 

@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from miniflow.actors.outages import OUTAGES, OutageFilter
 from miniflow.actors.redaction import install as install_redaction
 from miniflow.actors.redaction import redact_record
 from miniflow.protocol.masking import mask_urls
@@ -38,6 +39,7 @@ def configure(level: str = "WARNING", fmt: str = "text", stream: Any = None) -> 
     install_redaction()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
+    handler.addFilter(OutageFilter(OUTAGES, verbose=level == "DEBUG"))  # connection noise -> one line per outage
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

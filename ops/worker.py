@@ -26,7 +26,9 @@ from miniflow.actors import (
     load_step_modules,
     make_broker,
 )
+from miniflow.actors.broker import check_broker
 from miniflow.actors.faults import FaultPoints
+from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
 from miniflow.actors.relay import Relay
 from miniflow.actors.timer import Timer, limit_idle_transactions
 from miniflow.persistence import Database
@@ -64,6 +66,18 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def preflight(settings: Settings, db: Database | None) -> None:
+    """Check the database (when the roles need it) and the broker before anything starts: an
+    unreachable one is DatabaseUnavailable or BrokerUnavailable (exit 3, one line), never a
+    traceback and never a "ready" line. Outages after that are told by the outage tracker."""
+    url = settings.require_broker()
+    if db is not None:
+        db.ping()
+        OUTAGES.watch(DATABASE, db.url, 5432)
+    check_broker(url)
+    OUTAGES.watch(BROKER, url, 5671 if url.startswith("amqps") else 5672)
+
+
 def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: list[str], threads: int,
                ready: Ready = print) -> int:
     """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
@@ -77,8 +91,9 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     if needs_db and settings.database_url.startswith("sqlite"):
         raise ConfigError("workers need Postgres (MINIFLOW_DATABASE_URL=postgresql://...): SQLite has no row "
                           "locks across processes; use `miniflow run` for the embedded, single-process mode")
-    telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
     db = Database(settings.database_url, pool_size=threads + 2) if needs_db else None
+    preflight(settings, db)
+    telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
     if db is not None:
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
@@ -114,6 +129,7 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = print) -> i
                           "fence each tick with row locks that SQLite does not have across processes")
     names = QueueNames(settings.namespace)
     database = Database(settings.database_url, pool_size=4)
+    preflight(settings, database)
     limit_idle_transactions(database)
     broker = make_broker(url, names)
     declare_topology(broker, names)

@@ -23,6 +23,7 @@ from miniflow.protocol.errors import ConfigError, DatabaseUnavailable, Persisten
 from miniflow.protocol.masking import mask_url
 
 DEFAULT_SQLITE_URL = "sqlite:///miniflow.db"
+CONNECT_TIMEOUT_S = 10  # a database that does not answer fails a connection attempt after this long
 _AFTER_COMMIT = "miniflow.after_commit"
 logger = logging.getLogger("miniflow.db")
 
@@ -66,7 +67,8 @@ class Database:
         else:
             # No pre-ping (a round trip per checkout): a connection broken by a database restart
             # fails its transaction, which the actors' infrastructure retries redo on a fresh one.
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                          connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
         self.engine: Engine = create_engine(self.url, **kwargs)
         self._write_lock = threading.RLock() if self.is_sqlite else None
         if self.is_sqlite:
@@ -109,6 +111,11 @@ class Database:
         if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
             return DatabaseUnavailable(f"database {self.masked_url} failed: {_first_line(exc.orig)}")
         return PersistenceError(f"database statement failed ({type(exc.orig).__name__}): {_first_line(exc.orig)}")
+
+    def ping(self) -> None:
+        """Check that the database answers; DatabaseUnavailable (URL masked) when it does not."""
+        with self.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def upgrade(self, revision: str = "head") -> None:
         """Create or migrate the schema to ``revision`` with Alembic."""

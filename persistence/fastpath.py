@@ -114,16 +114,18 @@ _RECORD = (
     + ", ".join(f"s.{c.name} AS s_{c.name}" for c in run_steps.c)
     + " FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id WHERE r.id = $1")
 _PARAM_TYPES = {"run_id": "varchar", "step": "varchar", "attempt": "integer", "ok": "boolean", "output": "text",
-                "error": "text", "error_type": "varchar", "node": "varchar", "started_at": "timestamptz",
-                "finished_at": "timestamptz", "duration_ms": "double precision", "recorded_at": "timestamptz"}
+                "error": "text", "error_type": "varchar", "node": "varchar", "traceback": "text",
+                "started_at": "timestamptz", "finished_at": "timestamptz", "duration_ms": "double precision",
+                "recorded_at": "timestamptz"}
 _PREPARE = {
     "miniflow_lock_run": f"PREPARE miniflow_lock_run (varchar) AS {_LOCK}",
-    "miniflow_record_attempt": "PREPARE miniflow_record_attempt ("
+    # v2: with the traceback column (a session prepared by older code keeps its own name)
+    "miniflow_record_attempt_v2": "PREPARE miniflow_record_attempt_v2 ("
     + ", ".join(_PARAM_TYPES[c] for c in _ATTEMPT_COLUMNS) + f") AS {_RECORD}",
 }
 # The lock, then (a statement of its own, so that it reads after the lock is granted, not from a
 # snapshot taken before) the insert and the read.
-_EXECUTE = ("EXECUTE miniflow_lock_run(%(a_run_id)s); EXECUTE miniflow_record_attempt("
+_EXECUTE = ("EXECUTE miniflow_lock_run(%(a_run_id)s); EXECUTE miniflow_record_attempt_v2("
             + ", ".join(f"%(a_{c})s" for c in _ATTEMPT_COLUMNS) + ")")
 
 

@@ -97,6 +97,9 @@ class RunStep(Base):
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # queued attempt of a step with a timeout: when its result is overdue (the reconciler's cue)
     result_due_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # the attempt an executor reported running (the step shows "running" while it is the current one)
+    running_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why a queued step waits
 
 
 class StepAttempt(Base):
@@ -112,6 +115,7 @@ class StepAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)  # masked and size-capped
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime] = mapped_column(Timestamp)
     duration_ms: Mapped[float] = mapped_column(Float)

@@ -53,6 +53,13 @@ class StepRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result_due_at: datetime | None = None  # a queued attempt of a step with a timeout: when its result is overdue
+    running_attempt: int | None = None  # the attempt an executor reported running
+    note: str | None = None  # why a queued step waits
+
+    @property
+    def running(self) -> bool:
+        """Queued, and its current attempt reported running by an executor."""
+        return self.status == StepStatus.QUEUED and self.running_attempt == self.attempt
 
     @property
     def duration_ms(self) -> float | None:
@@ -73,6 +80,7 @@ class AttemptRow:
     error: str | None = None
     error_type: str | None = None
     node: str | None = None
+    traceback: str | None = None
     id: int | None = None  # set once stored
 
 

@@ -15,6 +15,7 @@ Normative text for producers in any language: PROTOCOL.md.
 
 from .codec import MAX_MESSAGE_BYTES, pack, unpack
 from .codes import Reason
+from .envelope import check_envelope, payload_of
 from .errors import (
     ActorError,
     BrokerUnavailable,
@@ -39,8 +40,6 @@ from .messages import (
     StepFinished,
     StepResult,
     StepTask,
-    check_envelope,
-    payload_of,
 )
 from .names import QueueNames
 from .states import RunStatus, StepStatus

@@ -99,7 +99,8 @@ class CoordinatorError(MiniFlowError):
 
 
 class DefinitionError(CoordinatorError):
-    """A workflow definition that is not valid: names the source file, the step and the problem."""
+    """A workflow definition that is not valid: names the source file, the step and the problem.
+    One error may carry several problems (``problems``, one line each in ``str()``)."""
 
     def __init__(self, source: str, problem: str, step: str | None = None) -> None:
         where = f"{source}: step {step!r}: " if step else f"{source}: "
@@ -107,6 +108,18 @@ class DefinitionError(CoordinatorError):
         self.source = source
         self.step = step
         self.problem = problem
+        self.problems: list[DefinitionError] = [self]
+
+    @classmethod
+    def several(cls, problems: list[DefinitionError]) -> DefinitionError:
+        """One error for all the problems of a definition (the first one's source and step)."""
+        if len(problems) == 1:
+            return problems[0]
+        first = problems[0]
+        combined = cls(first.source, first.problem, first.step)
+        combined.args = ("\n".join(str(p) for p in problems),)
+        combined.problems = list(problems)
+        return combined
 
 
 # -- actors --------------------------------------------------------------------------------------
@@ -125,9 +138,10 @@ class StepFailed(ActorError):
 
     error_type = "StepFailed"
 
-    def __init__(self, message: str, error_type: str | None = None) -> None:
+    def __init__(self, message: str, error_type: str | None = None, traceback: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.traceback = traceback  # the step's own traceback, when it raised (never part of str())
         if error_type is not None:
             self.error_type = error_type
 

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 MASK = "***"
+MIN_TEXT_SECRET_LEN = 8  # shorter secret values are masked by field only, never searched in text
 # scheme://user:password@ -- the password runs to the last '@' before the host (it may hold '@').
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/]+)@", re.I)
 
@@ -36,10 +37,24 @@ def mask_params(params: Mapping[str, Any], secrets: Collection[str]) -> dict[str
     return {k: (MASK if k in secrets else v) for k, v in params.items()}
 
 
-def mask_values(text: str, params: Mapping[str, Any], secrets: Collection[str]) -> str:
-    """Replace every occurrence of a secret param's value in a text (an error message) by ***.
+def mask_fields(value: Any, secrets: Collection[str]) -> Any:
+    """Plain data (a step's output or config) for display: the value of every map key named like a
+    secret param is replaced by ***, at any depth."""
+    if isinstance(value, dict):
+        return {k: (MASK if k in secrets else mask_fields(v, secrets)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_fields(v, secrets) for v in value]
+    return value
 
-    Scalars nested in lists and maps are masked too, each in its plain, repr() and JSON forms."""
+
+def mask_values(text: str, params: Mapping[str, Any], secrets: Collection[str]) -> str:
+    """Replace the values of secret params where they appear in a free text (an error message, a
+    traceback) by ***, whole values only.
+
+    Scalars nested in lists and maps are found too, each in its plain, repr() and JSON forms; a form
+    shorter than MIN_TEXT_SECRET_LEN characters is left alone, because it cannot be told from an
+    ordinary word (a secret ``t`` would otherwise turn "timeout" into "***imeou***"). Such short
+    secrets are still masked wherever they stand as a field of their own."""
     found: list[str] = []
     stack: list[Any] = [params.get(name) for name in secrets]
     while stack:
@@ -50,6 +65,6 @@ def mask_values(text: str, params: Mapping[str, Any], secrets: Collection[str]) 
             stack.extend(value)
         elif value is not None and not isinstance(value, bool):
             found += [str(value), repr(value), json.dumps(value)]
-    for form in sorted({f for f in found if f}, key=len, reverse=True):
+    for form in sorted({f for f in found if len(f) >= MIN_TEXT_SECRET_LEN}, key=len, reverse=True):
         text = text.replace(form, MASK)
     return text

@@ -1,4 +1,5 @@
-"""Protocol version 1: the envelope and the five message types, with validation.
+"""Protocol version 1: the message types (payloads) and their validation; the envelope around them is
+in ``envelope``.
 
 Every MiniFlow message is a dramatiq envelope (a msgpack map with exactly the keys in
 ``ENVELOPE_FIELDS``) whose ``args`` hold exactly one payload map and whose ``kwargs`` are empty.
@@ -9,63 +10,19 @@ the name of the offending field; it never echoes values, which may be secret.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Self
 
-from .clock import epoch_s
 from .codes import Reason
+from .envelope import kind_name
 from .errors import MessageRejected
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "queue_name": str,
-    "actor_name": str,
-    "args": list,
-    "kwargs": dict,
-    "options": dict,
-    "message_id": str,
-    "message_timestamp": int,
-}
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_KEY_LEN = 200
-MAX_MESSAGE_ID_LEN = 192
 RESERVED_KEY_PREFIX = "message:"  # the key of a start without one is "message:<message_id>"
-
-
-def check_envelope(envelope: dict[str, Any]) -> None:
-    """Check the dramatiq envelope: exactly the seven keys, each of its type."""
-    for key, kind in ENVELOPE_FIELDS.items():
-        if key not in envelope:
-            raise MessageRejected(Reason.ENVELOPE_MISSING_FIELD, f"envelope has no {key!r}", key)
-        value = envelope[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope {key!r} must be {_kind(kind)}", key)
-    extra = sorted(set(envelope) - set(ENVELOPE_FIELDS))
-    if extra:
-        raise MessageRejected(Reason.ENVELOPE_EXTRA_FIELD, f"envelope has unknown keys {extra}", extra[0])
-    if not 0 < len(envelope["message_id"]) <= MAX_MESSAGE_ID_LEN:
-        raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope 'message_id' must be 1-{MAX_MESSAGE_ID_LEN} "
-                              "characters", "message_id")
-
-
-def payload_of(args: Any, kwargs: Any) -> dict[str, Any]:
-    """The single payload map of a message's args (kwargs must be empty)."""
-    if kwargs:
-        raise MessageRejected(Reason.BAD_ARGS, "kwargs must be empty", "kwargs")
-    if not isinstance(args, (list, tuple)) or len(args) != 1 or not isinstance(args[0], dict):
-        raise MessageRejected(Reason.BAD_ARGS, "args must hold exactly one payload map", "args")
-    return args[0]
-
-
-def _kind(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", list: "an array", dict: "a map", bool: "a boolean",
-             float: "a number", type(None): "nil", bytes: "binary"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 @dataclass(frozen=True)
@@ -111,11 +68,11 @@ class Payload:
         value = payload[name]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
         if isinstance(value, bool) and bool not in kinds:
-            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {kind_name(spec.kind)}", name)
         if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kinds):
-            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {_kind(spec.kind)}", name)
+            raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {kind_name(spec.kind)}", name)
         return value
 
     def check(self) -> None:
@@ -276,6 +233,7 @@ class StepResult(Payload):
         "node": _Field(str, required=False, default=""),
         "started_at": _Field(float),
         "finished_at": _Field(float),
+        "traceback": _Field(str, required=False),
     }
     run_id: str
     step: str
@@ -287,6 +245,7 @@ class StepResult(Payload):
     error: str | None = None
     error_type: str | None = None
     node: str = ""
+    traceback: str | None = None  # of a failed attempt: masked and size-capped by the executor
 
     def check(self) -> None:
         _check_attempt(self.KIND, self.attempt)
@@ -331,21 +290,3 @@ class DeadLetterReport(Payload):
     actor: str | None = None
     raw: bytes = b""
     node: str = ""
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
-
-
-def envelope(queue_name: str, actor_name: str, payload: dict[str, Any], *,
-             message_id: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dramatiq envelope around one payload map."""
-    return {
-        "queue_name": queue_name,
-        "actor_name": actor_name,
-        "args": [payload],
-        "kwargs": {},
-        "options": dict(options or {}),
-        "message_id": message_id or new_message_id(),
-        "message_timestamp": int(epoch_s() * 1000),
-    }

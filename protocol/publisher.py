@@ -17,8 +17,9 @@ import pika
 import pika.exceptions
 
 from .codec import pack
+from .envelope import envelope
 from .errors import BrokerUnavailable
-from .messages import CancelRun, RetryRun, StartWorkflow, envelope
+from .messages import CancelRun, RetryRun, StartWorkflow
 from .names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 
 

@@ -41,3 +41,59 @@ def test_an_unknown_setting_exits_2_and_names_it(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 2
     assert "MINIFLOW_NAMESPAC" in done.stderr and "Traceback" not in done.stderr
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # nothing listens there once the probe is closed
+
+
+def test_a_worker_pointed_at_a_closed_broker_port_exits_3_with_one_line_and_the_password_masked(
+        tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MINIFLOW_BROKER_URL": f"amqp://guest:s3cret-pw@127.0.0.1:{closed_port()}/%2F"}
+    done = subprocess.run([str(MINIFLOW), "worker", "--steps", "examples.steps"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot reach the broker" in lines[0] and "guest:***@" in lines[0]
+    assert "s3cret-pw" not in done.stderr and "ready" not in done.stderr
+
+
+def test_a_worker_pointed_at_a_closed_database_port_exits_3_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MINIFLOW_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F",
+           "MINIFLOW_DATABASE_URL": f"postgresql://miniflow:db-s3cret@127.0.0.1:{closed_port()}/miniflow"}
+    done = subprocess.run([str(MINIFLOW), "worker", "--role", "coordinator"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: database postgresql+psycopg2://miniflow:***@"), done.stderr
+    assert "db-s3cret" not in done.stderr and "ready" not in done.stderr
+
+
+def test_a_timer_pointed_at_a_closed_database_port_exits_3_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MINIFLOW_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F",
+           "MINIFLOW_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed_port()}/miniflow"}
+    done = subprocess.run([str(MINIFLOW), "timer"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_validate_reports_every_problem_of_every_file_given(tmp_path: Path) -> None:
+    good = ROOT / "examples" / "diamond.yaml"
+    two_problems = tmp_path / "two.yaml"
+    two_problems.write_text("name: two\nsteps:\n  - {name: a, task: t.a, retries: -1}\n"
+                            "  - {name: b, task: t.b, needs: [ghost]}\n")
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("name: [unclosed\n")
+    done = miniflow(tmp_path, "validate", str(two_problems), str(good), str(not_yaml))
+    assert done.returncode == 2
+    assert "diamond" in done.stdout and "ok" in done.stdout  # the good one is still checked
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert any("step 'a'" in e and "'retries'" in e for e in errors), done.stderr
+    assert any("step 'b'" in e and "unknown step 'ghost'" in e for e in errors), done.stderr
+    assert any(str(not_yaml) in e and "not valid YAML" in e for e in errors), done.stderr
+    assert len(errors) == 3

@@ -441,3 +441,17 @@ def test_loads_without_a_source_still_names_one() -> None:
         loads("[]")
     assert info.value.source == "<string>"
 
+
+
+def test_every_problem_of_a_definition_is_reported_not_only_the_first() -> None:
+    with pytest.raises(DefinitionError) as info:
+        parse({"name": "bad name!", "timeout": -1, "steps": [
+            {"name": "a", "task": "t.a", "queue": "no spaces allowed", "retries": 500},
+            {"name": "b", "task": "t.b", "needs": ["a", "ghost"], "colour": "red"},
+        ]}, "many.yaml")
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 5, problems
+    for expected in ("'name' must be", "'timeout' must be >=", "step 'a': 'queue'", "step 'a': 'retries'",
+                     "step 'b': unknown step key(s) colour"):
+        assert any(expected in p for p in problems), (expected, problems)
+    assert str(info.value).count("\n") == 4  # one line per problem

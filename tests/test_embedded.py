@@ -10,7 +10,8 @@ from miniflow.persistence import AttemptRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol import codec
 from miniflow.protocol.clock import utcnow
-from miniflow.protocol.messages import StartWorkflow, StepResult, envelope
+from miniflow.protocol.envelope import envelope
+from miniflow.protocol.messages import StartWorkflow, StepResult
 from miniflow.protocol.names import EXECUTE_STEP, START_WORKFLOW
 
 DIAMOND = """

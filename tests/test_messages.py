@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from miniflow.protocol import codec
+from miniflow.protocol import envelope as e
 from miniflow.protocol import messages as m
 from miniflow.protocol.codes import Reason
+from miniflow.protocol.envelope import check_envelope, payload_of
 from miniflow.protocol.errors import MessageRejected
 from miniflow.protocol.messages import (
     CancelRun,
@@ -18,8 +20,6 @@ from miniflow.protocol.messages import (
     StepFinished,
     StepResult,
     StepTask,
-    check_envelope,
-    payload_of,
 )
 from miniflow.protocol.names import QueueNames
 
@@ -59,13 +59,13 @@ def test_a_complete_envelope_passes() -> None:
 
 
 def test_the_envelope_helper_builds_an_envelope_that_passes_the_check() -> None:
-    env = m.envelope("miniflow.ingress", "start_workflow", {"v": 1, "workflow": "w"}, message_id="id-1")
+    env = e.envelope("miniflow.ingress", "start_workflow", {"v": 1, "workflow": "w"}, message_id="id-1")
     check_envelope(env)
     assert env["args"] == [{"v": 1, "workflow": "w"}]
     assert env["message_id"] == "id-1"
 
 
-@pytest.mark.parametrize("key", sorted(m.ENVELOPE_FIELDS))
+@pytest.mark.parametrize("key", sorted(e.ENVELOPE_FIELDS))
 def test_an_envelope_without_a_field_is_rejected_naming_it(key: str) -> None:
     env = an_envelope()
     del env[key]
@@ -280,7 +280,7 @@ def test_a_payload_that_is_not_a_map_is_rejected() -> None:
 
 def test_a_start_survives_the_wire() -> None:
     start = StartWorkflow(workflow="diamond", params={"x": 3, "when": "2026-01-01"}, idempotency_key="k1")
-    body = codec.pack(m.envelope("miniflow.ingress", "start_workflow", start.to_payload()))
+    body = codec.pack(e.envelope("miniflow.ingress", "start_workflow", start.to_payload()))
     env = codec.unpack(body)
     check_envelope(env)
     assert StartWorkflow.from_payload(payload_of(env["args"], env["kwargs"])) == start

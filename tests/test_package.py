@@ -8,6 +8,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -139,6 +140,7 @@ def test_no_module_is_over_the_size_limit_without_saying_why() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' build tree: stale files would ship
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True, timeout=300)
     (built,) = out.glob("miniflow-*.whl")

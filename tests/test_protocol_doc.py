@@ -10,7 +10,8 @@ import pytest
 from miniflow.actors.guard import Guard
 from miniflow.protocol import codec, messages
 from miniflow.protocol.codes import Reason
-from miniflow.protocol.messages import StartWorkflow, check_envelope, payload_of
+from miniflow.protocol.envelope import check_envelope, payload_of
+from miniflow.protocol.messages import StartWorkflow
 from miniflow.protocol.names import QueueNames
 
 DOC = Path(__file__).resolve().parent.parent / "protocol" / "PROTOCOL.md"

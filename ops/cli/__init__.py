@@ -5,7 +5,7 @@ become exit codes.
     1    the run failed or was cancelled; a MiniFlow error with no code of its own
     2    an invalid workflow file, schedule or setting (DefinitionError, ConfigError, VersionConflict);
          with --wait, a rejected start
-    3    the database could not be reached (DatabaseUnavailable)
+    3    the database or the broker could not be reached (DatabaseUnavailable, BrokerUnavailable)
     124  a wait ran past its --timeout (WaitTimedOut)
     130  interrupted
 """
@@ -17,6 +17,7 @@ import sys
 import click
 
 from miniflow.protocol.errors import (
+    BrokerUnavailable,
     ConfigError,
     DatabaseUnavailable,
     DefinitionError,
@@ -51,7 +52,8 @@ for _command in (run, validate, db, deploy, workflows, worker, timer, start, run
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (
-    (DefinitionError, 2), (ConfigError, 2), (VersionConflict, 2), (DatabaseUnavailable, 3), (WaitTimedOut, 124),
+    (DefinitionError, 2), (ConfigError, 2), (VersionConflict, 2), (DatabaseUnavailable, 3),
+    (BrokerUnavailable, 3), (WaitTimedOut, 124),
 )
 
 

@@ -4,6 +4,8 @@ parsing of ``-p key=value``, and the follow-a-run loop of `start --wait` and `ru
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import click
@@ -18,8 +20,20 @@ from ..polling import poll_until
 from ..settings import Settings
 from ..views import print_json, run_to_dict, secret_params
 
-console = Console()
-err = Console(stderr=True)
+PIPED_WIDTH = 4096  # piped output is not cut at 80 columns: a line is as long as it needs
+
+
+def _console(stderr: bool) -> Console:
+    """A console for a terminal as usual; for a pipe or a file, lines are never wrapped or cut
+    (COLUMNS, when set, is the width of tables)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=int(os.environ.get("COLUMNS") or 0) or PIPED_WIDTH, soft_wrap=True)
+
+
+console = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def settings_of(ctx: click.Context) -> Settings:

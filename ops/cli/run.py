@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
 from miniflow.coordinator import load_file
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
+from miniflow.protocol.errors import DefinitionError
 from miniflow.protocol.states import RunStatus, StepStatus
 
 from ..embedded import run_embedded
 from ..telemetry import setup as telemetry_setup
 from ..views import fmt_ms, print_json, run_to_dict, steps_table
 from ..worker import import_steps
-from .common import console, parse_params, settings_of
+from .common import console, err, parse_params, settings_of
 from .live import LiveView
 
 
@@ -64,8 +66,26 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
-    """Check workflow FILES: exit 2 with the file, step and problem when one is invalid."""
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def validate(files: tuple[str, ...], as_json: bool) -> None:
+    """Check workflow FILES, each of them, reporting every problem (file, step and problem); exit 2
+    when any file has one."""
+    findings: list[dict[str, Any]] = []
     for file in files:
-        workflow = load_file(file)
-        console.print(f"{file}: ok ({workflow.name}, {len(workflow.steps)} steps)")
+        try:
+            workflow = load_file(file)
+        except DefinitionError as exc:
+            findings.append({"file": file, "ok": False, "problems": [str(p) for p in exc.problems]})
+        else:
+            findings.append({"file": file, "ok": True, "workflow": workflow.name, "steps": len(workflow.steps)})
+    if as_json:
+        print_json(console, findings)
+    else:
+        for found in findings:
+            if found["ok"]:
+                console.print(f"{found['file']}: ok ({found['workflow']}, {found['steps']} steps)", markup=False,
+                              highlight=False)
+            for problem in found.get("problems", []):
+                err.print(f"error: {problem}", markup=False, highlight=False)
+    if not all(found["ok"] for found in findings):
+        sys.exit(2)

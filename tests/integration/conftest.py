@@ -1,15 +1,22 @@
-"""Integration fixtures: the real RabbitMQ and Postgres of this machine.
+"""Integration fixtures: the real RabbitMQ and Postgres of this machine, and private ones for faults.
 
 Services are found through MINIFLOW_TEST_BROKER_URL and MINIFLOW_TEST_DATABASE_URL (defaulting to
 the local ones). Each test session gets its own namespace (queue prefix) and its own database,
 removed at the end. Without the services the tests skip on a laptop and FAIL when CI=true.
 Nothing connects at import or collection time.
+
+Tests that stop, restart or cut off a service use ``fault_env``: a private RabbitMQ node and a
+private Postgres cluster (``private_services``), started once per session and always torn down.
+They also use ``shared_services_answer``, which probes the machine's own services throughout the
+test and fails it if they ever stopped answering.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +30,21 @@ from sqlalchemy.engine import make_url
 from miniflow.ops import processes
 from miniflow.ops.polling import poll_until
 
+from . import private_services as priv
+
 __all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "poll", "query"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = processes.BIN
 BROKER_URL = os.environ.get("MINIFLOW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 ADMIN_DB_URL = os.environ.get("MINIFLOW_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")  # so that fixtures tear private services down on a CI timeout
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -91,10 +108,96 @@ def database_url(services: None) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def env(namespace: str, database_url: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
+    environ = _base_env()
     environ.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url,
                    MINIFLOW_NAMESPACE=namespace, MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
     return environ
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
+
+
+@pytest.fixture(scope="session")
+def private_services() -> Iterator[tuple[priv.Broker, priv.Database]]:
+    """A RabbitMQ and a Postgres of the test session's own (containers, or private instances)."""
+    broker: priv.Broker | None = None
+    database: priv.Database | None = None
+    try:
+        try:
+            broker = priv.start_broker()
+            database = priv.start_database()
+        except Exception as exc:  # noqa: BLE001 - whatever stops them from starting, say it and skip/fail
+            _unavailable("a private RabbitMQ and Postgres for the fault tests", exc)
+        assert broker is not None and database is not None
+        yield broker, database
+    finally:
+        for service in (database, broker):
+            if service is not None:
+                service.close()
+
+
+@pytest.fixture(scope="session")
+def fault_env(private_services: tuple[priv.Broker, priv.Database]) -> dict[str, str]:
+    """Settings for workers on the private services (their own namespace and database)."""
+    broker, database = private_services
+    url = priv.create_database(database, f"miniflow_fault_{uuid.uuid4().hex[:8]}")
+    environ = _base_env()
+    environ.update(MINIFLOW_BROKER_URL=broker.url, MINIFLOW_DATABASE_URL=url,
+                   MINIFLOW_NAMESPACE=f"mff_{uuid.uuid4().hex[:8]}", MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    return environ
+
+
+class SharedServicesWatch:
+    """Probes the machine's own RabbitMQ (a passive declare on one connection) and Postgres (a
+    ``select 1``) every half second, in a thread, and keeps every failure."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.probes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="shared-services-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        broker: Any = None
+        db: Any = None
+        while not self._stop.is_set():
+            try:
+                broker = broker if broker is not None and broker.is_open else \
+                    pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+                broker.channel().exchange_declare("amq.direct", passive=True)
+            except Exception as exc:  # noqa: BLE001 - any failure is what we look for
+                self.failures.append(f"RabbitMQ: {type(exc).__name__}: {exc}")
+                broker = None
+            try:
+                db = db if db is not None and not db.closed else psycopg2.connect(_pg_dsn(ADMIN_DB_URL),
+                                                                                  connect_timeout=5)
+                with db.cursor() as cur:
+                    cur.execute("select 1")
+                db.rollback()
+            except Exception as exc:  # noqa: BLE001 - any failure is what we look for
+                self.failures.append(f"Postgres: {type(exc).__name__}: {exc}")
+                db = None
+            self.probes += 1
+            self._stop.wait(0.5)
+        for connection in (broker, db):
+            if connection is not None:
+                connection.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture
+def shared_services_answer(services: None) -> Iterator[SharedServicesWatch]:
+    """Fails the test if the machine's own RabbitMQ or Postgres stopped answering at any time in it."""
+    watch = SharedServicesWatch()
+    yield watch
+    watch.stop()
+    assert watch.probes >= 1, "the watch never probed the shared services"
+    assert not watch.failures, f"the machine's own services stopped answering: {watch.failures[:5]}"
 
 
 def miniflow(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

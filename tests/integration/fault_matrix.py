@@ -1,5 +1,6 @@
 """The fault matrix: a batch of diamond runs across two worker processes of each role, one fault
-injected, the killed process restarted, then the guarantees checked (see docs/reliability.md).
+injected (into the private services of private_services.py), the killed process restarted, then the
+guarantees checked (see docs/reliability.md).
 
 Checks after quiescence:
   lost          confirmed starts without a run (must be 0)
@@ -13,7 +14,6 @@ Checks after quiescence:
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pika
 
-from .conftest import BROKER_URL, ROOT, WorkerProcess, miniflow, query
+from .conftest import ROOT, WorkerProcess, miniflow, query
 
 REPORT = ROOT / "reports" / "faults.json"
 
@@ -94,7 +94,7 @@ def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, 
 
     confirmed: list[str] = []
     deadline = time.monotonic() + retry_for_s
-    publisher = Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"], connect_timeout=5)
+    publisher = Publisher(env["MINIFLOW_BROKER_URL"], env["MINIFLOW_NAMESPACE"], connect_timeout=5)
     try:
         for key in keys:
             while True:
@@ -113,8 +113,8 @@ def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, 
     return confirmed
 
 
-def queue_depth(namespace: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+def queue_depth(broker_url: str, namespace: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     total = 0
     try:
         for base in ("ingress", "coordinator", "results", "steps"):
@@ -140,12 +140,12 @@ def _until_terminal(db: str, keys: list[str], deadline: float) -> None:
         time.sleep(0.2)
 
 
-def _settle(outcome: Outcome, db: str, ns: str, within_s: float = 30) -> None:
+def _settle(outcome: Outcome, env: dict[str, str], within_s: float = 30) -> None:
     """Let the relay and sweepers finish their upkeep, then record what is left in outbox and queues."""
     settle = time.monotonic() + within_s
     while time.monotonic() < settle:
-        outcome.outbox_left = query(db, "select count(*) from outbox")[0][0]
-        outcome.queued_left = queue_depth(ns)
+        outcome.outbox_left = query(env["MINIFLOW_DATABASE_URL"], "select count(*) from outbox")[0][0]
+        outcome.queued_left = queue_depth(env["MINIFLOW_BROKER_URL"], env["MINIFLOW_NAMESPACE"])
         if outcome.outbox_left == 0 and outcome.queued_left == 0:
             return
         time.sleep(0.5)
@@ -203,7 +203,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
         outcome.duplicates = len(query(db, "select run_id, step, attempt from step_attempts where run_id in "
                                        f"({id_marks}) group by run_id, step, attempt having count(*) > 1", *ids))
         outcome.heal_to_terminal_s = round(max(0.0, finished - healed), 2)
-        _settle(outcome, db, ns)
+        _settle(outcome, env)
         outcome.dead_letters = query(db, "select count(*) from dead_letters")[0][0] - before_letters
         logs_text = "".join(w.log_text() for w in workers)
         outcome.re_executions = logs_text.count("redelivered: running it in an isolated process")
@@ -213,7 +213,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
     finally:
         for w in workers:
             w.stop()
-        delete_topology(BROKER_URL, QueueNames(ns))
+        delete_topology(env["MINIFLOW_BROKER_URL"], QueueNames(ns))
 
 
 def record(outcome: Outcome) -> None:
@@ -223,30 +223,4 @@ def record(outcome: Outcome) -> None:
     REPORT.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def rabbit(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, capture_output=True)
-
-
-def ensure_rabbit_up() -> None:
-    subprocess.run(["rabbitmqctl", "-q", "start_app"], timeout=120, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "60"], timeout=120, capture_output=True)
-
-
-def restart_postgres() -> None:
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
-                   timeout=120, capture_output=True)
-
-
-def ensure_postgres_up() -> None:
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], timeout=120,
-                   capture_output=True)
-    for _ in range(60):
-        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0:
-            return
-        time.sleep(1)
-
-
-__all__ = ["Outcome", "ensure_postgres_up", "ensure_rabbit_up", "miniflow", "rabbit", "record", "restart_postgres",
-           "run_scenario"]
+__all__ = ["Outcome", "miniflow", "queue_depth", "record", "run_scenario"]

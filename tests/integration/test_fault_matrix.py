@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from .fault_matrix import (
-    Outcome,
-    ensure_postgres_up,
-    ensure_rabbit_up,
-    rabbit,
-    record,
-    restart_postgres,
-    run_scenario,
-)
+from .fault_matrix import Outcome, record, run_scenario
+from .private_services import Broker, Database
+
+# Every fault here happens to the session's private RabbitMQ and Postgres; the machine's own must
+# answer throughout (shared_services_answer fails the test otherwise).
+pytestmark = pytest.mark.usefixtures("shared_services_answer")
 
 
 def assert_guarantees(outcome: Outcome) -> None:
@@ -43,44 +40,41 @@ CRASH_POINTS = [
 
 
 @pytest.mark.parametrize("point, role, injected", CRASH_POINTS, ids=[p for p, _, _ in CRASH_POINTS])
-def test_a_process_killed_at_a_crash_point_loses_nothing_and_records_nothing_twice(env, tmp_path: Path, point,
+def test_a_process_killed_at_a_crash_point_loses_nothing_and_records_nothing_twice(fault_env, tmp_path: Path, point,
                                                                                   role, injected):
-    outcome = run_scenario(env, tmp_path, point, injected,
+    outcome = run_scenario(fault_env, tmp_path, point, injected,
                            coordinator_fault=point if role == "coordinator" else None,
                            executor_fault=point if role == "executor" else None)
     assert outcome.restarts >= 1, "the fault point was never reached"
     assert_guarantees(outcome)
 
 
-def test_rabbitmq_stopped_during_a_burst_of_starts_loses_no_confirmed_start(env, tmp_path: Path):
+def test_rabbitmq_stopped_during_a_burst_of_starts_loses_no_confirmed_start(fault_env, private_services,
+                                                                           tmp_path: Path):
+    broker: Broker = private_services[0]
+
     def stop_app_for_a_while() -> None:
         time.sleep(0.4)  # the burst (60 starts, one every 20 ms) is under way
         try:
-            rabbit("stop_app")
+            broker.stop_app()
             time.sleep(10)
         finally:
-            ensure_rabbit_up()
+            broker.start_app()
 
-    try:
-        outcome = run_scenario(env, tmp_path, "rabbitmq.stop_app",
-                               "rabbitmqctl stop_app for 10 s during a burst of starts, then start_app",
-                               runs=60, pace_s=0.02, inject=stop_app_for_a_while)
-    finally:
-        ensure_rabbit_up()
+    outcome = run_scenario(fault_env, tmp_path, "rabbitmq.stop_app",
+                           "rabbitmqctl stop_app (a private node) for 10 s during a burst of starts, then start_app",
+                           runs=60, pace_s=0.02, inject=stop_app_for_a_while)
     assert_guarantees(outcome)
 
 
-def test_postgres_restarted_under_load_loses_nothing(env, tmp_path: Path):
+def test_postgres_restarted_under_load_loses_nothing(fault_env, private_services, tmp_path: Path):
+    database: Database = private_services[1]
+
     def restart() -> None:
         time.sleep(0.4)  # starts are flowing and runs are going
-        try:
-            restart_postgres()
-        finally:
-            ensure_postgres_up()
+        database.restart()
 
-    try:
-        outcome = run_scenario(env, tmp_path, "postgres.restart", "pg_ctlcluster restart while runs are going",
-                               runs=60, pace_s=0.02, inject=restart)
-    finally:
-        ensure_postgres_up()
+    outcome = run_scenario(fault_env, tmp_path, "postgres.restart",
+                           "the (private) Postgres restarted while runs are going", runs=60, pace_s=0.02,
+                           inject=restart)
     assert_guarantees(outcome)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from . import netns
-from .conftest import BROKER_URL, WorkerProcess, miniflow, poll, query
+from .conftest import WorkerProcess, miniflow, poll, query
 from .fault_matrix import Outcome, queue_depth, record
 
 PARTITION = """
@@ -32,14 +32,17 @@ HEARTBEAT_S = 2  # the cut-off node's AMQP heartbeat: the broker drops it after 
 # result sends fail within seconds and it is seen keeping them, rather than after a minute.
 
 
+pytestmark = pytest.mark.usefixtures("shared_services_answer")
+
+
 @pytest.fixture
-def node() -> Iterator[netns.Node]:
+def node(fault_env: dict[str, str]) -> Iterator[netns.Node]:
     reason = netns.available()
     if reason is not None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"cannot make a network namespace: {reason}; CI=true, so this test must run")
         pytest.skip(reason)
-    made = netns.Node(BROKER_URL)
+    made = netns.Node(fault_env["MINIFLOW_BROKER_URL"])  # the session's private broker
     try:
         yield made
     finally:
@@ -47,19 +50,19 @@ def node() -> Iterator[netns.Node]:
 
 
 @pytest.fixture
-def space(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+def space(fault_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     from miniflow.actors.broker import delete_topology
     from miniflow.protocol.names import QueueNames
 
-    ns = f"{env['MINIFLOW_NAMESPACE']}_p{uuid.uuid4().hex[:4]}"
-    own = dict(env, MINIFLOW_NAMESPACE=ns)
+    ns = f"{fault_env['MINIFLOW_NAMESPACE']}_p{uuid.uuid4().hex[:4]}"
+    own = dict(fault_env, MINIFLOW_NAMESPACE=ns)
     assert miniflow(own, "db", "upgrade").returncode == 0
     definition = tmp_path / "partition.yaml"
     definition.write_text(PARTITION)
     deployed = miniflow(own, "deploy", str(definition))
     assert deployed.returncode == 0, deployed.stderr
     yield own
-    delete_topology(BROKER_URL, QueueNames(ns))
+    delete_topology(own["MINIFLOW_BROKER_URL"], QueueNames(ns))
 
 
 def fenced_runs(log: str) -> set[str]:
@@ -145,7 +148,8 @@ def test_a_node_cut_off_mid_step_is_replaced_and_its_late_results_are_fenced(spa
         assert duplicates == []
         assert {s for (s,) in query(db, f"select status from runs where id in ({marks})", *run_ids)} == {"succeeded"}
         poll(lambda: query(db, "select count(*) from outbox") == [(0,)], timeout=30, what="the outbox to drain")
-        poll(lambda: queue_depth(space["MINIFLOW_NAMESPACE"]) == 0, timeout=60, what="the queues to drain")
+        poll(lambda: queue_depth(space["MINIFLOW_BROKER_URL"],
+                                 space["MINIFLOW_NAMESPACE"]) == 0, timeout=60, what="the queues to drain")
         assert query(db, "select count(*) from dead_letters")[0][0] == letters_before
 
         outcome = Outcome(

@@ -1,0 +1,120 @@
+"""A workflow as MiniFlow holds it: a validated DAG of steps, its params, its retry policies.
+
+``definitions`` builds these from YAML or plain data (and says what is wrong); ``to_spec`` is the
+JSON stored per deployed version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter between attempts, in seconds."""
+
+    initial: float = 1.0
+    max: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.1  # +- this fraction of the delay, at random
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    task: str
+    needs: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    retries: int = 0
+    backoff: Backoff = Backoff()
+    timeout: float | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any = None
+    required: bool = False
+    secret: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A validated workflow. ``to_spec()`` is the JSON stored per version; ``from_spec`` reads it."""
+
+    name: str
+    steps: dict[str, StepSpec]
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    description: str = ""
+    version: int | None = None
+    timeout: float | None = None
+
+    def dependents(self, step: str) -> list[str]:
+        return [s.name for s in self.steps.values() if step in s.needs]
+
+    def roots(self) -> list[str]:
+        return [s.name for s in self.steps.values() if not s.needs]
+
+    def secret_params(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.params.values() if p.secret)
+
+    @functools.cached_property
+    def secret_param_list(self) -> list[str]:
+        """The secret params' names, sorted (as step messages carry them); computed once."""
+        return sorted(self.secret_params())
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "timeout": self.timeout,
+            "params": {p.name: {"default": p.default, "required": p.required, "secret": p.secret,
+                                "description": p.description} for p in self.params.values()},
+            "steps": [{
+                "name": s.name, "task": s.task, "needs": list(s.needs), "config": s.config,
+                "queue": s.queue, "retries": s.retries, "timeout": s.timeout,
+                "backoff": {"initial": s.backoff.initial, "max": s.backoff.max,
+                            "multiplier": s.backoff.multiplier, "jitter": s.backoff.jitter},
+            } for s in self.steps.values()],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], version: int | None = None) -> Workflow:
+        """A stored spec, validated by the same parser as a file (so a stored version stays valid)."""
+        from .definitions import parse  # the parser builds these types: imported where it is needed
+
+        workflow = parse(spec, source=f"stored workflow {spec.get('name')!r}")
+        return dataclasses.replace(workflow, version=version)
+
+
+def find_cycle(steps: dict[str, StepSpec]) -> list[str] | None:
+    """A dependency cycle as a path that starts and ends on the same step, or None."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(steps, white)
+    for start in steps:
+        if colour[start] != white:
+            continue
+        path: list[str] = [start]
+        iters = [iter(steps[start].needs)]
+        colour[start] = grey
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                colour[path.pop()] = black
+                iters.pop()
+            elif colour[nxt] == grey:
+                return path[path.index(nxt):] + [nxt]
+            elif colour[nxt] == white:
+                colour[nxt] = grey
+                path.append(nxt)
+                iters.append(iter(steps[nxt].needs))
+    return None
