@@ -42,6 +42,7 @@ from .guard import as_message
 from .isolation import MAX_ERROR_LEN, run_isolated
 from .middleware.tracing import annotate, record_error
 from .outages import BROKER, OUTAGES
+from .progress import ProgressReporter
 from .registry import Registry, StepContext
 
 logger = logging.getLogger("miniflow.actors")
@@ -49,6 +50,9 @@ logger = logging.getLogger("miniflow.actors")
 # reach (a partition, a broker restart). Past it the step message goes back to dramatiq's retries.
 RESULT_RESEND_S = 3600.0
 RESULT_RESEND_MAX_DELAY_S = 10.0
+# A node without a step's task hands the message back with this delay, doubling per decline.
+DECLINE_FIRST_DELAY_S = 1.0
+DECLINE_MAX_DELAY_S = 30.0
 MAX_TRACEBACK_LEN = 8000  # characters of a failed attempt's traceback kept (its end)
 
 Emit = Callable[..., None]
@@ -58,8 +62,9 @@ class Executor:
     """The ``execute_step`` handler of one node."""
 
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, registry: Registry, node: str, *,
-                 faults: FaultPoints, stop: threading.Event, emit: Emit) -> None:
+                 faults: FaultPoints, stop: threading.Event, emit: Emit, progress: ProgressReporter) -> None:
         self.broker = broker
+        self.progress = progress
         self.names = names
         self.registry = registry
         self.node = node
@@ -70,6 +75,9 @@ class Executor:
     def execute_step(self, payload: dict[str, Any]) -> None:
         task = StepTask.from_payload(payload)
         message = CurrentMessage.get_current_message()
+        if task.task not in self.registry:
+            self._decline(task, message)
+            return
         # RabbitMQ redelivers a step whose executor died holding it. It may be the step that killed
         # that process (a poison step): run it in a child process, so that if it kills again, only
         # the child dies and the attempt is recorded as failed with the reason.
@@ -81,7 +89,11 @@ class Executor:
                  node=self.node, isolated=isolate or None)
         self.emit("step_started", run_id=task.run_id, step=task.step, attempt=task.attempt, node=self.node)
         started = epoch_s()
-        output, failure = self._run(task, isolate)
+        self.progress.started(task)
+        try:
+            output, failure = self._run(task, isolate)
+        finally:
+            self.progress.finished()
         finished = epoch_s()
         self.faults.hit("executor.after_body")
         error = trace = None
@@ -99,6 +111,21 @@ class Executor:
         self.report(result)
         self.emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                   error=error, duration_ms=(finished - started) * 1000, node=self.node)
+
+    def _decline(self, task: StepTask, message: Any) -> None:
+        """Hand a step this node cannot run back to its queue, after a delay that doubles each time
+        (so that it does not spin here), without using one of its attempts. Another executor of the
+        pool picks it up; the run shows why the step waits meanwhile."""
+        declines = int((message.options or {}).get("declines", 0)) + 1 if message is not None else 1
+        delay_s = min(DECLINE_MAX_DELAY_S, DECLINE_FIRST_DELAY_S * 2 ** (declines - 1))
+        detail = (f"task {task.task!r} is not registered on executor {self.node} (handed back {declines} time(s); "
+                  "waiting for an executor of this queue that has it: see the routing rule in the README)")
+        logger.info("run %s step %s attempt %d: task %r is not registered here; handed back (decline %d, "
+                    "again in %.0f s)", task.run_id, task.step, task.attempt, task.task, declines, delay_s)
+        if message is not None:
+            again = message.copy(options={"declines": declines})
+            publish(self.broker, again, delay=int(delay_s * 1000))
+        self.progress.declined(task, detail)
 
     def _run(self, task: StepTask, isolate: bool) -> tuple[Any, StepFailed | None]:
         """The step's output, or what its failure records."""

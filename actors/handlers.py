@@ -15,7 +15,15 @@ from dramatiq.middleware import CurrentMessage
 
 from miniflow.coordinator import Coordinator, Results
 from miniflow.persistence import Database
-from miniflow.protocol.messages import CancelRun, DeadLetterReport, RetryRun, StartWorkflow, StepFinished, StepResult
+from miniflow.protocol.messages import (
+    CancelRun,
+    DeadLetterReport,
+    RetryRun,
+    StartWorkflow,
+    StepFinished,
+    StepProgress,
+    StepResult,
+)
 from miniflow.protocol.states import StepStatus
 
 from .faults import FaultPoints
@@ -85,6 +93,11 @@ class CoreHandlers:
             outgoing = self.coordinator.step_finished(conn, event)
         self.faults.hit("coordinator.after_commit")
         self.relay.publish(outgoing)
+
+    def step_progress(self, payload: dict[str, Any]) -> None:
+        event = StepProgress.from_payload(payload)
+        with self.db.transaction() as conn:
+            self.coordinator.progress(conn, event)
 
     # -- results role -----------------------------------------------------------------------------
     def record_result(self, payload: dict[str, Any]) -> None:

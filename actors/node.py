@@ -33,6 +33,7 @@ from miniflow.protocol.names import (
     RETRY_RUN,
     START_WORKFLOW,
     STEP_FINISHED,
+    STEP_PROGRESS,
     QueueNames,
 )
 
@@ -42,6 +43,7 @@ from .faults import FaultPoints
 from .guard import node_name
 from .handlers import CoreHandlers
 from .middleware import Rejections, Tracing, TracingInstrument
+from .progress import RUNNING_AFTER_S, ProgressReporter
 from .reconciler import ReconcileLoop
 from .registry import Registry
 from .registry import registry as global_registry
@@ -65,7 +67,8 @@ class Node:
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, roles: Iterable[str], *,
                  db: Database | None = None, registry: Registry | None = None,
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
-                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS) -> None:
+                 listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
+                 running_after_s: float = RUNNING_AFTER_S) -> None:
         self.broker = broker
         self.names = names
         self.roles = tuple(dict.fromkeys(roles))
@@ -89,8 +92,11 @@ class Node:
                                          faults=faults, emit=self._emit)
             if COORDINATOR in self.roles:
                 self.reconciler = ReconcileLoop(db, self.relay, self.coordinator)
+        self.progress = ProgressReporter(broker, names, self.node, after_s=running_after_s) \
+            if EXECUTOR in self.roles else None
         self.executor = Executor(broker, names, registry or global_registry, self.node, faults=faults,
-                                 stop=self._stop, emit=self._emit) if EXECUTOR in self.roles else None
+                                 stop=self._stop, emit=self._emit, progress=self.progress) \
+            if self.progress is not None else None
         self._install_middleware()
         self._declare()
 
@@ -119,6 +125,7 @@ class Node:
             self._actor(self.handlers.cancel_run, CANCEL_RUN, self.names.ingress)
             self._actor(self.handlers.retry_run, RETRY_RUN, self.names.ingress)
             self._actor(self.handlers.step_finished, STEP_FINISHED, self.names.coordinator)
+            self._actor(self.handlers.step_progress, STEP_PROGRESS, self.names.coordinator)
         if self.handlers is not None and RESULTS in self.roles:
             self._actor(self.handlers.record_result, RECORD_RESULT, self.names.results)
             self._actor(self.handlers.record_dead_letter, RECORD_DEAD_LETTER, self.names.results)
@@ -142,6 +149,8 @@ class Node:
 
     # -- background threads -----------------------------------------------------------------------
     def start_background(self) -> None:
+        if self.progress is not None:
+            self.progress.start()
         if self.relay is not None:
             self.relay.start()
         if self.reconciler is not None:
@@ -153,6 +162,8 @@ class Node:
             self.reconciler.stop()
         if self.relay is not None:
             self.relay.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:

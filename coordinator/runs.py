@@ -24,7 +24,7 @@ from miniflow.persistence import repository as repo
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import EncodeFailed, MessageRejected
-from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepTask
+from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepProgress, StepTask
 from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
 
@@ -41,6 +41,7 @@ logger = logging.getLogger("miniflow.coordinator")
 # Counted from the dispatch, so it also covers the time the message waits in the queue: an hour,
 # like the infrastructure retries, so that only a real loss (not a backlog) trips it.
 RESULT_GRACE_S = 3600.0
+PROGRESS_RUNNING = "running"
 
 Groups = dict[tuple[int, datetime | None], list[str]]  # (attempt, result deadline) -> step names
 
@@ -137,7 +138,7 @@ class Coordinator:
             return False
         for (attempt, due), names in plan.items():
             repo.update_steps(conn, run.id, names, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
-                              error=None, result_due_at=due)
+                              error=None, result_due_at=due, running_attempt=None, note=None)
         return True
 
     def _prepare(self, outbox: Outbox, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
@@ -238,6 +239,15 @@ class Coordinator:
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
         """Mark the run's end for the instrument once the transaction that ends it has committed."""
         after_commit(conn, lambda: self.instrument.run_finished(run_id, workflow, status, error))
+
+    def progress(self, conn: Connection, event: StepProgress) -> bool:
+        """Show an executor's progress on a queued attempt: running (and where), or handed back by a
+        node without its task (the note says why the step waits). A stale event changes nothing."""
+        if event.state == PROGRESS_RUNNING:
+            return repo.mark_queued_attempt(conn, event.run_id, event.step, event.attempt,
+                                            running_attempt=event.attempt, node=event.node or None,
+                                            started_at=self.clock(), note=None)
+        return repo.mark_queued_attempt(conn, event.run_id, event.step, event.attempt, note=event.detail[:2000])
 
     # -- end early: cancel, timeouts ---------------------------------------------------------------
     def end_run(self, conn: Connection, run: RunRow, status: RunStatus, reason: str) -> None:

@@ -40,6 +40,7 @@ class Settings:
     log_format: str = "text"
     jaeger_url: str | None = None
     faultpoints: frozenset[str] = frozenset()  # MINIFLOW_FAULTPOINT: crash points for fault tests
+    database_configured: bool = False  # MINIFLOW_DATABASE_URL was given (not the SQLite default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,7 +55,7 @@ class Settings:
             settings = replace(settings, broker_url=check_broker_url(broker))
         database = env.get("MINIFLOW_DATABASE_URL") or None
         if database is not None:
-            settings = replace(settings, database_url=normalise_url(database))
+            settings = replace(settings, database_url=normalise_url(database), database_configured=True)
         namespace = env.get("MINIFLOW_NAMESPACE") or DEFAULT_NAMESPACE
         try:
             check_namespace(namespace)

@@ -10,11 +10,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Catalog, next_fires, parse_cron
 from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow, ScheduleRow, StepRow
-from miniflow.protocol.masking import mask_params
+from miniflow.protocol.masking import mask_fields, mask_params
 from miniflow.protocol.states import RunStatus, StepStatus
 
 STATUS_STYLE = {RunStatus.SUCCEEDED: "green", RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow",
@@ -38,29 +39,50 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
+RUNNING = "running"  # shown for a queued step whose executor reported it running (not a stored state)
+
+
+def step_status(step: StepRow) -> str:
+    return RUNNING if step.running else str(step.status)
+
+
 def run_to_dict(run: RunRow, steps: Sequence[StepRow] | None = None, attempts: Sequence[AttemptRow] | None = None,
-                secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A run as plain data; the values of secret params are masked."""
+                secrets: frozenset[str] = frozenset(), order: Sequence[str] = ()) -> dict[str, Any]:
+    """A run as plain data, its steps in ``order`` (the workflow's, when given); the values of secret
+    params are masked, in params and in the fields of outputs named like them."""
     out: dict[str, Any] = {
         "id": run.id, "workflow": run.workflow, "version": run.version, "status": run.status,
-        "params": mask_params(run.params or {}, secrets), "priority": run.priority, "error": run.error,
-        "trace_id": run.trace_id, "created_at": iso(run.created_at), "finished_at": iso(run.finished_at),
-        "duration_ms": run.duration_ms,
+        "idempotency_key": run.idempotency_key, "params": mask_params(run.params or {}, secrets),
+        "priority": run.priority, "error": run.error, "trace_id": run.trace_id, "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at), "duration_ms": run.duration_ms,
     }
     if steps is not None:
         counts: dict[str, int] = {}
         for a in attempts or []:
             counts[a.step] = counts.get(a.step, 0) + 1
+        rank = {name: i for i, name in enumerate(order)}
         out["steps"] = [{
-            "step": s.step, "status": s.status, "attempts": counts.get(s.step, 0), "current_attempt": s.attempt,
-            "duration_ms": s.duration_ms, "node": s.node, "error": s.error, "output": s.output,
-        } for s in steps]
+            "step": s.step, "status": step_status(s), "attempts": counts.get(s.step, 0),
+            "current_attempt": s.attempt, "duration_ms": s.duration_ms, "node": s.node, "error": s.error,
+            "note": s.note if s.status == StepStatus.QUEUED else None, "output": mask_fields(s.output, secrets),
+        } for s in sorted(steps, key=lambda s: rank.get(s.step, len(rank)))]
     if attempts is not None:
         out["attempts"] = [{
             "step": a.step, "attempt": a.attempt, "ok": a.ok, "node": a.node, "duration_ms": round(a.duration_ms, 1),
-            "error": a.error, "started_at": iso(a.started_at),
+            "error_type": a.error_type, "error": a.error, "traceback": a.traceback,
+            "output": mask_fields(a.output, secrets), "started_at": iso(a.started_at),
+            "finished_at": iso(a.finished_at),
         } for a in attempts]
     return out
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value as one line of at most ``limit`` characters (JSON for data)."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def schedule_to_dict(row: ScheduleRow, count: int = 0, secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -96,17 +118,20 @@ def runs_table(runs: Sequence[RunRow]) -> Table:
     for col in ("id", "workflow", "version", "status", "created", "duration"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r.id, r.workflow, str(r.version), f"[{STATUS_STYLE.get(r.status, '')}]{r.status}",
+        table.add_row(Text(r.id), Text(r.workflow), str(r.version), Text(r.status, STATUS_STYLE.get(r.status, "")),
                       (iso(r.created_at) or "")[:19], fmt_ms(r.duration_ms))
     return table
 
 
 def steps_table(detail: dict[str, Any], title: str = "steps") -> Table:
+    """The steps of a run (in the order given): status, attempts, node, and the error, the output or
+    why it waits, each cut to one short line."""
     table = Table(title=title, title_justify="left")
-    for col in ("step", "status", "attempts", "duration", "node", "error"):
+    for col in ("step", "status", "attempts", "duration", "node", "error / output / waiting"):
         table.add_column(col, overflow="fold")
     for s in detail["steps"]:
         status = s["status"]
-        table.add_row(s["step"], f"[{STATUS_STYLE.get(status, '')}]{status}", str(s["attempts"]),
-                      fmt_ms(s["duration_ms"]), s["node"] or "-", (s["error"] or "")[:200])
+        said = s["error"] or (f"waiting: {s['note']}" if s.get("note") else short(s["output"]))
+        table.add_row(Text(s["step"]), Text(status, STATUS_STYLE.get(status, "")), str(s["attempts"]),
+                      fmt_ms(s["duration_ms"]), Text(s["node"] or "-"), Text(short(said, 160)))
     return table

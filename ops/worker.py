@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import dramatiq
 
@@ -29,6 +30,7 @@ from miniflow.actors import (
 from miniflow.actors.broker import check_broker
 from miniflow.actors.faults import FaultPoints
 from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
+from miniflow.actors.progress import RUNNING_AFTER_S
 from miniflow.actors.relay import Relay
 from miniflow.actors.timer import Timer, limit_idle_transactions
 from miniflow.persistence import Database
@@ -39,7 +41,7 @@ from .settings import Settings
 from .telemetry import setup as telemetry_setup
 
 logger = logging.getLogger("miniflow.runtime")
-Ready = Callable[[str], None]
+Ready = Callable[[str, dict[str, Any]], None]  # the ready line, and the same as data
 
 
 def import_steps(modules: list[str] | tuple[str, ...]) -> list[str]:
@@ -79,7 +81,7 @@ def preflight(settings: Settings, db: Database | None) -> None:
 
 
 def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: list[str], threads: int,
-               ready: Ready = print) -> int:
+               ready: Ready = lambda line, _: print(line), running_after_s: float = RUNNING_AFTER_S) -> int:
     """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
     roles = roles or list(ROLES)
     url = settings.require_broker()
@@ -98,7 +100,8 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     broker = make_broker(url, names)
-    node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints))
+    node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
+                running_after_s=running_after_s)
     declare_topology(broker, names, pools)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     stop = _stop_on_signals()
@@ -106,7 +109,9 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     worker.start()
     node.start_background()
     ready(f"miniflow worker ready: node={node.node} roles={','.join(node.roles)} "
-          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}")
+          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}",
+          {"ready": "worker", "node": node.node, "roles": list(node.roles), "queues": sorted(node.queues()),
+           "namespace": settings.namespace})
     try:
         while not stop.wait(0.5):  # woken by the signal handler (a timed wait keeps signals prompt)
             pass
@@ -121,7 +126,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     return 0
 
 
-def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = print) -> int:
+def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line, _: print(line)) -> int:
     """Run a cron timer until SIGINT/SIGTERM (any number may run: each tick fires once)."""
     url = settings.require_broker()
     if settings.database_url.startswith("sqlite"):
@@ -137,7 +142,8 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = print) -> i
     loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s)
     stop = _stop_on_signals()
     relay.start()
-    ready(f"miniflow timer ready: node={loop.node} {settings.describe()}")
+    ready(f"miniflow timer ready: node={loop.node} {settings.describe()}",
+          {"ready": "timer", "node": loop.node, "namespace": settings.namespace})
     try:
         loop.run(stop)
     finally:

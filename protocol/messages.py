@@ -269,6 +269,38 @@ class StepFinished(Payload):
         _check_attempt(self.KIND, self.attempt)
 
 
+PROGRESS_STATES = ("running", "declined")
+
+
+@dataclass(frozen=True)
+class StepProgress(Payload):
+    """An executor's word on a queued attempt, sent without waiting: it is running (sent only for
+    steps still running a moment after they started), or this node declined it (it lacks the task)
+    and handed it back for another one. Cosmetic: losing one changes nothing but what is shown."""
+
+    KIND: ClassVar[str] = "step_progress"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "run_id": _Field(str),
+        "step": _Field(str),
+        "attempt": _Field(int),
+        "state": _Field(str),
+        "node": _Field(str, required=False, default=""),
+        "detail": _Field(str, required=False, default=""),
+    }
+    run_id: str
+    step: str
+    attempt: int
+    state: str
+    node: str = ""
+    detail: str = ""
+
+    def check(self) -> None:
+        _check_attempt(self.KIND, self.attempt)
+        if self.state not in PROGRESS_STATES:
+            raise MessageRejected(Reason.BAD_VALUE, f"step_progress 'state' must be one of {PROGRESS_STATES}",
+                                  "state")
+
+
 @dataclass(frozen=True)
 class DeadLetterReport(Payload):
     """A consumer rejected a message: archive it (sent by any node to the results queue)."""

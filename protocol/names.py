@@ -15,6 +15,7 @@ RETRY_RUN = "retry_run"
 EXECUTE_STEP = "execute_step"
 RECORD_RESULT = "record_result"
 STEP_FINISHED = "step_finished"
+STEP_PROGRESS = "step_progress"
 RECORD_DEAD_LETTER = "record_dead_letter"
 
 
@@ -37,7 +38,7 @@ class QueueNames:
     def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = check_namespace(namespace)
         self.ingress = f"{namespace}.ingress"  # start_workflow, cancel_run, retry_run: open to producers
-        self.coordinator = f"{namespace}.coordinator"  # step_finished: internal
+        self.coordinator = f"{namespace}.coordinator"  # step_finished, step_progress: internal
         self.results = f"{namespace}.results"  # record_result, record_dead_letter: internal
         self.steps = f"{namespace}.steps"  # execute_step for the default pool
 
@@ -51,7 +52,7 @@ class QueueNames:
         if base == self.ingress:
             return frozenset({START_WORKFLOW, CANCEL_RUN, RETRY_RUN})
         if base == self.coordinator:
-            return frozenset({STEP_FINISHED})
+            return frozenset({STEP_FINISHED, STEP_PROGRESS})
         if base == self.results:
             return frozenset({RECORD_RESULT, RECORD_DEAD_LETTER})
         if base == self.steps or base.startswith(self.steps + "."):

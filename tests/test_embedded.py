@@ -6,6 +6,7 @@ import logging
 import time
 
 from miniflow.coordinator import Results, StartOutcome, loads
+from miniflow.ops.polling import poll_until
 from miniflow.persistence import AttemptRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol import codec
@@ -165,11 +166,22 @@ def test_a_step_returning_data_that_cannot_be_stored_fails_with_a_clear_error(en
     assert "not JSON-compatible" in run.attempts[0].error
 
 
-def test_an_unregistered_task_fails_the_attempt_naming_the_task(engine):
+def test_a_step_no_executor_can_run_waits_with_a_note_and_uses_no_attempt(engine):
     engine.deploy(loads("name: missing-task\nsteps:\n  - {name: a, task: no.such.task}\n"))
-    run = engine.wait(engine.submit("missing-task"), timeout=30)
-    assert run.status == "failed"
-    assert "task 'no.such.task' is not registered on this node" in run.error
+    key = engine.submit("missing-task")
+
+    def noted():
+        with engine.db.connect() as conn:
+            run_id = repo.run_id_for_key(conn, key)
+            step = repo.get_steps(conn, run_id)["a"] if run_id else None
+        return (run_id, step) if step is not None and step.note else None
+
+    run_id, step = poll_until(noted, timeout=30, what="the step's note")
+    assert "task 'no.such.task' is not registered on executor" in step.note
+    assert step.status == "queued" and step.attempt == 1
+    engine.cancel(run_id)
+    run = engine.wait(key, timeout=30)
+    assert run.status == "cancelled" and run.attempts == []  # handed back, never recorded as an attempt
 
 
 def test_a_step_over_its_timeout_fails_as_a_timeout(engine):

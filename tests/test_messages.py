@@ -415,8 +415,8 @@ def test_ingress_allows_start_cancel_and_retry_but_not_execute_step() -> None:
 
 
 @pytest.mark.parametrize("queue, actors", [
-    ("miniflow.coordinator", {"step_finished"}),
-    ("miniflow.coordinator.DQ", {"step_finished"}),
+    ("miniflow.coordinator", {"step_finished", "step_progress"}),
+    ("miniflow.coordinator.DQ", {"step_finished", "step_progress"}),
     ("miniflow.results", {"record_result", "record_dead_letter"}),
     ("miniflow.results.DQ", {"record_result", "record_dead_letter"}),
     ("miniflow.steps", {"execute_step"}),

@@ -25,11 +25,13 @@ PIPED_WIDTH = 4096  # piped output is not cut at 80 columns: a line is as long a
 
 def _console(stderr: bool) -> Console:
     """A console for a terminal as usual; for a pipe or a file, lines are never wrapped or cut
-    (COLUMNS, when set, is the width of tables)."""
+    (COLUMNS, when set, is the width of tables). Markup is off: text from messages and steps is
+    printed as it is (styles are set with rich Text objects, never parsed from strings)."""
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=int(os.environ.get("COLUMNS") or 0) or PIPED_WIDTH, soft_wrap=True)
+        return Console(stderr=stderr, markup=False, highlight=False)
+    return Console(stderr=stderr, width=int(os.environ.get("COLUMNS") or 0) or PIPED_WIDTH, soft_wrap=True,
+                   markup=False, highlight=False)
 
 
 console = _console(stderr=False)
@@ -58,6 +60,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             params[key] = value
     return params
+
+
+def say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """The outcome of a command: ``data`` as JSON with --json, else ``text``."""
+    if as_json:
+        print_json(console, data)
+    else:
+        console.print(text)
 
 
 class _Follower:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from miniflow.coordinator import Workflow
 from miniflow.protocol.states import StepStatus
@@ -41,7 +42,7 @@ class LiveView:
         for col in ("step", "status", "attempt", "duration"):
             table.add_column(col)
         for name, st in self.state.items():
-            table.add_row(name, st["status"], str(st["attempt"] or "-"), fmt_ms(st["ms"]))
+            table.add_row(Text(name), Text(str(st["status"])), str(st["attempt"] or "-"), fmt_ms(st["ms"]))
         return table
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
@@ -51,13 +52,13 @@ class LiveView:
             st["attempt"] = data.get("attempt", st["attempt"])
             if kind == "step_started":
                 st["status"] = RUNNING
-                line = f"[cyan]▶ {step}[/] started (attempt {st['attempt']})"
+                line = Text.assemble((f"▶ {step}", "cyan"), f" started (attempt {st['attempt']})")
             else:
                 st["status"] = StepStatus.SUCCEEDED if data.get("ok") else StepStatus.FAILED
                 st["ms"] = data.get("duration_ms")
-                line = (f"[green]✔ {step}[/] finished in {fmt_ms(st['ms'])}" if data.get("ok") else
-                        f"[red]✘ {step}[/] failed on attempt {st['attempt']}: {data.get('error')}")
+                line = Text.assemble((f"✔ {step}", "green"), f" finished in {fmt_ms(st['ms'])}") if data.get("ok") \
+                    else Text.assemble((f"✘ {step}", "red"), f" failed on attempt {st['attempt']}: {data.get('error')}")
             if not self.quiet:
-                self.console.print(line, highlight=False)
+                self.console.print(line)
         if self.live:
             self.live.update(self._table())

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from rich.text import Text
 
 from miniflow.coordinator import load_file
 from miniflow.persistence import Database
@@ -56,8 +57,8 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
     else:
         console.print(steps_table(detail, title=f"run {result.run_id} of {workflow.name}"))
         style = "green" if result.status == RunStatus.SUCCEEDED else "red"
-        console.print(f"[{style}]run {result.status}[/] in {fmt_ms(detail['duration_ms'])}"
-                      + (f": {result.error}" if result.error else ""))
+        console.print(Text.assemble((f"run {result.status}", style), f" in {fmt_ms(detail['duration_ms'])}"
+                                    + (f": {result.error}" if result.error else "")))
         for s in detail["steps"]:
             if s["status"] == StepStatus.SUCCEEDED and workflow.dependents(s["step"]) == []:
                 console.print(f"output of {s['step']}: {json.dumps(s['output'], default=str)[:500]}")

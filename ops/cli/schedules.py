@@ -6,6 +6,7 @@ from datetime import datetime
 
 import click
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import Connection
 
 from miniflow.actors import make_broker
@@ -19,7 +20,7 @@ from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
 from ..views import iso, print_json, schedule_to_dict, secret_params
-from .common import console, database_of, parse_params, settings_of
+from .common import console, database_of, parse_params, say, settings_of
 
 
 @click.group()
@@ -103,8 +104,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("name", "workflow", "cron", "timezone", "catch-up", "overlap", "next tick", "state")
     for r in rows:
-        table.add_row(r.name, r.workflow, r.cron, r.timezone, r.catch_up, r.overlap,
-                      (iso(r.next_due_at) or "-")[:19], "paused" if r.paused else "active")
+        table.add_row(*(Text(v) for v in (r.name, r.workflow, r.cron, r.timezone, r.catch_up, r.overlap,
+                                          (iso(r.next_due_at) or "-")[:19], "paused" if r.paused else "active")))
     console.print(table)
 
 
@@ -146,8 +147,8 @@ def show(ctx: click.Context, name: str, count: int, ticks: int, as_json: bool) -
                   highlight=False)
     table = Table("due", "outcome", "run", "late", "detail", title="recent ticks", title_justify="left")
     for t in detail["ticks"]:
-        table.add_row((t["due_at"] or "")[:23], t["outcome"], (t["run_id"] or "-")[:8],
-                      f"{t['lateness_ms']:.0f} ms", t["detail"] or "")
+        table.add_row(*(Text(v) for v in ((t["due_at"] or "")[:23], t["outcome"], (t["run_id"] or "-")[:8],
+                                          f"{t['lateness_ms']:.0f} ms", t["detail"] or "")))
     console.print(table)
 
 
@@ -169,29 +170,34 @@ def _change(ctx: click.Context, name: str, action: str) -> datetime | None:
 
 @schedules.command("pause")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def pause(ctx: click.Context, name: str) -> None:
+def pause(ctx: click.Context, name: str, as_json: bool) -> None:
     """Stop firing (ticks while paused are not recorded)."""
     _change(ctx, name, "pause")
-    console.print(f"schedule {name}: paused", highlight=False)
+    say(as_json, {"schedule": name, "state": "paused"}, f"schedule {name}: paused")
 
 
 @schedules.command("resume")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def resume(ctx: click.Context, name: str) -> None:
+def resume(ctx: click.Context, name: str, as_json: bool) -> None:
     """Fire again from the next tick after now."""
     due = _change(ctx, name, "resume")
-    console.print(f"schedule {name}: resumed, next tick {iso(due) or 'none (window ended)'}", highlight=False)
+    say(as_json, {"schedule": name, "state": "active", "next_due_at": iso(due)},
+          f"schedule {name}: resumed, next tick {iso(due) or 'none (window ended)'}")
 
 
 @schedules.command("delete")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def delete(ctx: click.Context, name: str) -> None:
+def delete(ctx: click.Context, name: str, as_json: bool) -> None:
     """Delete a schedule and its ledger (runs it started stay)."""
     _change(ctx, name, "delete")
-    console.print(f"schedule {name}: deleted", highlight=False)
+    say(as_json, {"schedule": name, "state": "deleted"}, f"schedule {name}: deleted")
+
 
 
 @schedules.command("trigger")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from miniflow.actors import ROLES
+from miniflow.actors.progress import RUNNING_AFTER_S
 
 from ..worker import default_threads, run_timer, run_worker
 from .common import settings_of
@@ -20,20 +24,32 @@ from .common import settings_of
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="Worker threads [default: 16 with the coordinator or results role, which mostly wait on "
                    "the database and the broker; 8 for an executor].")
+@click.option("--report-running-after", "running_after", default=RUNNING_AFTER_S, show_default=True,
+              type=click.FloatRange(0), help="Seconds a step runs before its executor tells the coordinator (the "
+              "step then shows as running); faster steps send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as a JSON object (on stderr).")
 @click.pass_context
 def worker(ctx: click.Context, roles: tuple[str, ...], steps: tuple[str, ...], pools: tuple[str, ...],
-           threads: int | None) -> None:
+           threads: int | None, running_after: float, as_json: bool) -> None:
     """Serve actors on this node until SIGINT/SIGTERM (executors need only the broker)."""
     roles_list = list(roles) or (["executor"] if steps and not roles else [])
     code = run_worker(settings_of(ctx), roles_list, list(steps), list(pools), threads or default_threads(roles_list),
-                      ready=lambda line: click.echo(line, err=True))
+                      ready=_ready(as_json), running_after_s=running_after)
     sys.exit(code)
 
 
 @click.command()
 @click.option("--max-sleep", default=1.0, show_default=True, type=float,
               help="Longest wait between passes (new and paused schedules are seen this fast).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as a JSON object (on stderr).")
 @click.pass_context
-def timer(ctx: click.Context, max_sleep: float) -> None:
+def timer(ctx: click.Context, max_sleep: float, as_json: bool) -> None:
     """Run a cron timer until SIGINT/SIGTERM (run as many as you like: each tick fires once)."""
-    sys.exit(run_timer(settings_of(ctx), max_sleep, ready=lambda line: click.echo(line, err=True)))
+    sys.exit(run_timer(settings_of(ctx), max_sleep, ready=_ready(as_json)))
+
+
+def _ready(as_json: bool) -> Callable[[str, dict[str, Any]], None]:
+    def say(line: str, data: dict[str, Any]) -> None:
+        click.echo(json.dumps(data) if as_json else line, err=True)
+
+    return say

@@ -31,6 +31,7 @@ from .runs import (
     list_runs,
     lock_run,
     lock_run_with_steps,
+    mark_queued_attempt,
     overdue_results,
     overdue_run_ids,
     run_id_for_key,
@@ -44,7 +45,8 @@ __all__ = [
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "latest_version", "list_dead_letters", "list_definitions",
-    "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "overdue_results", "overdue_run_ids",
+    "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
+    "overdue_run_ids",
     "prune_handled", "record_and_lock", "request_handled", "run_id_for_key", "save_definition", "schedules",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from miniflow.protocol.states import RunStatus, StepStatus
@@ -126,6 +126,16 @@ def update_steps(conn: Connection, run_id: str, steps: Iterable[str], **values: 
     elif names:
         columns, params = set_values(values)
         conn.execute(update_statement(run_steps, True, columns), {"p_run_id": run_id, "p_steps": names, **params})
+
+
+def mark_queued_attempt(conn: Connection, run_id: str, step: str, attempt: int, **values: Any) -> bool:
+    """Set columns of a step only while ``attempt`` is its current, queued attempt (a step that has
+    moved on is left alone, so no lock is needed); True when the step was changed."""
+    flush(conn)
+    query = (update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step == step,
+                                     run_steps.c.attempt == attempt, run_steps.c.status == StepStatus.QUEUED)
+             .values(**values))
+    return (conn.execute(query).rowcount or 0) == 1
 
 
 def unadvanced_attempts(conn: Connection, recorded_before: datetime, limit: int = 100) -> list[tuple[str, str, int]]:
