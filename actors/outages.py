@@ -82,6 +82,11 @@ class Outages:
     def is_down(self, dependency: str) -> bool:
         return dependency in self._down
 
+    def watching(self, dependency: str) -> bool:
+        """Whether this process keeps the dependency (a worker or timer); one-shot commands do not:
+        their failures are errors, told once by the command itself."""
+        return dependency in self._where
+
     def remind(self) -> None:
         now = self.clock()
         with self._lock:
@@ -156,9 +161,9 @@ class OutageFilter(logging.Filter):
         dependency = self._dependency(record)
         if dependency is None:
             return True
-        exc = record.exc_info[1] if record.exc_info else None
-        cause = type(exc).__name__ if exc is not None else record.getMessage().splitlines()[0][:120]
-        self.outages.failed(dependency, cause)
+        if self.outages.watching(dependency):
+            exc = record.exc_info[1] if record.exc_info else None
+            self.outages.failed(dependency, type(exc).__name__ if exc is not None else "connection failed")
         return self.verbose
 
     def _dependency(self, record: logging.LogRecord) -> str | None:

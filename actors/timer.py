@@ -23,6 +23,7 @@ from miniflow.coordinator import Outgoing, Scheduler
 from miniflow.coordinator.schedule_policy import TickOutcome, jitter_for
 from miniflow.persistence import Database
 from miniflow.persistence.repository import schedules as srepo
+from miniflow.persistence.sealing import KeyRing
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.names import QueueNames
 
@@ -53,11 +54,11 @@ class Timer:
 
     def __init__(self, db: Database, broker: dramatiq.Broker | None, names: QueueNames, *,
                  clock: Clock = utcnow, relay: Relay | None = None, node: str | None = None,
-                 max_sleep_s: float = 1.0) -> None:
+                 max_sleep_s: float = 1.0, keys: KeyRing | None = None) -> None:
         self.db = db
         self.clock = clock
         self.node = node or node_name()
-        self.scheduler = Scheduler(names, node=self.node)
+        self.scheduler = Scheduler(names, node=self.node, keys=keys)
         if relay is None:
             assert broker is not None, "a timer needs a broker or a relay"
             relay = Relay(broker, db)

@@ -16,7 +16,8 @@ from miniflow.persistence import AttemptRow, DeadLetterRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol import codec
 from miniflow.protocol.codes import Reason
-from miniflow.protocol.errors import MessageRejected
+from miniflow.protocol.errors import DecodeFailed, MessageRejected
+from miniflow.protocol.masking import mask_fields, mask_params
 from miniflow.protocol.messages import DeadLetterReport, StepFinished, StepResult
 from miniflow.protocol.names import STEP_FINISHED
 
@@ -71,5 +72,29 @@ class Results:
     def record_dead_letter(self, conn: Connection, report: DeadLetterReport) -> None:
         repo.insert_dead_letter(conn, DeadLetterRow(
             queue=report.queue[:255], code=report.code[:64], detail=report.detail[:MAX_DETAIL],
-            raw=report.raw[:codec.RAW_KEEP], created_at=self.coordinator.clock(), message_id=report.message_id,
-            actor=report.actor, node=report.node))
+            raw=self._masked(conn, report.raw[:codec.RAW_KEEP]), created_at=self.coordinator.clock(),
+            message_id=report.message_id, actor=report.actor, node=report.node))
+
+    def _masked(self, conn: Connection, raw: bytes) -> bytes:
+        """The archived copy with the values of secret params masked, where it decodes as a message
+        naming its secret params (a step message) or a deployed workflow (a start). A copy that does
+        not decode (cut at RAW_KEEP bytes, or not msgpack) is kept as it came."""
+        try:
+            fields = codec.unpack(raw)
+        except DecodeFailed:
+            return raw
+        args = fields.get("args")
+        payload = args[0] if isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict) else None
+        if payload is None or not isinstance(payload.get("params"), dict):
+            return raw
+        secrets = {s for s in payload.get("secret_params") or [] if isinstance(s, str)}
+        workflow, version = payload.get("workflow"), payload.get("version")
+        if isinstance(workflow, str):
+            secrets |= self.coordinator.catalog.secret_params(
+                conn, workflow, version if isinstance(version, int) and not isinstance(version, bool) else None)
+        if not secrets:
+            return raw
+        masked = {**payload, "params": mask_params(payload["params"], secrets)}
+        if isinstance(payload.get("inputs"), dict):
+            masked["inputs"] = mask_fields(payload["inputs"], secrets)
+        return codec.pack({**fields, "args": [masked]})

@@ -21,9 +21,10 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, RunRow, StepRow, after_commit
 from miniflow.persistence import repository as repo
+from miniflow.persistence.sealing import KeyRing, open_params, seal_params
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.codes import Reason
-from miniflow.protocol.errors import EncodeFailed, MessageRejected
+from miniflow.protocol.errors import EncodeFailed, MessageRejected, SealError
 from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepProgress, StepTask
 from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
@@ -66,13 +67,14 @@ class Coordinator:
 
     def __init__(self, names: QueueNames, *, clock: Clock = utcnow, rng: random.Random | None = None,
                  instrument: Instrument | None = None, result_grace_s: float = RESULT_GRACE_S,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, keys: KeyRing | None = None) -> None:
         self.names = names
         self.clock = clock
         self.result_grace_s = result_grace_s
         self.rng = rng or random.Random()
         self.instrument = instrument or Instrument()
         self.catalog = catalog or Catalog()
+        self.keys = keys  # seals secret params at rest (None: a start that gives some is rejected)
 
     def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
         return self.catalog.workflow(conn, name, version)
@@ -90,7 +92,7 @@ class Coordinator:
         key = start.idempotency_key or f"message:{message_id}"
         try:
             workflow = self._workflow_to_start(conn, start)
-            params = resolve_params(workflow, start.params)
+            params = self._sealed(workflow, resolve_params(workflow, start.params))
         except MessageRejected:
             # A re-sent start whose run exists is a duplicate, even if a later deploy would reject it.
             existing = repo.run_id_for_key(conn, key)
@@ -116,6 +118,14 @@ class Coordinator:
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
         return StartOutcome(run.id, True, outbox.flush())
+
+    def _sealed(self, workflow: Workflow, params: dict[str, Any]) -> dict[str, Any]:
+        secrets = workflow.secret_params()
+        if self.keys is None and any(params.get(name) is not None for name in secrets):
+            raise MessageRejected(Reason.NO_DATA_KEY, f"workflow {workflow.name!r} has secret params, and this "
+                                  "coordinator has no data key to store them sealed (MINIFLOW_DATA_KEY or "
+                                  "MINIFLOW_DATA_KEY_FILE)", "params")
+        return seal_params(params, secrets, self.keys)
 
     def _workflow_to_start(self, conn: Connection, start: StartWorkflow) -> Workflow:
         workflow = self.catalog.workflow(conn, start.workflow, start.version)
@@ -148,10 +158,15 @@ class Coordinator:
         mark = outbox.mark()
         groups: Groups = {}
         delay_ms = int(delay_s * 1000) if delay_s else None
+        try:
+            params = open_params(run.params, self.keys)  # executors get secret params opened
+        except SealError as exc:
+            return Undispatchable(attempts[0][0], f"the run's secret params cannot be opened: {exc}") \
+                if attempts else {}
         for step, attempt in attempts:
             spec = workflow.steps[step]
             task = StepTask(run_id=run.id, workflow=workflow.name, step=step, attempt=attempt,
-                            task=spec.task, params=run.params, config=spec.config,
+                            task=spec.task, params=params, config=spec.config,
                             inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
                             secret_params=workflow.secret_param_list)
             options: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from miniflow.persistence import ScheduleRow, TickRow
 from miniflow.persistence import repository as repo
 from miniflow.persistence.repository import schedules as srepo
 from miniflow.persistence.rows import values_of
+from miniflow.persistence.sealing import KeyRing, open_params, seal_params
 from miniflow.protocol.errors import DefinitionError, MessageRejected
 from miniflow.protocol.messages import CancelRun, StartWorkflow
 from miniflow.protocol.names import CANCEL_RUN, START_WORKFLOW, QueueNames
@@ -48,10 +49,12 @@ IN_FLIGHT_S = 60.0  # a start sent this recently whose run does not exist yet co
 class Scheduler:
     """Schedules and their ticks. ``node`` names the timer in the ledger rows it writes."""
 
-    def __init__(self, names: QueueNames, *, node: str | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, names: QueueNames, *, node: str | None = None, catalog: Catalog | None = None,
+                 keys: KeyRing | None = None) -> None:
         self.names = names
         self.node = node
         self.catalog = catalog or Catalog()
+        self.keys = keys  # seals the secret params a schedule stores
 
     # -- definitions ------------------------------------------------------------------------------
     def add(self, conn: Connection, spec: ScheduleSpec, now: datetime, *, replace: bool = False,
@@ -66,13 +69,14 @@ class Scheduler:
             resolve_params(workflow, spec.params)
         except MessageRejected as exc:
             raise DefinitionError(where, exc.detail) from None
+        params = seal_params(spec.params, workflow.secret_params(), self.keys)
         first = check_fires(parse_cron(spec.cron, spec.timezone, where), now, spec.start, spec.end, where)
         existing = srepo.get_schedule(conn, spec.name)
         if existing is not None and not replace:
             raise DefinitionError(where, "already exists (use --replace to change it)")
         row = ScheduleRow(
             id=existing.id if existing else str(uuid.uuid4()), name=spec.name, workflow=spec.workflow,
-            cron=spec.cron, timezone=spec.timezone, params=spec.params, catch_up=spec.catch_up.policy,
+            cron=spec.cron, timezone=spec.timezone, params=params, catch_up=spec.catch_up.policy,
             overlap=spec.overlap, created_at=existing.created_at if existing else now, updated_at=now,
             version=spec.version, start_at=spec.start, end_at=spec.end, jitter_s=spec.jitter_s,
             catch_up_limit=spec.catch_up.limit, catch_up_grace_s=spec.catch_up.grace_s, priority=spec.priority,
@@ -132,8 +136,9 @@ class Scheduler:
                        detail=detail, node=self.node)
 
     def _start(self, outbox: Outbox, row: ScheduleRow, key: str) -> None:
-        start = StartWorkflow(workflow=row.workflow, version=row.version, params=dict(row.params or {}),
-                              idempotency_key=key, priority=row.priority)
+        start = StartWorkflow(workflow=row.workflow, version=row.version,
+                              params=open_params(row.params or {}, self.keys), idempotency_key=key,
+                              priority=row.priority)
         outbox.add(self.names.ingress, START_WORKFLOW, start.to_payload())
 
     def previous_run(self, conn: Connection, row: ScheduleRow, now: datetime) -> tuple[bool, str | None]:

@@ -14,9 +14,11 @@ import dramatiq
 from miniflow.actors import ROLES, EmbeddedBroker, Node, declare_topology, make_broker
 from miniflow.actors import registry as step_registry
 from miniflow.actors.guard import as_message
-from miniflow.coordinator import Workflow, resolve_params
+from miniflow.actors.middleware import TracingInstrument
+from miniflow.coordinator import Coordinator, Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
 from miniflow.persistence import repository as repo
+from miniflow.persistence.sealing import KeyRing
 from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import DefinitionError
 from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow
@@ -44,7 +46,8 @@ class EmbeddedEngine:
     from the executor (step started / finished) go to ``on_event``."""
 
     def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
-                 pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None) -> None:
+                 pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None,
+                 keys: KeyRing | None = None) -> None:
         self.db = Database(database_url)
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -53,7 +56,10 @@ class EmbeddedEngine:
         broker = make_broker(None, self.names)
         assert isinstance(broker, EmbeddedBroker)
         self.broker = broker
-        self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools,
+        # Without a configured data key, secret params are sealed with a key that lives as long as
+        # this process: the embedded mode's runs begin and end in it.
+        coordinator = Coordinator(self.names, instrument=TracingInstrument(), keys=keys or KeyRing.ephemeral())
+        self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools, coordinator=coordinator,
                          listener=lambda kind, data: self.events.put((kind, data)))
         declare_topology(self.broker, self.names, pools)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
@@ -156,7 +162,8 @@ class EmbeddedEngine:
 
 
 def run_embedded(workflow: Workflow, params: dict[str, Any], database_url: str, *, source: str | None = None,
-                 threads: int = 8, timeout: float | None = None, on_event: Listener | None = None) -> EmbeddedRun:
+                 threads: int = 8, timeout: float | None = None, on_event: Listener | None = None,
+                 keys: KeyRing | None = None) -> EmbeddedRun:
     """Run one workflow in this process and return how it ended (`miniflow run`)."""
     missing = [f"step {s.name!r} uses task {s.task!r}" for s in workflow.steps.values()
                if s.task not in step_registry]
@@ -165,7 +172,7 @@ def run_embedded(workflow: Workflow, params: dict[str, Any], database_url: str, 
                               + "; ".join(missing) + " (pass --steps MODULE)")
     resolve_params(workflow, params)  # bad params fail here, before anything runs
     pools = [s.queue for s in workflow.steps.values() if s.queue]
-    with EmbeddedEngine(database_url, threads=threads, pools=pools, on_event=on_event) as engine:
+    with EmbeddedEngine(database_url, threads=threads, pools=pools, on_event=on_event, keys=keys) as engine:
         version = engine.deploy(workflow, source)
         key = engine.submit(workflow.name, params, version=version)
         return engine.wait(key, timeout=timeout)

@@ -7,6 +7,8 @@
     MINIFLOW_LOG_LEVEL      DEBUG, INFO, WARNING (default), ERROR
     MINIFLOW_LOG_FORMAT     text (default) or json
     MINIFLOW_JAEGER_URL     base URL of a Jaeger UI: `miniflow runs show` then links a run's trace
+    MINIFLOW_DATA_KEY       a data key (base64url of 32 bytes) that seals secret params at rest
+    MINIFLOW_DATA_KEY_FILE  a file of data keys, one `id:key` per line, the first current (rotation)
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 ones the test suite and fault injection own (MINIFLOW_TEST_*, MINIFLOW_FAULTPOINT).
@@ -16,17 +18,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from miniflow.actors.faults import POINTS
 from miniflow.persistence.db import DEFAULT_SQLITE_URL, normalise_url
+from miniflow.persistence.sealing import KeyRing
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.masking import mask_url
 from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
-         "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL"}
+         "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE"}
 OWNED_ELSEWHERE = ("MINIFLOW_TEST_", "MINIFLOW_FAULTPOINT")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
@@ -41,6 +44,7 @@ class Settings:
     jaeger_url: str | None = None
     faultpoints: frozenset[str] = frozenset()  # MINIFLOW_FAULTPOINT: crash points for fault tests
     database_configured: bool = False  # MINIFLOW_DATABASE_URL was given (not the SQLite default)
+    data_keys: KeyRing | None = field(default=None, repr=False)  # MINIFLOW_DATA_KEY(_FILE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,7 +79,7 @@ class Settings:
             raise ConfigError(f"MINIFLOW_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
                               f"known: {', '.join(sorted(POINTS))}")
         return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
-                       faultpoints=faults)
+                       faultpoints=faults, data_keys=_data_keys(env))
 
     def require_broker(self) -> str:
         if not self.broker_url:
@@ -87,6 +91,15 @@ class Settings:
         broker = mask_url(self.broker_url) if self.broker_url else "embedded"
         database = f" database={mask_url(self.database_url)}" if with_database else ""
         return f"broker={broker}{database} namespace={self.namespace}"
+
+
+def _data_keys(env: Mapping[str, str]) -> KeyRing | None:
+    key, path = env.get("MINIFLOW_DATA_KEY") or None, env.get("MINIFLOW_DATA_KEY_FILE") or None
+    if key and path:
+        raise ConfigError("set MINIFLOW_DATA_KEY or MINIFLOW_DATA_KEY_FILE, not both")
+    if path:
+        return KeyRing.from_file(path)
+    return KeyRing.parse(key, "MINIFLOW_DATA_KEY") if key else None
 
 
 def check_broker_url(url: str) -> str:

@@ -29,10 +29,12 @@ from miniflow.actors import (
 )
 from miniflow.actors.broker import check_broker
 from miniflow.actors.faults import FaultPoints
+from miniflow.actors.middleware import TracingInstrument
 from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
 from miniflow.actors.progress import RUNNING_AFTER_S
 from miniflow.actors.relay import Relay
 from miniflow.actors.timer import Timer, limit_idle_transactions
+from miniflow.coordinator import Coordinator
 from miniflow.persistence import Database
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
@@ -100,8 +102,9 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     broker = make_broker(url, names)
+    coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
-                running_after_s=running_after_s)
+                running_after_s=running_after_s, coordinator=coordinator)
     declare_topology(broker, names, pools)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     stop = _stop_on_signals()
@@ -139,7 +142,7 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line
     broker = make_broker(url, names)
     declare_topology(broker, names)
     relay = Relay(broker, database)
-    loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s)
+    loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s, keys=settings.data_keys)
     stop = _stop_on_signals()
     relay.start()
     ready(f"miniflow timer ready: node={loop.node} {settings.describe()}",

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     INVALID_PARAMS = "invalid_params"
     UNKNOWN_RUN = "unknown_run"
     UNKNOWN_STEP = "unknown_step"
+    NO_DATA_KEY = "no_data_key"
     # processing: handling the message failed (actors.middleware.rejections)
     RETRIES_EXHAUSTED = "retries_exhausted"
     ACTOR_NOT_FOUND = "actor_not_found"

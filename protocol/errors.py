@@ -8,7 +8,8 @@
     ├── BrokerUnavailable             could not reach RabbitMQ, or a publish was not confirmed (URL masked)
     ├── PersistenceError              persistence/: the database
     │   ├── DatabaseUnavailable       could not reach or talk to the database (URL masked)
-    │   └── VersionConflict           a workflow version number already stored with another definition
+    │   ├── VersionConflict           a workflow version number already stored with another definition
+    │   └── SealError                 a sealed secret param that cannot be opened (its key is missing)
     ├── CoordinatorError              coordinator/: workflows and their runs
     │   └── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
     ├── ActorError                    actors/: running steps
@@ -91,6 +92,10 @@ class DatabaseUnavailable(PersistenceError):
 class VersionConflict(PersistenceError):
     """A workflow version number that is already stored with a different definition (versions are
     immutable)."""
+
+
+class SealError(PersistenceError):
+    """A sealed secret param that cannot be opened: its data key is not configured, or it was altered."""
 
 
 # -- coordinator ---------------------------------------------------------------------------------

@@ -85,3 +85,14 @@ def hold(ctx: StepContext) -> dict[str, Any]:
         while not (gate / "release").exists() and time.monotonic() < end:
             time.sleep(0.05)
     return {"node": ctx.node}
+
+
+@step("test.secret_length")
+def secret_length(ctx: StepContext) -> dict[str, Any]:
+    """Uses a secret param without returning it: proves the executor got it in the clear."""
+    return {"length": len(str(ctx.params["token"]))}
+
+
+@step("test.timeout_error")
+def timeout_error(ctx: StepContext) -> None:
+    raise TimeoutError("step exceeded its deadline in this timeout test")

@@ -3,6 +3,7 @@ line and the documented exit code, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,42 @@ def test_validate_reports_every_problem_of_every_file_given(tmp_path: Path) -> N
     assert any("step 'b'" in e and "unknown step 'ghost'" in e for e in errors), done.stderr
     assert any(str(not_yaml) in e and "not valid YAML" in e for e in errors), done.stderr
     assert len(errors) == 3
+
+
+def test_runs_show_prints_the_steps_in_dag_order_and_the_failing_attempts_traceback(tmp_path: Path) -> None:
+    flow = tmp_path / "fails.yaml"
+    flow.write_text("name: fails\nsteps:\n  - {name: zz_first, task: test.echo}\n"
+                    "  - {name: aa_then, task: test.boom, needs: [zz_first]}\n")
+    ran = miniflow(tmp_path, "run", str(flow), "--steps", "tests.steps_for_tests", "--json")
+    assert ran.returncode == 1, ran.stderr
+    run_id = json.loads(ran.stdout)["id"]
+    shown = miniflow(tmp_path, "runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    names = [name for line in rows for name in ("zz_first", "aa_then") if name in line]
+    assert names == ["zz_first", "aa_then"]  # the workflow's order, not alphabetical
+    assert "failed attempts:" in out and "aa_then attempt 1" in out and "(ValueError)" in out
+    assert "raise ValueError(\"the input is broken\")" in out  # the traceback's last lines
+    detail = json.loads(miniflow(tmp_path, "runs", "show", run_id, "--json").stdout)
+    assert "Traceback" in detail["attempts"][-1]["traceback"]
+    key = detail["idempotency_key"]
+    by_key = miniflow(tmp_path, "runs", "show", "--key", key, "--json")
+    assert json.loads(by_key.stdout)["id"] == run_id
+
+
+def test_start_with_a_missing_required_param_exits_2_before_publishing(tmp_path: Path) -> None:
+    flow = tmp_path / "needs.yaml"
+    flow.write_text("name: needs-region\nparams: {region: {required: true}}\nsteps:\n  - {name: a, task: test.echo}\n")
+    assert miniflow(tmp_path, "db", "upgrade").returncode == 0
+    assert miniflow(tmp_path, "deploy", str(flow)).returncode == 0
+    env = {"PATH": "/usr/bin:/bin", "MINIFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+           "MINIFLOW_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F"}
+    done = subprocess.run([str(MINIFLOW), "start", "needs-region"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    # exit 2 with the reason; a publish would have failed on the closed broker port with exit 3
+    assert done.returncode == 2, done.stderr
+    assert "needs param(s)" in done.stderr and "nothing was published" in done.stderr
+    unknown = subprocess.run([str(MINIFLOW), "start", "no-such-flow"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert unknown.returncode == 2 and "is not deployed" in unknown.stderr

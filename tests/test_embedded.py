@@ -486,3 +486,27 @@ def test_a_start_sent_again_after_a_redeploy_that_would_reject_it_finds_its_run(
             time.sleep(0.02)
     assert engine.wait("evolve-1", timeout=30).run_id == first.run_id
     assert dead_letters(engine) == []
+
+
+def test_a_failed_attempt_keeps_its_traceback(engine):
+    engine.deploy(loads("name: tb\nsteps:\n  - {name: a, task: test.boom}\n"))
+    run = engine.wait(engine.submit("tb"), timeout=30)
+    trace = run.attempts[0].traceback or ""
+    assert trace.startswith("Traceback") and "in boom" in trace and "ValueError: the input is broken" in trace
+    assert run.attempts[0].error_type == "ValueError"
+
+
+def test_a_long_step_shows_as_running_on_its_node_until_it_ends(engine):
+    engine.deploy(loads("name: long\nsteps:\n  - {name: nap, task: test.sleep, config: {seconds: 2}}\n"))
+    key = engine.submit("long")
+
+    def running():
+        with engine.db.connect() as conn:
+            run_id = repo.run_id_for_key(conn, key)
+            step = repo.get_steps(conn, run_id)["nap"] if run_id else None
+        return step if step is not None and step.running else None
+
+    step = poll_until(running, timeout=30, what="the step to show as running")
+    assert step.node == engine.node.node and step.started_at is not None
+    run = engine.wait(key, timeout=30)
+    assert run.status == "succeeded" and not run.steps[0].running

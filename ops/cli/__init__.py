@@ -31,6 +31,7 @@ from ..settings import Settings
 from .common import err
 from .dead_letters import dead_letters
 from .definitions import db, deploy, workflows
+from .keys import keys
 from .run import run, validate
 from .runs import runs
 from .schedules import schedules
@@ -48,7 +49,7 @@ def cli(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules):
+for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

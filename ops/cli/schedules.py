@@ -73,7 +73,7 @@ def add(ctx: click.Context, name: str | None, from_file: str | None, workflow: s
             "catch_up": {"policy": catch_up, "limit": catch_up_limit, "grace": grace},
         }, workflow, "command line")]
     database = database_of(ctx)
-    scheduler = Scheduler(QueueNames(settings_of(ctx).namespace))
+    scheduler = Scheduler(QueueNames(settings_of(ctx).namespace), keys=settings_of(ctx).data_keys)
     now = utcnow()
     with database.transaction() as conn:
         added = [scheduler.add(conn, spec, now, replace=replace, source=from_file) for spec in specs]
@@ -212,7 +212,7 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
     database = database_of(ctx)
     with database.transaction() as conn:
         _named(conn, name)
-        key, outgoing = Scheduler(names, node="cli").trigger(conn, name, utcnow())
+        key, outgoing = Scheduler(names, node="cli", keys=settings.data_keys).trigger(conn, name, utcnow())
     broker = make_broker(url, names)
     try:
         relay = Relay(broker, database)

@@ -35,6 +35,7 @@ from .runs import (
     overdue_results,
     overdue_run_ids,
     run_id_for_key,
+    runs_after,
     unadvanced_attempts,
     update_run,
     update_step,
@@ -46,7 +47,7 @@ __all__ = [
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "latest_version", "list_dead_letters", "list_definitions",
     "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
-    "overdue_run_ids",
-    "prune_handled", "record_and_lock", "request_handled", "run_id_for_key", "save_definition", "schedules",
+    "overdue_run_ids", "prune_handled", "record_and_lock", "request_handled", "run_id_for_key", "runs_after",
+    "save_definition", "schedules",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps",
 ]

@@ -79,6 +79,12 @@ def list_runs(conn: Connection, *, limit: int = 50, status: str | None = None,
     return [from_mapping(RunRow, r) for r in conn.execute(query).mappings()]
 
 
+def runs_after(conn: Connection, after_id: str, limit: int = 500) -> list[RunRow]:
+    """Runs in id order after ``after_id`` (a page of a walk over every run)."""
+    query = select(runs).where(runs.c.id > after_id).order_by(runs.c.id).limit(limit)
+    return [from_mapping(RunRow, r) for r in conn.execute(query).mappings()]
+
+
 def find_run(conn: Connection, prefix: str) -> RunRow | None:
     """A run by id or by a unique id prefix (at least 6 characters)."""
     row = get_run(conn, prefix)
