@@ -26,6 +26,9 @@ BROKER = "broker"
 DATABASE = "database"
 REMIND_EVERY_S = 60.0
 QUIET_S = 2.0  # back only after the probe answers and nothing has failed for this long
+# After a dependency is back, connections made before the outage fail once each as they are
+# replaced: failures this soon after "back" are such stragglers, not a new outage.
+REARM_S = 15.0
 PROBE_EVERY_S = 1.0
 logger = logging.getLogger("miniflow.outage")
 
@@ -49,6 +52,7 @@ class Outages:
         self._targets: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._prober: threading.Thread | None = None
+        self._back_at: dict[str, float] = {}
 
     def watch(self, dependency: str, url: str, default_port: int) -> None:
         """Name a dependency by its (masked) URL in the lines, and probe its host and port when down."""
@@ -61,6 +65,8 @@ class Outages:
         now = self.clock()
         with self._lock:
             down = self._down.get(dependency)
+            if down is None and now - self._back_at.get(dependency, -REARM_S) < REARM_S:
+                return  # a straggler of the outage that just ended
             if down is None:
                 self._down[dependency] = _Down(now, now, now, cause)
                 self.log.warning("%s is unreachable (%s); retrying, with a reminder every %.0f s",
@@ -75,6 +81,8 @@ class Outages:
             return
         with self._lock:
             down = self._down.pop(dependency, None)
+            if down is not None:
+                self._back_at[dependency] = self.clock()
         if down is not None:
             self.log.warning("%s is back after %.0f s", self._where.get(dependency, dependency),
                              self.clock() - down.since)

@@ -72,3 +72,18 @@ def test_the_filter_folds_pika_noise_into_the_tracker_and_drops_it(tracked) -> N
     assert outages.is_down(BROKER)
     outages.recovered(BROKER)  # (and its probe thread ends)
     assert OutageFilter(Outages()).filter(noise) is False  # a one-shot command: dropped, nothing tracked
+
+
+def test_stale_connections_failing_right_after_a_recovery_are_not_a_new_outage(tracked) -> None:
+    outages, clock, caplog = tracked
+    outages.failed(BROKER, "ConnectionRefusedError")
+    clock.now += 30
+    outages.recovered(BROKER)
+    clock.now += 1
+    outages.failed(BROKER, "ConnectionResetError")  # an old channel, replaced on its next use
+    outages.recovered(BROKER)
+    assert [r.getMessage().split(" is ")[1][:4] for r in caplog.records] == ["unre", "back"]
+    clock.now += 60
+    outages.failed(BROKER, "ConnectionRefusedError")  # much later: a new outage again
+    assert outages.is_down(BROKER)
+    outages.recovered(BROKER)
