@@ -10,6 +10,7 @@ Measures (full persistence in Postgres, workers as separate processes):
   scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
+  running       diamond-10 again with the executor reporting every step as running (the worst case)
   memory        peak RSS of each worker process
   cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
 Writes bench/results.json and prints a table with each figure's ratio to the baseline.
@@ -75,9 +76,9 @@ def baseline(threads: int) -> dict[str, float]:
 
 
 class Cluster:
-    def __init__(self, env: dict[str, str], threads: int) -> None:
+    def __init__(self, env: dict[str, str], threads: int, *executor_args: str) -> None:
         self.coordinator = Worker(env, "--role", "coordinator", "--role", "results", "--threads", str(threads))
-        self.executor = Worker(env, "--steps", "bench.steps", "--threads", str(threads))
+        self.executor = Worker(env, "--steps", "bench.steps", "--threads", str(threads), *executor_args)
         self.coordinator.wait_ready()
         self.executor.wait_ready()
 
@@ -227,6 +228,14 @@ def main() -> int:
                     results["diamond10_traced"]["spans_received"] = len(receiver.spans)
                 finally:
                     cluster.stop()
+            # Worst case of the "running" reports: every step reports, however short (by default a
+            # step reports only when still running after 0.2 s, so no-op steps send nothing).
+            cluster = Cluster(env, args.threads, "--report-running-after", "0")
+            try:
+                diamond(env, 20)
+                results["diamond10_running_reports"] = diamond(env, args.runs)
+            finally:
+                cluster.stop()
         finally:
             delete_queues(namespace)
 
@@ -245,6 +254,8 @@ def main() -> int:
         "chain10_ms_per_step_vs_confirmed_hop": round(
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
+        "running_report_every_step_vs_default": round(
+            results["diamond10_running_reports"]["steps_per_s"] / steps, 3),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -276,6 +287,8 @@ def print_table(r: dict[str, Any]) -> None:
           for n, v in r["scale"].items()],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
+        ("diamond-10 steps/s, every step reporting running", f"{r['diamond10_running_reports']['steps_per_s']:.0f}",
+         f"{r['ratios']['running_report_every_step_vs_default']:.2f} of the default (no reports for short steps)"),
         ("peak RSS MB (coordinator+results / executor)",
          f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
     ]

@@ -53,16 +53,18 @@ def _check_start(ctx: click.Context, workflow: str, version: int | None, params:
 @click.option("--priority", default=0, type=click.IntRange(0, 9), show_default=True)
 @click.option("--wait", is_flag=True, help="Follow the run to its end (needs MINIFLOW_DATABASE_URL).")
 @click.option("--timeout", default=None, type=float, help="With --wait: give up after this many seconds.")
+@click.option("--no-check", "no_check", is_flag=True,
+              help="Publish without checking the workflow and params against the database first.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def start(ctx: click.Context, workflow: str, params: tuple[str, ...], version: int | None, key: str | None,
-          priority: int, wait: bool, timeout: float | None, as_json: bool) -> None:
+          priority: int, wait: bool, timeout: float | None, no_check: bool, as_json: bool) -> None:
     """Publish a start-workflow message (exit 0 once confirmed; with --wait, once the run succeeds)."""
     settings = settings_of(ctx)
     url = settings.require_broker()
     key = key or str(uuid.uuid4())
     given = parse_params(params)
-    if settings.database_configured:
+    if settings.database_configured and not no_check:
         _check_start(ctx, workflow, version, given)
     telemetry = telemetry_setup("miniflow-cli")
     try:

@@ -29,12 +29,14 @@ from sqlalchemy.engine import make_url
 
 from miniflow.ops import processes
 from miniflow.ops.polling import poll_until
+from miniflow.persistence.sealing import new_key_line
 
 from . import private_services as priv
 
 __all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "poll", "query"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = processes.BIN
+DATA_KEY = new_key_line("test")  # the session's data key: workers seal secret params with it
 BROKER_URL = os.environ.get("MINIFLOW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 ADMIN_DB_URL = os.environ.get("MINIFLOW_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -110,7 +112,8 @@ def database_url(services: None) -> Iterator[str]:
 def env(namespace: str, database_url: str) -> dict[str, str]:
     environ = _base_env()
     environ.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url,
-                   MINIFLOW_NAMESPACE=namespace, MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+                   MINIFLOW_NAMESPACE=namespace, MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+                   MINIFLOW_DATA_KEY=DATA_KEY)
     return environ
 
 
@@ -144,7 +147,8 @@ def fault_env(private_services: tuple[priv.Broker, priv.Database]) -> dict[str, 
     url = priv.create_database(database, f"miniflow_fault_{uuid.uuid4().hex[:8]}")
     environ = _base_env()
     environ.update(MINIFLOW_BROKER_URL=broker.url, MINIFLOW_DATABASE_URL=url,
-                   MINIFLOW_NAMESPACE=f"mff_{uuid.uuid4().hex[:8]}", MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+                   MINIFLOW_NAMESPACE=f"mff_{uuid.uuid4().hex[:8]}", MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+                   MINIFLOW_DATA_KEY=DATA_KEY)
     return environ
 
 

@@ -85,9 +85,12 @@ def test_a_malformed_message_lands_in_dead_letters_while_a_good_one_beside_it_co
 
 
 def test_a_start_for_an_unknown_workflow_is_rejected_with_a_reason_the_producer_can_see(cluster):
-    result = miniflow(cluster, "start", "no-such-flow", "--wait", "--timeout", "60")
-    assert result.returncode == 2
-    assert "unknown_workflow" in result.stderr
+    checked = miniflow(cluster, "start", "no-such-flow", "--wait", "--timeout", "60")
+    assert checked.returncode == 2  # refused before it was published
+    assert "is not deployed" in checked.stderr and "nothing was published" in checked.stderr
+    published = miniflow(cluster, "start", "no-such-flow", "--no-check", "--wait", "--timeout", "60")
+    assert published.returncode == 2  # the coordinator rejected it; --wait prints the archived reason
+    assert "start rejected: unknown_workflow" in published.stderr
 
 
 def test_the_same_start_published_many_times_at_once_makes_one_run(cluster):
