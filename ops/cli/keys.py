@@ -21,10 +21,12 @@ def keys() -> None:
 
 @keys.command("new-data-key")
 @click.option("--id", "key_id", default=None, help="The key id (default: derived from the key).")
-def new_data_key(key_id: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def new_data_key(key_id: str | None, as_json: bool) -> None:
     """Print a new data key line `id:key`. To rotate: put it first in the key file (keep the old
     lines), restart the coordinators and timers, run `rotate-data-key`, then drop the old lines."""
-    click.echo(new_key_line(key_id))
+    line = new_key_line(key_id)
+    say(as_json, {"id": line.split(":", 1)[0], "line": line}, line)
 
 
 @keys.command("rotate-data-key")
