@@ -199,6 +199,7 @@ def check_output(output: Any) -> None:
     """OutputNotPlainData unless a step's return value can be stored (JSON) and sent on (msgpack)."""
     try:
         codec.check_encodable(output, "output", 0)
+        codec.check_size(output, "output")
         text = json.dumps(output, allow_nan=False)
     except (ValueError, TypeError, EncodeFailed) as exc:
         raise OutputNotPlainData(f"the step's return value is not JSON-compatible data: {exc}") from None

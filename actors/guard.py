@@ -23,6 +23,7 @@ from miniflow.protocol.envelope import check_envelope, envelope, payload_of
 from miniflow.protocol.errors import DecodeFailed, MessageRejected
 from miniflow.protocol.messages import DeadLetterReport
 from miniflow.protocol.names import RECORD_DEAD_LETTER, QueueNames
+from miniflow.protocol.options import check_options
 
 from .encoder import MsgpackEncoder
 
@@ -68,6 +69,11 @@ class Guard:
         if fields["actor_name"] not in self.names.allowed_actors(queue_name):
             return Rejection(Reason.ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
                              f"addressed on queue {queue_name!r}", message_id, actor, raw)
+        try:
+            check_options(fields["options"], delayed=queue_name.endswith(".DQ"),
+                          step_queue=self.names.is_step_queue(queue_name))
+        except MessageRejected as exc:
+            return Rejection(exc.code, exc.detail, message_id, actor, raw)
         current = dramatiq.get_encoder()
         if isinstance(current, MsgpackEncoder):
             current.remember(body, fields)  # dramatiq's decode of this body, next, is then free

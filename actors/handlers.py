@@ -7,14 +7,18 @@ service in one transaction, publish what it queued once the transaction has comm
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Coordinator, Results
 from miniflow.persistence import Database
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import DataRejected, MessageRejected
 from miniflow.protocol.messages import (
     CancelRun,
     DeadLetterReport,
@@ -53,11 +57,24 @@ class CoreHandlers:
         self.faults = faults
         self.emit = emit
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction whose failures that only the message can cause (a value the database
+        refuses, one that cannot be converted) reject the message instead of retrying it."""
+        try:
+            with self.db.transaction() as conn:
+                yield conn
+        except DataRejected as exc:
+            raise MessageRejected(Reason.UNSTORABLE_VALUE, str(exc)) from exc
+        except (ValueError, OverflowError) as exc:
+            raise MessageRejected(Reason.BAD_VALUE, f"a value of the message cannot be used: {type(exc).__name__}") \
+                from exc
+
     # -- coordinator role -------------------------------------------------------------------------
     def start_workflow(self, payload: dict[str, Any]) -> None:
         start = StartWorkflow.from_payload(payload)
         annotate(workflow=start.workflow)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             outcome = self.coordinator.start(conn, start, _message_id(), trace_id=current_trace_id())
         self.faults.hit("coordinator.after_commit")
         annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
@@ -71,14 +88,14 @@ class CoreHandlers:
     def cancel_run(self, payload: dict[str, Any]) -> None:
         request = CancelRun.from_payload(payload)
         annotate(run_id=request.run_id)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             cancelled = self.coordinator.cancel(conn, request)
         logger.info("run %s %s", request.run_id, "cancelled" if cancelled else "had already ended")
 
     def retry_run(self, payload: dict[str, Any]) -> None:
         request = RetryRun.from_payload(payload)
         annotate(run_id=request.run_id)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             outgoing = self.coordinator.retry(conn, request, _message_id())
         if outgoing is None:
             return
@@ -89,14 +106,14 @@ class CoreHandlers:
     def step_finished(self, payload: dict[str, Any]) -> None:
         event = StepFinished.from_payload(payload)
         annotate(run_id=event.run_id, step=event.step, attempt=event.attempt)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             outgoing = self.coordinator.step_finished(conn, event)
         self.faults.hit("coordinator.after_commit")
         self.relay.publish(outgoing)
 
     def step_progress(self, payload: dict[str, Any]) -> None:
         event = StepProgress.from_payload(payload)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             self.coordinator.progress(conn, event)
 
     # -- results role -----------------------------------------------------------------------------
@@ -104,12 +121,12 @@ class CoreHandlers:
         result = StepResult.from_payload(payload)
         annotate(run_id=result.run_id, step=result.step, attempt=result.attempt, node=result.node,
                  outcome=StepStatus.SUCCEEDED if result.ok else StepStatus.FAILED)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             outgoing = self.results.record(conn, result, advance=self.advance)
         self.faults.hit("results.after_commit")
         self.relay.publish(outgoing)
 
     def record_dead_letter(self, payload: dict[str, Any]) -> None:
         report = DeadLetterReport.from_payload(payload)
-        with self.db.transaction() as conn:
+        with self._transaction() as conn:
             self.results.record_dead_letter(conn, report)

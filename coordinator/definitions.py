@@ -28,6 +28,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 TASK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 POOL_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 MAX_RETRIES = 100
+MAX_STEP_TIMEOUT_S = 24 * 3600.0  # a step's time limit travels in its message, capped there at a day
+MAX_BACKOFF_S = 24 * 3600.0  # delayed messages are held by workers: a day at the most
 
 _WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules"}
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description"}
@@ -155,7 +157,12 @@ def _parse_name(name: Any, source: str) -> str:
 
 
 def _parse_timeout(timeout: Any, source: str, step: str | None) -> float | None:
-    return None if timeout is None else _number(timeout, "'timeout'", source, step, minimum=0.001)
+    if timeout is None:
+        return None
+    seconds = _number(timeout, "'timeout'", source, step, minimum=0.001)
+    if step is not None and seconds > MAX_STEP_TIMEOUT_S:
+        raise DefinitionError(source, f"a step's 'timeout' must be at most {MAX_STEP_TIMEOUT_S:g} seconds", step)
+    return seconds
 
 
 def _parse_steps(raw_steps: Any, source: str, problems: _Problems) -> dict[str, StepSpec]:
@@ -307,5 +314,7 @@ def _parse_backoff(raw: Any, source: str, step: str) -> Backoff:
         raise DefinitionError(source, "backoff 'jitter' must be a fraction from 0 to 1", step)
     if b.max < b.initial:
         raise DefinitionError(source, "backoff 'max' must be >= 'initial'", step)
+    if b.max > MAX_BACKOFF_S:
+        raise DefinitionError(source, f"backoff 'max' must be at most {MAX_BACKOFF_S:g} seconds", step)
     return b
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, InterfaceError, OperationalError
 
-from miniflow.protocol.errors import ConfigError, DatabaseUnavailable, PersistenceError
+from miniflow.protocol.errors import ConfigError, DatabaseUnavailable, DataRejected, PersistenceError
 from miniflow.protocol.masking import mask_url
 
 DEFAULT_SQLITE_URL = "sqlite:///miniflow.db"
@@ -110,6 +110,8 @@ class Database:
         values are hidden from error texts by ``hide_parameters``)."""
         if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
             return DatabaseUnavailable(f"database {self.masked_url} failed: {_first_line(exc.orig)}")
+        if isinstance(exc, DataError):
+            return DataRejected(f"the database refused a value ({type(exc.orig).__name__}): {_first_line(exc.orig)}")
         return PersistenceError(f"database statement failed ({type(exc.orig).__name__}): {_first_line(exc.orig)}")
 
     def ping(self) -> None:

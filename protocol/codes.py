@@ -30,6 +30,8 @@ class Reason(StrEnum):
     ENVELOPE_BAD_TYPE = "envelope_bad_type"
     QUEUE_MISMATCH = "queue_mismatch"
     ACTOR_NOT_ALLOWED = "actor_not_allowed"
+    OPTION_NOT_ALLOWED = "option_not_allowed"
+    BAD_OPTION = "bad_option"
     # payload: the fields of one message type (protocol.messages)
     BAD_ARGS = "bad_args"
     UNSUPPORTED_VERSION = "unsupported_version"
@@ -44,6 +46,7 @@ class Reason(StrEnum):
     UNKNOWN_RUN = "unknown_run"
     UNKNOWN_STEP = "unknown_step"
     NO_DATA_KEY = "no_data_key"
+    UNSTORABLE_VALUE = "unstorable_value"
     # processing: handling the message failed (actors.middleware.rejections)
     RETRIES_EXHAUSTED = "retries_exhausted"
     ACTOR_NOT_FOUND = "actor_not_found"

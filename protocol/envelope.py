@@ -23,6 +23,8 @@ ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 MAX_MESSAGE_ID_LEN = 192
+MAX_QUEUE_NAME = 255
+MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01
 
 
 def check_envelope(envelope: dict[str, Any]) -> None:
@@ -39,6 +41,12 @@ def check_envelope(envelope: dict[str, Any]) -> None:
     if not 0 < len(envelope["message_id"]) <= MAX_MESSAGE_ID_LEN:
         raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope 'message_id' must be 1-{MAX_MESSAGE_ID_LEN} "
                               "characters", "message_id")
+    if len(envelope["queue_name"]) > MAX_QUEUE_NAME or len(envelope["actor_name"]) > MAX_QUEUE_NAME:
+        raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, f"envelope 'queue_name' and 'actor_name' must be at most "
+                              f"{MAX_QUEUE_NAME} characters", "queue_name")
+    if not 0 <= envelope["message_timestamp"] <= MAX_TIMESTAMP_MS:
+        raise MessageRejected(Reason.ENVELOPE_BAD_TYPE, "envelope 'message_timestamp' must be milliseconds since the "
+                              "epoch, before the year 2100", "message_timestamp")
 
 
 def payload_of(args: Any, kwargs: Any) -> dict[str, Any]:

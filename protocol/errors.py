@@ -8,6 +8,7 @@
     ├── BrokerUnavailable             could not reach RabbitMQ, or a publish was not confirmed (URL masked)
     ├── PersistenceError              persistence/: the database
     │   ├── DatabaseUnavailable       could not reach or talk to the database (URL masked)
+    │   ├── DataRejected              the database refused a value (too long, out of range): the input's fault
     │   ├── VersionConflict           a workflow version number already stored with another definition
     │   └── SealError                 a sealed secret param that cannot be opened (its key is missing)
     ├── CoordinatorError              coordinator/: workflows and their runs
@@ -87,6 +88,11 @@ class PersistenceError(MiniFlowError):
 
 class DatabaseUnavailable(PersistenceError):
     """The database could not be reached; the message names the (masked) URL."""
+
+
+class DataRejected(PersistenceError):
+    """The database refused a value of a statement (too long for its column, out of range, not valid
+    for its type): the input is at fault, so retrying cannot help."""
 
 
 class VersionConflict(PersistenceError):

@@ -9,10 +9,27 @@ the name of the offending field; it never echoes values, which may be secret.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Self
 
+from .bounds import (
+    MAX_ATTEMPT,
+    MAX_EPOCH_S,
+    MAX_KEY_LEN,
+    MAX_NAME,
+    MAX_NODE,
+    MAX_RUN_ID,
+    MAX_TEXT,
+    MAX_TRACEBACK,
+    MAX_VERSION,
+    MIN_EPOCH_S,
+    RAW_LIMIT,
+    check_attempt,
+    check_bounds,
+    check_name,
+    check_run_id,
+    check_storable,
+)
 from .codes import Reason
 from .envelope import kind_name
 from .errors import MessageRejected
@@ -20,16 +37,20 @@ from .errors import MessageRejected
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-MAX_KEY_LEN = 200
 RESERVED_KEY_PREFIX = "message:"  # the key of a start without one is "message:<message_id>"
 
 
 @dataclass(frozen=True)
 class _Field:
+    """A payload field: its type, and the bounds that keep it within what its column and the
+    computations on it can hold (``max_len`` for text and arrays, ``low``/``high`` for numbers)."""
+
     kind: type | tuple[type, ...]
     required: bool = True
     default: Any = None
+    max_len: int | None = None
+    low: float | None = None
+    high: float | None = None
 
 
 class Payload:
@@ -73,6 +94,7 @@ class Payload:
             value = float(value)
         if not isinstance(value, kinds):
             raise MessageRejected(Reason.BAD_TYPE, f"{cls.KIND} {name!r} must be {kind_name(spec.kind)}", name)
+        check_bounds(cls.KIND, name, spec, value)
         return value
 
     def check(self) -> None:
@@ -82,20 +104,14 @@ class Payload:
         return {"v": PROTOCOL_VERSION, **asdict(self)}  # type: ignore[call-overload]
 
 
-def _check_name(kind: str, field_name: str, value: str) -> None:
-    if not _NAME_RE.fullmatch(value):
-        raise MessageRejected(Reason.BAD_VALUE, f"{kind} {field_name!r} must be 1-128 characters of "
-                              "letters, digits, '_', '.', '-', starting with a letter or digit", field_name)
-
-
 @dataclass(frozen=True)
 class StartWorkflow(Payload):
     """Start a run of a deployed workflow. Producers publish this to ``<ns>.ingress``."""
 
     KIND: ClassVar[str] = "start_workflow"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "workflow": _Field(str),
-        "version": _Field(int, required=False),
+        "workflow": _Field(str, max_len=MAX_NAME),
+        "version": _Field(int, required=False, low=1, high=MAX_VERSION),
         "params": _Field(dict, required=False, default=dict),
         "idempotency_key": _Field(str, required=False),
         "priority": _Field(int, required=False, default=0),
@@ -107,7 +123,7 @@ class StartWorkflow(Payload):
     priority: int = 0
 
     def check(self) -> None:
-        _check_name(self.KIND, "workflow", self.workflow)
+        check_name(self.KIND, "workflow", self.workflow)
         if self.version is not None and self.version < 1:
             raise MessageRejected(Reason.BAD_VALUE, "start_workflow 'version' must be >= 1", "version")
         if self.idempotency_key is not None and not 0 < len(self.idempotency_key) <= MAX_KEY_LEN:
@@ -118,36 +134,7 @@ class StartWorkflow(Payload):
                                   f"{RESERVED_KEY_PREFIX!r} (reserved for starts without a key)", "idempotency_key")
         if not 0 <= self.priority <= 9:
             raise MessageRejected(Reason.BAD_VALUE, "start_workflow 'priority' must be 0-9", "priority")
-        _check_storable(self.params, "params")
-
-
-def _check_run_id(kind: str, run_id: str) -> None:
-    if not 0 < len(run_id) <= 64:
-        raise MessageRejected(Reason.BAD_VALUE, f"{kind} 'run_id' must be 1-64 characters (a run id is a UUID)",
-                              "run_id")
-
-
-def _check_attempt(kind: str, attempt: int) -> None:
-    if attempt < 1:
-        raise MessageRejected(Reason.BAD_VALUE, f"{kind} 'attempt' must be >= 1", "attempt")
-
-
-def _check_storable(value: Any, path: str) -> None:
-    """Params are stored as JSON: no binary values, no NUL characters (Postgres refuses them)."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, bytes):
-            raise MessageRejected(Reason.BAD_VALUE, f"{where} is binary; params must be JSON-compatible "
-                                  "(send text, e.g. base64)", where.split(".")[0])
-        if isinstance(item, str) and "\x00" in item:
-            raise MessageRejected(Reason.BAD_VALUE, f"{where} contains a NUL character", where.split(".")[0])
-        if isinstance(item, dict):
-            if any("\x00" in k for k in item):
-                raise MessageRejected(Reason.BAD_VALUE, f"{where} has a key with a NUL character", where.split(".")[0])
-            stack.extend((v, f"{where}.{k}") for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        check_storable(self.params, "params")
 
 
 @dataclass(frozen=True)
@@ -156,14 +143,14 @@ class CancelRun(Payload):
 
     KIND: ClassVar[str] = "cancel_run"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
-        "reason": _Field(str, required=False, default=""),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
+        "reason": _Field(str, required=False, default="", max_len=MAX_TEXT),
     }
     run_id: str
     reason: str = ""
 
     def check(self) -> None:
-        _check_run_id(self.KIND, self.run_id)
+        check_run_id(self.KIND, self.run_id)
 
 
 @dataclass(frozen=True)
@@ -172,12 +159,12 @@ class RetryRun(Payload):
 
     KIND: ClassVar[str] = "retry_run"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
     }
     run_id: str
 
     def check(self) -> None:
-        _check_run_id(self.KIND, self.run_id)
+        check_run_id(self.KIND, self.run_id)
 
 
 @dataclass(frozen=True)
@@ -186,16 +173,16 @@ class StepTask(Payload):
 
     KIND: ClassVar[str] = "execute_step"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
-        "workflow": _Field(str),
-        "step": _Field(str),
-        "attempt": _Field(int),
-        "task": _Field(str),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
+        "workflow": _Field(str, max_len=MAX_NAME),
+        "step": _Field(str, max_len=MAX_NAME),
+        "attempt": _Field(int, low=1, high=MAX_ATTEMPT),
+        "task": _Field(str, max_len=MAX_NAME),
         "params": _Field(dict, required=False, default=dict),
         "config": _Field(dict, required=False, default=dict),
         "inputs": _Field(dict, required=False, default=dict),
-        "timeout_s": _Field(float, required=False),
-        "secret_params": _Field(list, required=False, default=list),
+        "timeout_s": _Field(float, required=False, low=0, high=7 * 24 * 3600),
+        "secret_params": _Field(list, required=False, default=list, max_len=1000),
     }
     run_id: str
     workflow: str
@@ -209,7 +196,7 @@ class StepTask(Payload):
     secret_params: list[str] = field(default_factory=list)  # params whose values must never be shown
 
     def check(self) -> None:
-        _check_attempt(self.KIND, self.attempt)
+        check_attempt(self.KIND, self.attempt)
 
     @property
     def idempotency_key(self) -> str:
@@ -223,17 +210,17 @@ class StepResult(Payload):
 
     KIND: ClassVar[str] = "record_result"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
-        "step": _Field(str),
-        "attempt": _Field(int),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
+        "step": _Field(str, max_len=MAX_NAME),
+        "attempt": _Field(int, low=1, high=MAX_ATTEMPT),
         "ok": _Field(bool),
         "output": _Field((dict, list, str, int, float, bool, type(None)), required=False),
-        "error": _Field(str, required=False),
-        "error_type": _Field(str, required=False),
-        "node": _Field(str, required=False, default=""),
-        "started_at": _Field(float),
-        "finished_at": _Field(float),
-        "traceback": _Field(str, required=False),
+        "error": _Field(str, required=False, max_len=MAX_TEXT),
+        "error_type": _Field(str, required=False, max_len=255),
+        "node": _Field(str, required=False, default="", max_len=MAX_NODE),
+        "started_at": _Field(float, low=MIN_EPOCH_S, high=MAX_EPOCH_S),
+        "finished_at": _Field(float, low=MIN_EPOCH_S, high=MAX_EPOCH_S),
+        "traceback": _Field(str, required=False, max_len=MAX_TRACEBACK),
     }
     run_id: str
     step: str
@@ -248,7 +235,7 @@ class StepResult(Payload):
     traceback: str | None = None  # of a failed attempt: masked and size-capped by the executor
 
     def check(self) -> None:
-        _check_attempt(self.KIND, self.attempt)
+        check_attempt(self.KIND, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -257,16 +244,16 @@ class StepFinished(Payload):
 
     KIND: ClassVar[str] = "step_finished"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
-        "step": _Field(str),
-        "attempt": _Field(int),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
+        "step": _Field(str, max_len=MAX_NAME),
+        "attempt": _Field(int, low=1, high=MAX_ATTEMPT),
     }
     run_id: str
     step: str
     attempt: int
 
     def check(self) -> None:
-        _check_attempt(self.KIND, self.attempt)
+        check_attempt(self.KIND, self.attempt)
 
 
 PROGRESS_STATES = ("running", "declined")
@@ -280,12 +267,12 @@ class StepProgress(Payload):
 
     KIND: ClassVar[str] = "step_progress"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "run_id": _Field(str),
-        "step": _Field(str),
-        "attempt": _Field(int),
-        "state": _Field(str),
-        "node": _Field(str, required=False, default=""),
-        "detail": _Field(str, required=False, default=""),
+        "run_id": _Field(str, max_len=MAX_RUN_ID),
+        "step": _Field(str, max_len=MAX_NAME),
+        "attempt": _Field(int, low=1, high=MAX_ATTEMPT),
+        "state": _Field(str, max_len=16),
+        "node": _Field(str, required=False, default="", max_len=MAX_NODE),
+        "detail": _Field(str, required=False, default="", max_len=MAX_TEXT),
     }
     run_id: str
     step: str
@@ -295,7 +282,7 @@ class StepProgress(Payload):
     detail: str = ""
 
     def check(self) -> None:
-        _check_attempt(self.KIND, self.attempt)
+        check_attempt(self.KIND, self.attempt)
         if self.state not in PROGRESS_STATES:
             raise MessageRejected(Reason.BAD_VALUE, f"step_progress 'state' must be one of {PROGRESS_STATES}",
                                   "state")
@@ -307,13 +294,13 @@ class DeadLetterReport(Payload):
 
     KIND: ClassVar[str] = "record_dead_letter"
     FIELDS: ClassVar[dict[str, _Field]] = {
-        "queue": _Field(str),
-        "code": _Field(str),
-        "detail": _Field(str),
-        "message_id": _Field(str, required=False),
-        "actor": _Field(str, required=False),
-        "raw": _Field(bytes, required=False, default=b""),
-        "node": _Field(str, required=False, default=""),
+        "queue": _Field(str, max_len=255),
+        "code": _Field(str, max_len=64),
+        "detail": _Field(str, max_len=MAX_TEXT),
+        "message_id": _Field(str, required=False, max_len=255),
+        "actor": _Field(str, required=False, max_len=255),
+        "raw": _Field(bytes, required=False, default=b"", max_len=RAW_LIMIT),
+        "node": _Field(str, required=False, default="", max_len=MAX_NODE),
     }
     queue: str
     code: str

@@ -46,6 +46,10 @@ class QueueNames:
         """The queue of a step pool (``queue:`` in a workflow); None is the default pool."""
         return self.steps if not pool else f"{self.steps}.{check_pool(pool)}"
 
+    def is_step_queue(self, queue_name: str) -> bool:
+        base = queue_name[:-3] if queue_name.endswith(".DQ") else queue_name
+        return base == self.steps or base.startswith(self.steps + ".")
+
     def allowed_actors(self, queue_name: str) -> frozenset[str]:
         """Which actor names may be addressed on a queue (or its delay queue)."""
         base = queue_name[:-3] if queue_name.endswith(".DQ") else queue_name

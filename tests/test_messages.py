@@ -9,6 +9,7 @@ import pytest
 from miniflow.protocol import codec
 from miniflow.protocol import envelope as e
 from miniflow.protocol import messages as m
+from miniflow.protocol.bounds import MAX_KEY_LEN
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.envelope import check_envelope, payload_of
 from miniflow.protocol.errors import MessageRejected
@@ -46,9 +47,12 @@ def rejected(cls: type[Payload], payload: Any) -> MessageRejected:
     return info.value
 
 
+T0 = 1_764_000_000  # 2025-11-24, a timestamp in the sane range results must carry
+
+
 def a_step_result(**changes: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {"v": 1, "run_id": "r1", "step": "load", "attempt": 1, "ok": True,
-                               "started_at": 1.5, "finished_at": 2.5}
+                               "started_at": T0 + 1.5, "finished_at": T0 + 2.5}
     payload.update(changes)
     return payload
 
@@ -140,11 +144,11 @@ def test_a_minimal_start_gets_the_defaults() -> None:
 
 def test_a_full_start_keeps_every_field() -> None:
     start = StartWorkflow.from_payload({"v": 1, "workflow": "csv.report_2", "version": 3,
-                                        "params": {"x": 3}, "idempotency_key": "k" * m.MAX_KEY_LEN,
+                                        "params": {"x": 3}, "idempotency_key": "k" * MAX_KEY_LEN,
                                         "priority": 9})
     assert start.version == 3
     assert start.params == {"x": 3}
-    assert start.idempotency_key == "k" * m.MAX_KEY_LEN
+    assert start.idempotency_key == "k" * MAX_KEY_LEN
     assert start.priority == 9
     assert StartWorkflow.from_payload(start.to_payload()) == start
 
@@ -334,15 +338,16 @@ def test_a_step_result_may_carry_any_plain_output(output: Any) -> None:
 
 
 def test_a_failed_step_result_round_trips_with_its_error() -> None:
-    result = StepResult(run_id="r1", step="load", attempt=3, ok=False, started_at=1.0, finished_at=2.0,
+    result = StepResult(run_id="r1", step="load", attempt=3, ok=False, started_at=T0 + 1.0, finished_at=T0 + 2.0,
                         error="boom", error_type="ValueError", node="node-1")
     assert StepResult.from_payload(result.to_payload()) == result
     assert StepResult.from_payload(codec.unpack(codec.pack(result.to_payload()))) == result
 
 
 def test_a_step_result_takes_integer_timestamps() -> None:
-    result = StepResult.from_payload(a_step_result(started_at=1, finished_at=2))
-    assert (result.started_at, result.finished_at) == (1.0, 2.0)
+    result = StepResult.from_payload(a_step_result(started_at=T0 + 1, finished_at=T0 + 2))
+    assert (result.started_at, result.finished_at) == (T0 + 1.0, T0 + 2.0)
+    assert isinstance(result.started_at, float)
 
 
 @pytest.mark.parametrize("name, value", [("ok", 1), ("ok", "true"), ("attempt", True), ("attempt", 1.0),
@@ -456,3 +461,32 @@ def test_a_bad_pool_raises_value_error(pool: str) -> None:
 def test_a_name_with_a_trailing_newline_raises_value_error(namespace: str, pool: str | None) -> None:
     with pytest.raises(ValueError):
         QueueNames(namespace).step_queue(pool)
+
+
+# -- bounded fields: what the checks accept fits the columns and the computations -------------------
+@pytest.mark.parametrize("changes, field", [
+    ({"started_at": 1e300}, "started_at"), ({"finished_at": -5.0}, "finished_at"),
+    ({"attempt": 2**31}, "attempt"), ({"attempt": 0}, "attempt"), ({"run_id": "r" * 37}, "run_id"),
+    ({"step": "s" * 129}, "step"), ({"node": "n" * 256}, "node"), ({"error": "e" * 4001}, "error"),
+    ({"error_type": "t" * 256}, "error_type"), ({"traceback": "x" * 16001}, "traceback"),
+])
+def test_a_step_result_out_of_the_bounds_of_its_columns_is_rejected_naming_the_field(changes, field) -> None:
+    err = rejected(StepResult, a_step_result(**changes))
+    assert (err.code, err.field) == (Reason.BAD_VALUE, field)
+
+
+def test_secret_params_must_be_a_list_of_names() -> None:
+    task = {"v": 1, "run_id": "r", "workflow": "w", "step": "s", "attempt": 1, "task": "t"}
+    err = rejected(m.StepTask, dict(task, secret_params=["ok", 5]))
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "secret_params")
+    assert m.StepTask.from_payload(dict(task, secret_params=["token"])).secret_params == ["token"]
+
+
+def test_a_start_version_above_int4_is_rejected() -> None:
+    err = rejected(StartWorkflow, {"v": 1, "workflow": "w", "version": 2**31})
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "version")
+
+
+def test_a_cancel_with_a_run_id_longer_than_a_uuid_is_rejected() -> None:
+    err = rejected(m.CancelRun, {"v": 1, "run_id": "x" * 37})
+    assert (err.code, err.field) == (Reason.BAD_VALUE, "run_id")
