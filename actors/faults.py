@@ -1,6 +1,6 @@
 """Deterministic crash points for fault-injection tests.
 
-With MINIFLOW_FAULTPOINT=name[,name...] in its environment (read by the ops entry point, passed
+With MINIFLOW_TEST_FAULTPOINT=name[,name...] in its environment (read by the ops entry point, passed
 here), a process SIGKILLs itself when it reaches one of the named points: a crash exactly there,
 with no clean-up, as a power cut or the OOM killer would do it.
 

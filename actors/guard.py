@@ -41,6 +41,7 @@ class Rejection:
     message_id: str | None
     actor: str | None
     raw: bytes
+    about_report: bool = False  # the rejected message is a report that was itself about a rejected report
 
 
 class Guard:
@@ -57,41 +58,47 @@ class Guard:
             return Rejection(exc.code, exc.detail, None, None, exc.raw)
         message_id = fields.get("message_id") if isinstance(fields.get("message_id"), str) else None
         actor = fields.get("actor_name") if isinstance(fields.get("actor_name"), str) else None
-        raw = bytes(body[:codec.RAW_KEEP])
+        args = fields.get("args")
+        nested = actor == RECORD_DEAD_LETTER and isinstance(args, list) and len(args) == 1 \
+            and isinstance(args[0], dict) and args[0].get("about_report") is True
         try:
-            check_envelope(fields)
-            payload_of(fields["args"], fields["kwargs"])
+            self._check(queue_name, fields)
         except MessageRejected as exc:
-            return Rejection(exc.code, exc.detail, message_id, actor, raw)
-        if fields["queue_name"] != queue_name:
-            return Rejection(Reason.QUEUE_MISMATCH, f"envelope names queue {fields['queue_name'][:100]!r} but "
-                             f"arrived on {queue_name!r}", message_id, actor, raw)
-        if fields["actor_name"] not in self.names.allowed_actors(queue_name):
-            return Rejection(Reason.ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
-                             f"addressed on queue {queue_name!r}", message_id, actor, raw)
-        try:
-            check_options(fields["options"], delayed=queue_name.endswith(".DQ"),
-                          step_queue=self.names.is_step_queue(queue_name))
-        except MessageRejected as exc:
-            return Rejection(exc.code, exc.detail, message_id, actor, raw)
+            return Rejection(exc.code, exc.detail, message_id, actor, bytes(body[:codec.RAW_KEEP]), nested)
         current = dramatiq.get_encoder()
         if isinstance(current, MsgpackEncoder):
             current.remember(body, fields)  # dramatiq's decode of this body, next, is then free
         return None
 
+    def _check(self, queue_name: str, fields: dict[str, Any]) -> None:
+        """MessageRejected unless the envelope is well formed, names the queue it arrived on and an
+        actor allowed there, and carries only the options allowed there."""
+        check_envelope(fields)
+        payload_of(fields["args"], fields["kwargs"])
+        if fields["queue_name"] != queue_name:
+            raise MessageRejected(Reason.QUEUE_MISMATCH, f"envelope names queue {fields['queue_name'][:100]!r} but "
+                                  f"arrived on {queue_name!r}", "queue_name")
+        if fields["actor_name"] not in self.names.allowed_actors(queue_name):
+            raise MessageRejected(Reason.ACTOR_NOT_ALLOWED, f"actor {fields['actor_name'][:100]!r} may not be "
+                                  f"addressed on queue {queue_name!r}", "actor_name")
+        check_options(fields["options"], delayed=queue_name.endswith(".DQ"),
+                      step_queue=self.names.is_step_queue(queue_name))
+
     def report(self, broker: dramatiq.Broker, queue_name: str, rejection: Rejection) -> None:
         """Log the rejection (id and reason, never the payload) and send it to be archived."""
         self.rejected += 1
-        if rejection.actor == RECORD_DEAD_LETTER:
-            # Never report a rejected report: that could loop. The log line and the XQ keep it.
-            logger.error("rejected dead-letter report %s on %s: %s (%s)", rejection.message_id or "<no id>",
-                         queue_name, rejection.code, rejection.detail)
-            return
         logger.warning("rejected message %s on %s: %s (%s)", rejection.message_id or "<no id>",
                        queue_name, rejection.code, rejection.detail)
+        if rejection.about_report:
+            # A report about a rejected report was rejected in turn: stop here (the log line and the
+            # XQ keep it), or two bad reports could feed each other for ever.
+            logger.error("not archiving the rejection of report %s: it was about a rejected report already",
+                         rejection.message_id or "<no id>")
+            return
         report = DeadLetterReport(queue=queue_name, code=rejection.code, detail=rejection.detail,
                                   message_id=rejection.message_id, actor=rejection.actor,
-                                  raw=rejection.raw, node=node_name())
+                                  raw=rejection.raw, node=node_name(),
+                                  about_report=rejection.actor == RECORD_DEAD_LETTER)
         try:
             broker.enqueue(as_message(envelope(self.names.results, RECORD_DEAD_LETTER, report.to_payload())))
         except Exception:  # noqa: BLE001 - on a consumer thread: log it, never let it stop consuming

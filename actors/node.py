@@ -44,7 +44,7 @@ from .guard import node_name
 from .handlers import CoreHandlers
 from .middleware import Rejections, Tracing, TracingInstrument
 from .progress import RUNNING_AFTER_S, ProgressReporter
-from .reconciler import ReconcileLoop
+from .reconciler import DEAD_LETTER_KEEP_S, ReconcileLoop
 from .registry import Registry
 from .registry import registry as global_registry
 from .relay import Relay
@@ -68,7 +68,7 @@ class Node:
                  db: Database | None = None, registry: Registry | None = None,
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
                  listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
-                 running_after_s: float = RUNNING_AFTER_S) -> None:
+                 running_after_s: float = RUNNING_AFTER_S, dead_letter_keep_s: float = DEAD_LETTER_KEEP_S) -> None:
         self.broker = broker
         self.names = names
         self.roles = tuple(dict.fromkeys(roles))
@@ -91,7 +91,8 @@ class Node:
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
                                          faults=faults, emit=self._emit)
             if COORDINATOR in self.roles:
-                self.reconciler = ReconcileLoop(db, self.relay, self.coordinator)
+                self.reconciler = ReconcileLoop(db, self.relay, self.coordinator,
+                                                dead_letter_keep_s=dead_letter_keep_s)
         self.progress = ProgressReporter(broker, names, self.node, after_s=running_after_s) \
             if EXECUTOR in self.roles else None
         self.executor = Executor(broker, names, registry or global_registry, self.node, faults=faults,

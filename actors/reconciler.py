@@ -27,9 +27,14 @@ UNADVANCED_AFTER_S = 60.0  # a recorded attempt's step_finished normally lands w
 HANDLED_KEEP_S = 30 * 24 * 3600.0
 
 
+DEAD_LETTER_KEEP_S = 30 * 24 * 3600.0  # the archive's default retention (MINIFLOW_DEAD_LETTER_DAYS)
+
+
 class ReconcileLoop:
-    def __init__(self, db: Database, relay: Relay, coordinator: Coordinator) -> None:
+    def __init__(self, db: Database, relay: Relay, coordinator: Coordinator, *,
+                 dead_letter_keep_s: float = DEAD_LETTER_KEEP_S) -> None:
         self.db = db
+        self.dead_letter_keep_s = dead_letter_keep_s
         self.relay = relay
         self.coordinator = coordinator
         self.reconciler = Reconciler(coordinator)
@@ -84,4 +89,8 @@ class ReconcileLoop:
                                    type(exc).__name__)
         with self.db.transaction() as conn:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
+            pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))
+        if pruned:
+            logger.info("pruned %d archived dead letter(s) older than %.0f days", pruned,
+                        self.dead_letter_keep_s / 86400)
         return repaired

@@ -9,9 +9,16 @@
     MINIFLOW_JAEGER_URL     base URL of a Jaeger UI: `miniflow runs show` then links a run's trace
     MINIFLOW_DATA_KEY       a data key (base64url of 32 bytes) that seals secret params at rest
     MINIFLOW_DATA_KEY_FILE  a file of data keys, one `id:key` per line, the first current (rotation)
+    MINIFLOW_DEAD_LETTER_DAYS  how long archived rejected messages are kept (default 30)
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
-ones the test suite and fault injection own (MINIFLOW_TEST_*, MINIFLOW_FAULTPOINT).
+test-only names below, which are checked the same way (an unknown MINIFLOW_TEST_* is an error too).
+
+Test-only (never set them in production; they exist for MiniFlow's own test suite and benchmarks):
+    MINIFLOW_TEST_FAULTPOINT   crash points (actors/faults.py): the process SIGKILLs itself there
+    MINIFLOW_TEST_HOLD_DIR     where the test step `test.hold` waits for a release file
+    MINIFLOW_TEST_BROKER_URL, MINIFLOW_TEST_DATABASE_URL, MINIFLOW_TEST_NO_DOCKER   test services
+    MINIFLOW_BENCH_BROKER_URL, MINIFLOW_BENCH_ADMIN_DSN                             benchmark services
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from miniflow.protocol.masking import mask_url
 from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
-         "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE"}
-OWNED_ELSEWHERE = ("MINIFLOW_TEST_", "MINIFLOW_FAULTPOINT")
+         "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
+         "MINIFLOW_DEAD_LETTER_DAYS"}
+TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
+             "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
+             "MINIFLOW_BENCH_ADMIN_DSN"}
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
@@ -42,15 +52,16 @@ class Settings:
     log_level: str = "WARNING"
     log_format: str = "text"
     jaeger_url: str | None = None
-    faultpoints: frozenset[str] = frozenset()  # MINIFLOW_FAULTPOINT: crash points for fault tests
+    faultpoints: frozenset[str] = frozenset()  # MINIFLOW_TEST_FAULTPOINT: crash points, for fault tests only
     database_configured: bool = False  # MINIFLOW_DATABASE_URL was given (not the SQLite default)
     data_keys: KeyRing | None = field(default=None, repr=False)  # MINIFLOW_DATA_KEY(_FILE)
+    dead_letter_days: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         unknown = sorted(k for k in env if k.startswith("MINIFLOW_") and k not in KNOWN
-                         and not k.startswith(OWNED_ELSEWHERE))
+                         and k not in TEST_ONLY)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
         settings = cls()
@@ -74,12 +85,12 @@ class Settings:
         jaeger = (env.get("MINIFLOW_JAEGER_URL") or "").rstrip("/") or None
         if jaeger is not None and not jaeger.startswith(("http://", "https://")):
             raise ConfigError(f"MINIFLOW_JAEGER_URL {jaeger!r} must start with http:// or https://")
-        faults = frozenset(p.strip() for p in (env.get("MINIFLOW_FAULTPOINT") or "").split(",") if p.strip())
+        faults = frozenset(p.strip() for p in (env.get("MINIFLOW_TEST_FAULTPOINT") or "").split(",") if p.strip())
         if faults - POINTS:
-            raise ConfigError(f"MINIFLOW_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
+            raise ConfigError(f"MINIFLOW_TEST_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
                               f"known: {', '.join(sorted(POINTS))}")
         return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
-                       faultpoints=faults, data_keys=_data_keys(env))
+                       faultpoints=faults, data_keys=_data_keys(env), dead_letter_days=_days(env))
 
     def require_broker(self) -> str:
         if not self.broker_url:
@@ -91,6 +102,17 @@ class Settings:
         broker = mask_url(self.broker_url) if self.broker_url else "embedded"
         database = f" database={mask_url(self.database_url)}" if with_database else ""
         return f"broker={broker}{database} namespace={self.namespace}"
+
+
+def _days(env: Mapping[str, str]) -> float:
+    text = env.get("MINIFLOW_DEAD_LETTER_DAYS") or "30"
+    try:
+        days = float(text)
+    except ValueError:
+        raise ConfigError(f"MINIFLOW_DEAD_LETTER_DAYS {text!r} must be a number of days") from None
+    if not 0 < days <= 3650:
+        raise ConfigError("MINIFLOW_DEAD_LETTER_DAYS must be more than 0 and at most 3650")
+    return days
 
 
 def _data_keys(env: Mapping[str, str]) -> KeyRing | None:

@@ -104,7 +104,8 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     broker = make_broker(url, names)
     coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
-                running_after_s=running_after_s, coordinator=coordinator)
+                running_after_s=running_after_s, coordinator=coordinator,
+                dead_letter_keep_s=settings.dead_letter_days * 86400)
     declare_topology(broker, names, pools)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     stop = _stop_on_signals()

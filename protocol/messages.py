@@ -301,6 +301,7 @@ class DeadLetterReport(Payload):
         "actor": _Field(str, required=False, max_len=255),
         "raw": _Field(bytes, required=False, default=b"", max_len=RAW_LIMIT),
         "node": _Field(str, required=False, default="", max_len=MAX_NODE),
+        "about_report": _Field(bool, required=False, default=False),
     }
     queue: str
     code: str
@@ -309,3 +310,4 @@ class DeadLetterReport(Payload):
     actor: str | None = None
     raw: bytes = b""
     node: str = ""
+    about_report: bool = False  # the rejected message was itself a report: if this one fails too, stop

@@ -40,12 +40,13 @@ class Rejections(Middleware):
             code, detail = Reason.RETRIES_EXHAUSTED, f"{type(exception).__name__}: {first}"
         else:
             code, detail = Reason.FAILED, "message failed without an exception"
+        about_report = False
         if message.actor_name == RECORD_DEAD_LETTER:
-            logger.error("could not archive a dead-letter report %s: %s (%s)", message.message_id, code, detail)
-            return
+            payload = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+            about_report = bool(payload.get("about_report"))
         try:
             raw = message.encode()[:codec.RAW_KEEP]
         except Exception:  # noqa: BLE001 - the report goes out without the raw copy
             raw = b""
         self.guard.report(broker, message.queue_name,
-                          Rejection(code, detail, message.message_id, message.actor_name, raw))
+                          Rejection(code, detail, message.message_id, message.actor_name, raw, about_report))

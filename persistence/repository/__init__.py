@@ -18,7 +18,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 from ..fastpath import batched_writes
 from . import schedules
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
-from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters
+from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
 from .requests import mark_handled, prune_handled, request_handled
@@ -47,7 +47,7 @@ __all__ = [
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "latest_version", "list_dead_letters", "list_definitions",
     "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
-    "overdue_run_ids", "prune_handled", "record_and_lock", "request_handled", "run_id_for_key", "runs_after",
-    "save_definition", "schedules",
+    "overdue_run_ids", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
+    "run_id_for_key", "runs_after", "save_definition", "schedules",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps",
 ]

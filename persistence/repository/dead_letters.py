@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
 from ..fastpath import flush
@@ -19,6 +21,14 @@ def dead_letters_for_message(conn: Connection, message_id: str) -> list[DeadLett
     rows = conn.execute(select(dead_letters).where(dead_letters.c.message_id == message_id)
                         .order_by(dead_letters.c.id)).mappings()
     return [from_mapping(DeadLetterRow, r) for r in rows]
+
+
+def prune_dead_letters(conn: Connection, before: datetime, limit: int = 1000) -> int:
+    """Delete archived rejections older than ``before`` (at most ``limit`` per call); returns how many."""
+    flush(conn)
+    oldest = (select(dead_letters.c.id).where(dead_letters.c.created_at < before)
+              .order_by(dead_letters.c.id).limit(limit))
+    return conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(oldest))).rowcount or 0
 
 
 def list_dead_letters(conn: Connection, limit: int = 50) -> list[DeadLetterRow]:

@@ -167,8 +167,8 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
     before_letters = query(db, "select count(*) from dead_letters")[0][0]
     workers: list[Restartable] = []
     try:
-        cfault = {"MINIFLOW_FAULTPOINT": coordinator_fault} if coordinator_fault else None
-        efault = {"MINIFLOW_FAULTPOINT": executor_fault} if executor_fault else None
+        cfault = {"MINIFLOW_TEST_FAULTPOINT": coordinator_fault} if coordinator_fault else None
+        efault = {"MINIFLOW_TEST_FAULTPOINT": executor_fault} if executor_fault else None
         role_args = ["--role", "coordinator", "--role", "results", "--threads", "4"]
         exec_args = ["--steps", "examples.steps", "--threads", "4"]
         workers = [

@@ -113,7 +113,7 @@ def test_a_poison_step_fails_its_run_with_a_reason_while_other_runs_flow(space, 
 
 
 def test_a_coordinator_killed_after_commit_before_publish_loses_nothing(space, tmp_path):
-    doomed = dict(space, MINIFLOW_FAULTPOINT="coordinator.after_commit")
+    doomed = dict(space, MINIFLOW_TEST_FAULTPOINT="coordinator.after_commit")
     coordinator = WorkerProcess(doomed, ["--role", "coordinator", "--role", "results"], tmp_path / "doomed.log")
     executor = WorkerProcess(space, ["--steps", "examples.steps"], tmp_path / "exec.log")
     restarted = None
