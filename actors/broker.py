@@ -28,12 +28,14 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from miniflow.protocol.auth import KeySource, Verifier
 from miniflow.protocol.errors import BrokerUnavailable
 from miniflow.protocol.masking import mask_url
 from miniflow.protocol.names import QueueNames
 
 from . import encoder, redaction
 from .guard import Guard
+from .middleware.signing import Signing
 
 MAX_PRIORITY = 10
 # Infrastructure retries only (a database restart, a lost connection): MiniFlow owns step retries.
@@ -72,7 +74,7 @@ class _GuardedRabbitmqConsumer(_RabbitmqConsumer):
         guard: Guard = self.broker.guard
         for method, properties, body in frames:
             if method is not None:
-                rejection = guard.inspect(self.queue_name, body)
+                rejection = guard.inspect(self.queue_name, body, properties.headers if properties else None)
                 if rejection is not None:
                     # Dead-letter it now (we are on the consumer's own thread), then report.
                     self.channel.basic_nack(method.delivery_tag, requeue=False)
@@ -109,7 +111,7 @@ class _GuardedStubConsumer(_StubConsumer):
         except Empty:
             self.prefetch_semaphore.release()
             return None
-        rejection = self.broker.guard.inspect(self.queue_name, data)
+        rejection = self.broker.guard.inspect(self.queue_name, data, getattr(data, "headers", None))
         if rejection is not None:
             self.queue.task_done()
             self.prefetch_semaphore.release()
@@ -136,9 +138,21 @@ class EmbeddedBroker(StubBroker):
             raise QueueNotFound(queue_name)  # type: ignore[no-untyped-call]
         return _GuardedStubConsumer(self, queue_name, prefetch, timeout)
 
-    def put_raw(self, queue_name: str, body: bytes) -> None:
-        """Put raw bytes on a queue, as an outside producer could (for tests and tools)."""
-        self.queues[queue_name].put(body)
+    def put_raw(self, queue_name: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
+        """Put raw bytes on a queue, as an outside producer could (for tests and tools), with the
+        AMQP headers a RabbitMQ message would carry."""
+        self.queues[queue_name].put(HeadedBody(body, headers) if headers else body)
+
+
+class HeadedBody(bytes):
+    """A body with the AMQP headers it came with (the embedded broker's queues hold bytes)."""
+
+    headers: dict[str, Any]
+
+    def __new__(cls, body: bytes, headers: dict[str, Any]) -> HeadedBody:
+        self = super().__new__(cls, body)
+        self.headers = dict(headers)
+        return self
 
 
 def publish(broker: dramatiq.Broker, message: Message[Any], *, delay: int | None = None) -> None:
@@ -175,16 +189,20 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def make_broker(url: str | None, names: QueueNames,
-                middleware: list[Middleware] | None = None) -> dramatiq.Broker:
+def make_broker(url: str | None, names: QueueNames, middleware: list[Middleware] | None = None, *,
+                keys: KeySource | None = None, signed_starts: bool = False) -> dramatiq.Broker:
     """A RabbitMQ broker for an amqp(s):// URL, or the embedded broker when ``url`` is None.
 
+    With ``keys`` (message authentication on) every message sent is signed and every message
+    consumed must be signed by a sender that may send it; ``signed_starts`` extends that to starts.
     Installs the msgpack encoder process-wide and makes the broker dramatiq's global one.
     """
     encoder.install()
     redaction.install()
-    guard = Guard(names)
-    chain = middleware if middleware is not None else default_middleware()
+    guard = Guard(names, Verifier(keys, signed_starts=signed_starts) if keys is not None else None)
+    chain = list(middleware) if middleware is not None else default_middleware()
+    if keys is not None:
+        chain.append(Signing(keys))
     broker: dramatiq.Broker
     if url is None:
         broker = EmbeddedBroker(guard=guard, middleware=chain)

@@ -107,7 +107,7 @@ class Executor:
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                             output=None if failure else output, error=error,
                             error_type=failure.error_type if failure else None, node=self.node,
-                            started_at=started, finished_at=finished, traceback=trace)
+                            started_at=started, finished_at=finished, traceback=trace, cap=task.cap)
         self.report(result)
         self.emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                   error=error, duration_ms=(finished - started) * 1000, node=self.node)

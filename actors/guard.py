@@ -2,9 +2,11 @@
 
 dramatiq's own consumers nack an undecodable body silently (and log its bytes). MiniFlow's
 consumers check each body first: it must decode under the codec's limits, be a well-formed
-envelope, name the queue it arrived on, and address an actor allowed on that queue (outside
-producers may only reach the ingress actors). A body that fails is dead-lettered, reported to the
-results role for archiving in Postgres with its reason code, and logged by message id only.
+envelope, name the queue it arrived on, address an actor allowed on that queue (outside
+producers may only reach the ingress actors), carry only the options allowed there, and (with
+message authentication on) be signed by a sender that may send it (protocol/auth.py). A body that
+fails is dead-lettered, reported to the results role for archiving in Postgres with its reason
+code, and logged by message id only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import dramatiq
 
 from miniflow.protocol import codec
+from miniflow.protocol.auth import Verifier
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.envelope import check_envelope, envelope, payload_of
 from miniflow.protocol.errors import DecodeFailed, MessageRejected
@@ -47,23 +50,29 @@ class Rejection:
 class Guard:
     """Inspects raw bodies for a namespace and reports rejections through the broker."""
 
-    def __init__(self, names: QueueNames) -> None:
+    def __init__(self, names: QueueNames, verifier: Verifier | None = None) -> None:
         self.names = names
+        self.verifier = verifier  # None: message authentication is off (MINIFLOW_AUTH=off)
         self.rejected = 0
 
-    def inspect(self, queue_name: str, body: bytes) -> Rejection | None:
+    def inspect(self, queue_name: str, body: bytes, headers: dict[str, Any] | None = None) -> Rejection | None:
         try:
             fields = codec.unpack(body)
         except DecodeFailed as exc:
             return Rejection(exc.code, exc.detail, None, None, exc.raw)
         message_id = fields.get("message_id") if isinstance(fields.get("message_id"), str) else None
         actor = fields.get("actor_name") if isinstance(fields.get("actor_name"), str) else None
-        args = fields.get("args")
-        nested = actor == RECORD_DEAD_LETTER and isinstance(args, list) and len(args) == 1 \
-            and isinstance(args[0], dict) and args[0].get("about_report") is True
         try:
             self._check(queue_name, fields)
+            if self.verifier is not None:
+                self.verifier.check(fields, headers, body)
         except MessageRejected as exc:
+            # "About a rejected report" stops a loop of reports (say a core node whose key the
+            # others no longer accept). A forger may set it too: then only the log line and the XQ
+            # keep the forged report, which has no effect either way.
+            args = fields.get("args")
+            nested = actor == RECORD_DEAD_LETTER and isinstance(args, list) and len(args) == 1 \
+                and isinstance(args[0], dict) and args[0].get("about_report") is True
             return Rejection(exc.code, exc.detail, message_id, actor, bytes(body[:codec.RAW_KEEP]), nested)
         current = dramatiq.get_encoder()
         if isinstance(current, MsgpackEncoder):

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Coordinator, Results
 from miniflow.persistence import Database
+from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import DataRejected, MessageRejected
 from miniflow.protocol.messages import (
@@ -48,8 +49,9 @@ class CoreHandlers:
     in the same process as the results role: a recorded result then advances its run at once."""
 
     def __init__(self, db: Database, relay: Relay, coordinator: Coordinator, *, advance: bool,
-                 faults: FaultPoints, emit: Emit) -> None:
+                 faults: FaultPoints, emit: Emit, caps: Capabilities | None = None) -> None:
         self.db = db
+        self.caps = caps  # checks the capability of reported attempts (None: message authentication off)
         self.relay = relay
         self.coordinator = coordinator
         self.results = Results(coordinator)
@@ -113,6 +115,8 @@ class CoreHandlers:
 
     def step_progress(self, payload: dict[str, Any]) -> None:
         event = StepProgress.from_payload(payload)
+        if self.caps is not None:
+            self.caps.check(event.cap, event.run_id, event.step, event.attempt)
         with self._transaction() as conn:
             self.coordinator.progress(conn, event)
 
@@ -121,6 +125,8 @@ class CoreHandlers:
         result = StepResult.from_payload(payload)
         annotate(run_id=result.run_id, step=result.step, attempt=result.attempt, node=result.node,
                  outcome=StepStatus.SUCCEEDED if result.ok else StepStatus.FAILED)
+        if self.caps is not None:
+            self.caps.check(result.cap, result.run_id, result.step, result.attempt)
         with self._transaction() as conn:
             outgoing = self.results.record(conn, result, advance=self.advance)
         self.faults.hit("results.after_commit")

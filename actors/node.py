@@ -23,6 +23,7 @@ from dramatiq.middleware import CurrentMessage
 
 from miniflow.coordinator import Coordinator
 from miniflow.persistence import Database
+from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.envelope import payload_of
 from miniflow.protocol.errors import ConfigError, MessageRejected
 from miniflow.protocol.names import (
@@ -79,6 +80,13 @@ class Node:
         self.node = node_name()
         self.listener = listener
         self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
+        # Message authentication is on when the broker checks signatures: then the coordinator issues
+        # each attempt a capability and the results role checks it (protocol/auth.py).
+        guard = getattr(broker, "guard", None)
+        keys = guard.verifier.keys if guard is not None and guard.verifier is not None else None
+        self.caps = Capabilities(keys) if keys is not None else None
+        if self.caps is not None:
+            self.coordinator.caps = self.caps
         self._stop = threading.Event()
         self.db = db
         self.relay: Relay | None = None
@@ -89,7 +97,7 @@ class Node:
                 raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
             self.relay = Relay(broker, db, faults=faults)
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
-                                         faults=faults, emit=self._emit)
+                                         faults=faults, emit=self._emit, caps=self.caps)
             if COORDINATOR in self.roles:
                 self.reconciler = ReconcileLoop(db, self.relay, self.coordinator,
                                                 dead_letter_keep_s=dead_letter_keep_s)

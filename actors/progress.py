@@ -53,7 +53,7 @@ class ProgressReporter:
         self._held.pop(threading.get_ident(), None)
 
     def declined(self, task: StepTask, detail: str) -> None:
-        self._send(StepProgress(task.run_id, task.step, task.attempt, "declined", self.node, detail))
+        self._send(StepProgress(task.run_id, task.step, task.attempt, "declined", self.node, detail, task.cap))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="miniflow-progress", daemon=True)
@@ -72,7 +72,7 @@ class ProgressReporter:
                 if not held.told and now - held.since >= self.after_s:
                     held.told = True
                     task = held.task
-                    self._send(StepProgress(task.run_id, task.step, task.attempt, "running", self.node))
+                    self._send(StepProgress(task.run_id, task.step, task.attempt, "running", self.node, cap=task.cap))
 
     def _send(self, event: StepProgress) -> None:
         try:

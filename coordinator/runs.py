@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from miniflow.persistence import AttemptRow, RunRow, StepRow, after_commit
 from miniflow.persistence import repository as repo
 from miniflow.persistence.sealing import KeyRing, open_params, seal_params
+from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import EncodeFailed, MessageRejected, SealError
@@ -67,7 +68,8 @@ class Coordinator:
 
     def __init__(self, names: QueueNames, *, clock: Clock = utcnow, rng: random.Random | None = None,
                  instrument: Instrument | None = None, result_grace_s: float = RESULT_GRACE_S,
-                 catalog: Catalog | None = None, keys: KeyRing | None = None) -> None:
+                 catalog: Catalog | None = None, keys: KeyRing | None = None,
+                 caps: Capabilities | None = None) -> None:
         self.names = names
         self.clock = clock
         self.result_grace_s = result_grace_s
@@ -75,6 +77,7 @@ class Coordinator:
         self.instrument = instrument or Instrument()
         self.catalog = catalog or Catalog()
         self.keys = keys  # seals secret params at rest (None: a start that gives some is rejected)
+        self.caps = caps  # issues each dispatched attempt's capability (None: message authentication off)
 
     def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
         return self.catalog.workflow(conn, name, version)
@@ -168,7 +171,8 @@ class Coordinator:
             task = StepTask(run_id=run.id, workflow=workflow.name, step=step, attempt=attempt,
                             task=spec.task, params=params, config=spec.config,
                             inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
-                            secret_params=workflow.secret_param_list)
+                            secret_params=workflow.secret_param_list,
+                            cap=self.caps.issue(run.id, step, attempt) if self.caps is not None else None)
             options: dict[str, Any] = {}
             if run.priority:
                 options["broker_priority"] = run.priority

@@ -19,6 +19,7 @@ from miniflow.coordinator import Coordinator, Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
 from miniflow.persistence import repository as repo
 from miniflow.persistence.sealing import KeyRing
+from miniflow.protocol.auth import CoreKey, StaticKeys
 from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import DefinitionError
 from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow
@@ -47,13 +48,16 @@ class EmbeddedEngine:
 
     def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
                  pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None,
-                 keys: KeyRing | None = None) -> None:
+                 keys: KeyRing | None = None, auth: bool = True) -> None:
         self.db = Database(database_url)
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.on_event = on_event
         self.db.upgrade()
-        broker = make_broker(None, self.names)
+        # Message authentication as in a deployment, with a core key that lives as long as this
+        # process: every message is signed, and checked when consumed (auth=False: off).
+        self.auth = StaticKeys(core=[CoreKey.generate()]) if auth else None
+        broker = make_broker(None, self.names, keys=self.auth)
         assert isinstance(broker, EmbeddedBroker)
         self.broker = broker
         # Without a configured data key, secret params are sealed with a key that lives as long as

@@ -10,6 +10,11 @@
     MINIFLOW_DATA_KEY       a data key (base64url of 32 bytes) that seals secret params at rest
     MINIFLOW_DATA_KEY_FILE  a file of data keys, one `id:key` per line, the first current (rotation)
     MINIFLOW_DEAD_LETTER_DAYS  how long archived rejected messages are kept (default 30)
+    MINIFLOW_AUTH           on (default): messages are signed and checked (protocol/auth.py); off: open
+    MINIFLOW_SIGNED_STARTS  required: a start must be signed too (default optional)
+    MINIFLOW_KEY            a client key (mf_...) this process signs with (executor, producer, operator)
+    MINIFLOW_KEY_FILE       a file holding that key instead
+    MINIFLOW_CORE_PUBLIC_KEYS  the core's public keys (`miniflow keys core public`), for executors
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 test-only names below, which are checked the same way (an unknown MINIFLOW_TEST_* is an error too).
@@ -26,18 +31,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from miniflow.actors.faults import POINTS
 from miniflow.persistence.db import DEFAULT_SQLITE_URL, normalise_url
 from miniflow.persistence.sealing import KeyRing
+from miniflow.protocol.auth import ClientKey, parse_public_keys
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.masking import mask_url
 from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
-         "MINIFLOW_DEAD_LETTER_DAYS"}
+         "MINIFLOW_DEAD_LETTER_DAYS", "MINIFLOW_AUTH", "MINIFLOW_SIGNED_STARTS", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
+         "MINIFLOW_CORE_PUBLIC_KEYS"}
 TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
              "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
              "MINIFLOW_BENCH_ADMIN_DSN"}
@@ -56,6 +67,10 @@ class Settings:
     database_configured: bool = False  # MINIFLOW_DATABASE_URL was given (not the SQLite default)
     data_keys: KeyRing | None = field(default=None, repr=False)  # MINIFLOW_DATA_KEY(_FILE)
     dead_letter_days: float = 30.0
+    auth: bool = True  # MINIFLOW_AUTH
+    signed_starts: bool = False  # MINIFLOW_SIGNED_STARTS=required
+    client_key: ClientKey | None = field(default=None, repr=False)  # MINIFLOW_KEY(_FILE)
+    core_public_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,7 +105,8 @@ class Settings:
             raise ConfigError(f"MINIFLOW_TEST_FAULTPOINT names unknown point(s) {sorted(faults - POINTS)}; "
                               f"known: {', '.join(sorted(POINTS))}")
         return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
-                       faultpoints=faults, data_keys=_data_keys(env), dead_letter_days=_days(env))
+                       faultpoints=faults, data_keys=_data_keys(env), dead_letter_days=_days(env),
+                       **_auth(env))
 
     def require_broker(self) -> str:
         if not self.broker_url:
@@ -113,6 +129,28 @@ def _days(env: Mapping[str, str]) -> float:
     if not 0 < days <= 3650:
         raise ConfigError("MINIFLOW_DEAD_LETTER_DAYS must be more than 0 and at most 3650")
     return days
+
+
+def _auth(env: Mapping[str, str]) -> dict[str, Any]:
+    auth = (env.get("MINIFLOW_AUTH") or "on").lower()
+    if auth not in ("on", "off"):
+        raise ConfigError(f"MINIFLOW_AUTH {auth[:20]!r} must be on or off")
+    starts = (env.get("MINIFLOW_SIGNED_STARTS") or "optional").lower()
+    if starts not in ("optional", "required"):
+        raise ConfigError(f"MINIFLOW_SIGNED_STARTS {starts[:20]!r} must be optional or required")
+    token, path = env.get("MINIFLOW_KEY") or None, env.get("MINIFLOW_KEY_FILE") or None
+    if token and path:
+        raise ConfigError("set MINIFLOW_KEY or MINIFLOW_KEY_FILE, not both")
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"MINIFLOW_KEY_FILE {path!r} cannot be read: {exc.strerror}") from None
+    where = "MINIFLOW_KEY_FILE" if path else "MINIFLOW_KEY"
+    public = env.get("MINIFLOW_CORE_PUBLIC_KEYS") or None
+    return {"auth": auth == "on", "signed_starts": starts == "required",
+            "client_key": ClientKey.from_token(token, where=where) if token else None,
+            "core_public_keys": parse_public_keys(public) if public else {}}
 
 
 def _data_keys(env: Mapping[str, str]) -> KeyRing | None:

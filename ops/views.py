@@ -10,13 +10,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Catalog, next_fires, parse_cron
 from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow, ScheduleRow, StepRow
 from miniflow.protocol.masking import mask_fields, mask_params
 from miniflow.protocol.states import RunStatus, StepStatus
+
+from .terminal import safe_text
 
 STATUS_STYLE = {RunStatus.SUCCEEDED: "green", RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow",
                 RunStatus.RUNNING: "cyan", StepStatus.QUEUED: "cyan", StepStatus.PENDING: "dim",
@@ -118,7 +119,8 @@ def runs_table(runs: Sequence[RunRow]) -> Table:
     for col in ("id", "workflow", "version", "status", "created", "duration"):
         table.add_column(col)
     for r in runs:
-        table.add_row(Text(r.id), Text(r.workflow), str(r.version), Text(r.status, STATUS_STYLE.get(r.status, "")),
+        table.add_row(safe_text(r.id), safe_text(r.workflow), str(r.version),
+                      safe_text(r.status, STATUS_STYLE.get(r.status, "")),
                       (iso(r.created_at) or "")[:19], fmt_ms(r.duration_ms))
     return table
 
@@ -132,6 +134,6 @@ def steps_table(detail: dict[str, Any], title: str = "steps") -> Table:
     for s in detail["steps"]:
         status = s["status"]
         said = s["error"] or (f"waiting: {s['note']}" if s.get("note") else short(s["output"]))
-        table.add_row(Text(s["step"]), Text(status, STATUS_STYLE.get(status, "")), str(s["attempts"]),
-                      fmt_ms(s["duration_ms"]), Text(s["node"] or "-"), Text(short(said, 160)))
+        table.add_row(safe_text(s["step"]), safe_text(status, STATUS_STYLE.get(status, "")), str(s["attempts"]),
+                      fmt_ms(s["duration_ms"]), safe_text(s["node"] or "-"), safe_text(short(said, 160)))
     return table

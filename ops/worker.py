@@ -40,6 +40,7 @@ from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
 from .settings import Settings
+from .signing import core_keys, executor_keys
 from .telemetry import setup as telemetry_setup
 
 logger = logging.getLogger("miniflow.runtime")
@@ -101,7 +102,8 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     if db is not None:
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
-    broker = make_broker(url, names)
+    keys = core_keys(settings, db) if db is not None else executor_keys(settings)
+    broker = make_broker(url, names, keys=keys, signed_starts=settings.signed_starts)
     coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
                 running_after_s=running_after_s, coordinator=coordinator,
@@ -140,7 +142,7 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line
     database = Database(settings.database_url, pool_size=4)
     preflight(settings, database)
     limit_idle_transactions(database)
-    broker = make_broker(url, names)
+    broker = make_broker(url, names, keys=core_keys(settings, database), signed_starts=settings.signed_starts)
     declare_topology(broker, names)
     relay = Relay(broker, database)
     loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s, keys=settings.data_keys)

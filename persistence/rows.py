@@ -8,7 +8,7 @@ update, never through a row.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -150,6 +150,29 @@ class TickRow:
     detail: str | None = None
     node: str | None = None
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRow:
+    kid: str
+    public: str  # base64url of the Ed25519 public key
+    private: str = field(repr=False)  # sealed with the data key
+    state: str  # current | next | accepted | retired
+    created_at: datetime
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    kid: str
+    name: str
+    role: str
+    token_hash: str = field(repr=False)
+    mac_key: str = field(repr=False)  # sealed with the data key
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 _FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}

@@ -32,6 +32,12 @@ class Reason(StrEnum):
     ACTOR_NOT_ALLOWED = "actor_not_allowed"
     OPTION_NOT_ALLOWED = "option_not_allowed"
     BAD_OPTION = "bad_option"
+    # authenticity: who sent it (protocol/auth.py)
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_NOT_ALLOWED = "key_not_allowed"
+    BAD_CAPABILITY = "bad_capability"
     # payload: the fields of one message type (protocol.messages)
     BAD_ARGS = "bad_args"
     UNSUPPORTED_VERSION = "unsupported_version"

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Self
 
 from .bounds import (
     MAX_ATTEMPT,
+    MAX_CAP,
     MAX_EPOCH_S,
     MAX_KEY_LEN,
     MAX_NAME,
@@ -183,6 +184,7 @@ class StepTask(Payload):
         "inputs": _Field(dict, required=False, default=dict),
         "timeout_s": _Field(float, required=False, low=0, high=7 * 24 * 3600),
         "secret_params": _Field(list, required=False, default=list, max_len=1000),
+        "cap": _Field(str, required=False, max_len=MAX_CAP),
     }
     run_id: str
     workflow: str
@@ -194,6 +196,7 @@ class StepTask(Payload):
     inputs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     secret_params: list[str] = field(default_factory=list)  # params whose values must never be shown
+    cap: str | None = None  # the attempt's capability: returned with its progress and result (protocol/auth.py)
 
     def check(self) -> None:
         check_attempt(self.KIND, self.attempt)
@@ -221,6 +224,7 @@ class StepResult(Payload):
         "started_at": _Field(float, low=MIN_EPOCH_S, high=MAX_EPOCH_S),
         "finished_at": _Field(float, low=MIN_EPOCH_S, high=MAX_EPOCH_S),
         "traceback": _Field(str, required=False, max_len=MAX_TRACEBACK),
+        "cap": _Field(str, required=False, max_len=MAX_CAP),
     }
     run_id: str
     step: str
@@ -233,6 +237,7 @@ class StepResult(Payload):
     error_type: str | None = None
     node: str = ""
     traceback: str | None = None  # of a failed attempt: masked and size-capped by the executor
+    cap: str | None = None  # the capability the attempt's step message carried
 
     def check(self) -> None:
         check_attempt(self.KIND, self.attempt)
@@ -273,6 +278,7 @@ class StepProgress(Payload):
         "state": _Field(str, max_len=16),
         "node": _Field(str, required=False, default="", max_len=MAX_NODE),
         "detail": _Field(str, required=False, default="", max_len=MAX_TEXT),
+        "cap": _Field(str, required=False, max_len=MAX_CAP),
     }
     run_id: str
     step: str
@@ -280,6 +286,7 @@ class StepProgress(Payload):
     state: str
     node: str = ""
     detail: str = ""
+    cap: str | None = None
 
     def check(self) -> None:
         check_attempt(self.KIND, self.attempt)

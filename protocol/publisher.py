@@ -2,7 +2,8 @@
 
 It does exactly what PROTOCOL.md asks of any producer: build the envelope, encode it with msgpack,
 publish it persistently to the default exchange with the ingress queue as routing key, with
-publisher confirms and ``mandatory`` set, and check passively that the queue exists.
+publisher confirms and ``mandatory`` set, and check passively that the queue exists. With a key
+(a client key of role producer or operator) it signs each body in the AMQP headers.
 
     with Publisher("amqp://guest:guest@127.0.0.1:5672/%2F") as pub:
         message_id = pub.start_workflow("csv-report", params={"region": "EU"})
@@ -16,6 +17,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from .auth import ClientKey
 from .codec import pack
 from .envelope import envelope
 from .errors import BrokerUnavailable
@@ -28,8 +30,10 @@ class Publisher:
     to reach the broker or to have a publish confirmed is raised as BrokerUnavailable (pika's
     errors are translated here)."""
 
-    def __init__(self, url: str, namespace: str = "miniflow", *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, namespace: str = "miniflow", *, connect_timeout: float = 10.0,
+                 key: ClientKey | None = None) -> None:
         self.names = QueueNames(namespace)
+        self.key = key  # signs every body (headers x-miniflow-key / x-miniflow-mac): see protocol/auth.py
         params = pika.URLParameters(url)
         params.blocked_connection_timeout = connect_timeout
         params.socket_timeout = connect_timeout
@@ -66,14 +70,16 @@ class Publisher:
                 options: dict[str, Any] | None = None, priority: int = 0) -> str:
         """Publish one message to the ingress queue; returns its message id once confirmed."""
         body = envelope(self.names.ingress, actor_name, payload, message_id=message_id, options=options)
+        packed = pack(body)
         channel = self._open()
         try:
             channel.basic_publish(
                 exchange="",
                 routing_key=self.names.ingress,
-                body=pack(body),
+                body=packed,
                 properties=pika.BasicProperties(delivery_mode=2, priority=priority or None,
-                                                content_type="application/x-msgpack"),
+                                                content_type="application/x-msgpack",
+                                                headers=self.key.headers(packed) if self.key else None),
                 mandatory=True,
             )
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:

@@ -137,3 +137,24 @@ def test_start_with_a_missing_required_param_exits_2_before_publishing(tmp_path:
     unknown = subprocess.run([str(MINIFLOW), "start", "no-such-flow"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
     assert unknown.returncode == 2 and "is not deployed" in unknown.stderr
+
+
+def test_text_from_messages_prints_literally_never_as_markup_or_terminal_controls(tmp_path: Path) -> None:
+    from miniflow.persistence import Database, DeadLetterRow
+    from miniflow.persistence import repository as repo
+    from miniflow.protocol.clock import utcnow
+
+    assert miniflow(tmp_path, "db", "upgrade").returncode == 0
+    database = Database(f"sqlite:///{tmp_path / 'cli.db'}")
+    hostile = "[/bold][red]x\x1b[2J\x1b]0;owned\x07\r\u202eabc"
+    with database.transaction() as conn:
+        repo.insert_dead_letter(conn, DeadLetterRow(queue="miniflow.ingress", code="malformed", detail=hostile,
+                                                    raw=b"", created_at=utcnow(), message_id=hostile))
+    database.dispose()
+    shown = miniflow(tmp_path, "dead-letters", "list")
+    assert shown.returncode == 0, shown.stderr
+    assert "[/bold][red]x" in shown.stdout  # markup printed as text, and it did not crash the table
+    assert "\\x1b[2J" in shown.stdout and "\\x07" in shown.stdout and "\\u202e" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r\u202e")
+    listed = json.loads(miniflow(tmp_path, "dead-letters", "list", "--json").stdout)
+    assert listed[0]["message_id"] == hostile  # JSON keeps the exact text (escaped by JSON itself)

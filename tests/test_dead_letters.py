@@ -18,6 +18,8 @@ from miniflow.protocol.envelope import envelope
 from miniflow.protocol.messages import DeadLetterReport
 from miniflow.protocol.names import RECORD_DEAD_LETTER
 
+from .forge import core_body
+
 
 def letters(engine: EmbeddedEngine) -> list[DeadLetterRow]:
     engine.settle()
@@ -25,12 +27,14 @@ def letters(engine: EmbeddedEngine) -> list[DeadLetterRow]:
         return repo.list_dead_letters(conn, 100)
 
 
-def test_a_forged_report_that_fails_its_checks_is_archived_once_as_a_rejected_report(engine) -> None:
+@pytest.mark.parametrize("signed, code", [(True, Reason.BAD_TYPE), (False, Reason.UNSIGNED)])
+def test_a_report_that_fails_its_checks_is_archived_once_as_a_rejected_report(engine, signed, code) -> None:
     bad = {**DeadLetterReport(queue="x", code="c", detail="not a real report").to_payload(), "code": 7}
-    engine.broker.put_raw(engine.names.results, codec.pack(envelope(engine.names.results, RECORD_DEAD_LETTER, bad)))
+    fields = envelope(engine.names.results, RECORD_DEAD_LETTER, bad)
+    engine.broker.put_raw(engine.names.results, core_body(engine.auth, fields) if signed else codec.pack(fields))
     [letter] = poll_until(lambda: letters(engine) or None, timeout=30, what="the bad report archived")
     assert letter.actor == RECORD_DEAD_LETTER
-    assert letter.code == Reason.BAD_TYPE
+    assert letter.code == code
     engine.settle()
     assert len(letters(engine)) == 1  # archiving it made no further letters
 
@@ -38,7 +42,8 @@ def test_a_forged_report_that_fails_its_checks_is_archived_once_as_a_rejected_re
 def test_a_bad_report_about_a_rejected_report_is_logged_and_not_archived(engine, caplog) -> None:
     bad = {**DeadLetterReport(queue="x", code="c", detail="loop bait", about_report=True).to_payload(), "code": 7}
     caplog.set_level(logging.WARNING)
-    engine.broker.put_raw(engine.names.results, codec.pack(envelope(engine.names.results, RECORD_DEAD_LETTER, bad)))
+    engine.broker.put_raw(engine.names.results,
+                          core_body(engine.auth, envelope(engine.names.results, RECORD_DEAD_LETTER, bad)))
 
     def logged() -> bool:
         return any("not archiving the rejection" in r.getMessage() for r in caplog.records)

@@ -94,3 +94,18 @@ def test_the_documented_limits_match_the_code(doc: str) -> None:
     assert f"at most **{codec.MAX_DEPTH} levels**" in doc
     assert f"today it is `{{{', '.join(map(str, sorted(messages.SUPPORTED_VERSIONS)))}}}`" in doc
     assert f"The protocol version is **{messages.PROTOCOL_VERSION}**" in doc
+
+
+def test_the_worked_signature_is_what_a_client_key_computes_and_the_verifier_accepts(
+        doc: str, example_body: bytes) -> None:
+    from miniflow.protocol.auth import PRODUCER, ClientKey, StaticKeys, Verifier, mac_key_of
+
+    block = doc.split("<!-- worked-example-signature -->", 1)[1].split("```")[1]
+    shown = dict(line.split(None, 1) for line in block.strip().splitlines() if not line.startswith("x-"))
+    headers = dict(line.split(None, 1) for line in block.strip().splitlines() if line.startswith("x-"))
+    key = ClientKey.from_token(shown["token"], PRODUCER)
+    assert mac_key_of(shown["token"]).hex() == shown["mac"].split()[-1]
+    assert key.headers(example_body) == headers
+    fields = codec.unpack(example_body)
+    sender = Verifier(StaticKeys(clients=[key]), signed_starts=True).check(fields, headers, example_body)
+    assert sender is not None and sender.role == PRODUCER

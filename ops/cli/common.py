@@ -13,11 +13,15 @@ from rich.console import Console
 
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
-from miniflow.protocol.errors import WaitTimedOut
+from miniflow.persistence.repository import keys as krepo
+from miniflow.protocol.auth import CORE, MAY_SEND, ClientKey
+from miniflow.protocol.errors import ConfigError, WaitTimedOut
+from miniflow.protocol.names import START_WORKFLOW
 from miniflow.protocol.states import RUN_TERMINAL, RunStatus, StepStatus
 
 from ..polling import poll_until
 from ..settings import Settings
+from ..terminal import SafeConsole
 from ..views import print_json, run_to_dict, secret_params
 
 PIPED_WIDTH = 4096  # piped output is not cut at 80 columns: a line is as long as it needs
@@ -26,11 +30,12 @@ PIPED_WIDTH = 4096  # piped output is not cut at 80 columns: a line is as long a
 def _console(stderr: bool) -> Console:
     """A console for a terminal as usual; for a pipe or a file, lines are never wrapped or cut
     (COLUMNS, when set, is the width of tables). Markup is off: text from messages and steps is
-    printed as it is (styles are set with rich Text objects, never parsed from strings)."""
+    printed as it is (styles are set with rich Text objects, never parsed from strings), and control
+characters in it are shown as escapes (ops/terminal.py)."""
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr, markup=False, highlight=False)
-    return Console(stderr=stderr, width=int(os.environ.get("COLUMNS") or 0) or PIPED_WIDTH, soft_wrap=True,
+        return SafeConsole(stderr=stderr, markup=False, highlight=False)
+    return SafeConsole(stderr=stderr, width=int(os.environ.get("COLUMNS") or 0) or PIPED_WIDTH, soft_wrap=True,
                    markup=False, highlight=False)
 
 
@@ -46,6 +51,28 @@ def settings_of(ctx: click.Context) -> Settings:
 
 def database_of(ctx: click.Context) -> Database:
     return Database(settings_of(ctx).database_url)
+
+
+def signing_key(settings: Settings, actor: str, database: Database | None = None) -> ClientKey | None:
+    """The client key a command signs ``actor`` with (MINIFLOW_KEY); ConfigError, before anything is
+    published, when message authentication needs one and there is none, or its role may not send it."""
+    key = settings.client_key
+    needed = settings.auth and (actor != START_WORKFLOW or settings.signed_starts)
+    allowed = sorted(MAY_SEND[actor] - {CORE})
+    if key is None:
+        if needed:
+            raise ConfigError(f"{actor} must be signed by a key of role {' or '.join(allowed)}: set MINIFLOW_KEY "
+                              "(`miniflow keys create --name NAME --role operator` makes one); nothing was published")
+        return None
+    if database is not None:
+        with database.connect() as conn:
+            row = krepo.api_key(conn, key.kid)
+        if row is None or row.revoked_at is not None:
+            raise ConfigError(f"MINIFLOW_KEY {key.kid} is unknown or revoked in this database; nothing was published")
+        if row.role not in allowed:
+            raise ConfigError(f"MINIFLOW_KEY {key.kid} has role {row.role}; {actor} needs {' or '.join(allowed)}; "
+                              "nothing was published")
+    return key
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
-from rich.text import Text
 
 from miniflow.persistence import repository as repo
 
+from ..terminal import safe_text
 from ..views import dead_letter_to_dict, print_json
 from .common import console, database_of
 
@@ -29,6 +29,6 @@ def dead_letters_list(ctx: click.Context, limit: int, as_json: bool) -> None:
         return
     table = Table("id", "queue", "message", "code", "detail", "when")
     for i in items:
-        table.add_row(*(Text(v) for v in (str(i["id"]), i["queue"], i["message_id"] or "-", i["code"],
+        table.add_row(*(safe_text(v) for v in (str(i["id"]), i["queue"], i["message_id"] or "-", i["code"],
                                           i["detail"][:80], i["created_at"][:19])))
     console.print(table)

@@ -6,11 +6,11 @@ import dataclasses
 
 import click
 from rich.table import Table
-from rich.text import Text
 
 from miniflow.coordinator import Catalog, load_file
 from miniflow.persistence import repository as repo
 
+from ..terminal import safe_text
 from ..views import print_json
 from .common import console, database_of
 
@@ -70,5 +70,5 @@ def workflows_list(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("name", "version", "source", "deployed")
     for r in rows:
-        table.add_row(*(Text(v) for v in (r.name, str(r.version), r.source or "-", str(r.created_at)[:19])))
+        table.add_row(*(safe_text(v) for v in (r.name, str(r.version), r.source or "-", str(r.created_at)[:19])))
     console.print(table)

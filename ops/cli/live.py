@@ -13,6 +13,7 @@ from rich.text import Text
 from miniflow.coordinator import Workflow
 from miniflow.protocol.states import StepStatus
 
+from ..terminal import escape_controls, safe_text
 from ..views import fmt_ms
 
 RUNNING = "running"  # shown between an executor's started and finished events (not a stored state)
@@ -42,7 +43,7 @@ class LiveView:
         for col in ("step", "status", "attempt", "duration"):
             table.add_column(col)
         for name, st in self.state.items():
-            table.add_row(Text(name), Text(str(st["status"])), str(st["attempt"] or "-"), fmt_ms(st["ms"]))
+            table.add_row(safe_text(name), safe_text(str(st["status"])), str(st["attempt"] or "-"), fmt_ms(st["ms"]))
         return table
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
@@ -56,8 +57,9 @@ class LiveView:
             else:
                 st["status"] = StepStatus.SUCCEEDED if data.get("ok") else StepStatus.FAILED
                 st["ms"] = data.get("duration_ms")
+                error = escape_controls(str(data.get("error")))
                 line = Text.assemble((f"✔ {step}", "green"), f" finished in {fmt_ms(st['ms'])}") if data.get("ok") \
-                    else Text.assemble((f"✘ {step}", "red"), f" failed on attempt {st['attempt']}: {data.get('error')}")
+                    else Text.assemble((f"✘ {step}", "red"), f" failed on attempt {st['attempt']}: {error}")
             if not self.quiet:
                 self.console.print(line)
         if self.live:

@@ -12,13 +12,14 @@ from miniflow.coordinator import Catalog
 from miniflow.persistence import RunRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol.errors import ConfigError, WaitTimedOut
+from miniflow.protocol.names import CANCEL_RUN, RETRY_RUN
 from miniflow.protocol.publisher import Publisher
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus
 
 from ..polling import poll_until
 from ..settings import Settings
 from ..views import fmt_ms, print_json, run_to_dict, runs_table, secret_params, steps_table
-from .common import console, database_of, follow, say, settings_of
+from .common import console, database_of, follow, say, settings_of, signing_key
 
 CONFIRM_TIMEOUT_S = 30.0  # how long cancel and retry wait for a coordinator to act
 TRACEBACK_LINES = 12  # of a failed attempt's traceback, in the text of `runs show` (--json has it all)
@@ -128,7 +129,8 @@ def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool, as_jso
         say(as_json, {"run_id": run.id, "status": run.status, "cancelled": False},
               f"run {run.id} had already ended ({run.status}): nothing to cancel")
         return
-    with Publisher(settings.require_broker(), settings.namespace) as publisher:
+    key = signing_key(settings, CANCEL_RUN, database_of(ctx))
+    with Publisher(settings.require_broker(), settings.namespace, key=key) as publisher:
         publisher.cancel_run(run.id, reason)
     if not wait:
         say(as_json, {"run_id": run.id, "status": run.status, "cancel_published": True},
@@ -163,7 +165,8 @@ def runs_retry(ctx: click.Context, run_id: str, wait: bool, timeout: float | Non
     settings, run = _resolve(ctx, run_id)
     if run.status not in RETRYABLE:
         raise ConfigError(f"run {run.id} is {run.status}: only failed or cancelled runs can be retried")
-    with Publisher(settings.require_broker(), settings.namespace) as publisher:
+    key = signing_key(settings, RETRY_RUN, database_of(ctx))
+    with Publisher(settings.require_broker(), settings.namespace, key=key) as publisher:
         message_id = publisher.retry_run(run.id)
     database = database_of(ctx)
 

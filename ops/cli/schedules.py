@@ -6,7 +6,6 @@ from datetime import datetime
 
 import click
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.engine import Connection
 
 from miniflow.actors import make_broker
@@ -19,6 +18,8 @@ from miniflow.protocol.clock import utcnow
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
+from ..signing import core_keys
+from ..terminal import safe_text
 from ..views import iso, print_json, schedule_to_dict, secret_params
 from .common import console, database_of, parse_params, say, settings_of
 
@@ -104,7 +105,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("name", "workflow", "cron", "timezone", "catch-up", "overlap", "next tick", "state")
     for r in rows:
-        table.add_row(*(Text(v) for v in (r.name, r.workflow, r.cron, r.timezone, r.catch_up, r.overlap,
+        table.add_row(*(safe_text(v) for v in (r.name, r.workflow, r.cron, r.timezone, r.catch_up, r.overlap,
                                           (iso(r.next_due_at) or "-")[:19], "paused" if r.paused else "active")))
     console.print(table)
 
@@ -147,7 +148,7 @@ def show(ctx: click.Context, name: str, count: int, ticks: int, as_json: bool) -
                   highlight=False)
     table = Table("due", "outcome", "run", "late", "detail", title="recent ticks", title_justify="left")
     for t in detail["ticks"]:
-        table.add_row(*(Text(v) for v in ((t["due_at"] or "")[:23], t["outcome"], (t["run_id"] or "-")[:8],
+        table.add_row(*(safe_text(v) for v in ((t["due_at"] or "")[:23], t["outcome"], (t["run_id"] or "-")[:8],
                                           f"{t['lateness_ms']:.0f} ms", t["detail"] or "")))
     console.print(table)
 
@@ -213,7 +214,7 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
     with database.transaction() as conn:
         _named(conn, name)
         key, outgoing = Scheduler(names, node="cli", keys=settings.data_keys).trigger(conn, name, utcnow())
-    broker = make_broker(url, names)
+    broker = make_broker(url, names, keys=core_keys(settings, database))  # signed as the timer would
     try:
         relay = Relay(broker, database)
         relay.publish(outgoing)

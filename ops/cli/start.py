@@ -14,11 +14,12 @@ from miniflow.actors.middleware.tracing import inject, tracer
 from miniflow.coordinator import Catalog, resolve_params
 from miniflow.persistence import repository as repo
 from miniflow.protocol.errors import ConfigError, DatabaseUnavailable, MessageRejected
+from miniflow.protocol.names import START_WORKFLOW
 from miniflow.protocol.publisher import Publisher
 
 from ..telemetry import setup as telemetry_setup
 from ..views import print_json
-from .common import console, database_of, err, follow, parse_params, settings_of
+from .common import console, database_of, err, follow, parse_params, settings_of, signing_key
 
 
 def _check_start(ctx: click.Context, workflow: str, version: int | None, params: dict[str, Any]) -> None:
@@ -66,13 +67,15 @@ def start(ctx: click.Context, workflow: str, params: tuple[str, ...], version: i
     given = parse_params(params)
     if settings.database_configured and not no_check:
         _check_start(ctx, workflow, version, given)
+    signer = signing_key(settings, START_WORKFLOW, database_of(ctx) if settings.database_configured and not no_check
+                         else None)
     telemetry = telemetry_setup("miniflow-cli")
     try:
         with tracer().start_as_current_span(f"start {workflow}", kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": "rabbitmq", "messaging.operation.type": "send",
                 "messaging.destination.name": f"{settings.namespace}.ingress", "miniflow.workflow": workflow}):
             traceparent = inject({}).get("traceparent")
-            with Publisher(url, settings.namespace) as publisher:
+            with Publisher(url, settings.namespace, key=signer) as publisher:
                 message_id = publisher.start_workflow(workflow, params=given, version=version,
                                                       idempotency_key=key, priority=priority,
                                                       traceparent=traceparent)

@@ -7,6 +7,7 @@
     dead_letters   the archive of rejected messages
     requests       handled retry requests (a redelivery is not a second retry)
     schedules      schedules and the tick ledger of the cron timer
+    keys           the core's signing keys and client (API) keys
 
 Nothing here commits: callers hold ``Database.transaction()`` so that a state change and the
 outbox rows it implies commit together. Durable dedupe is done by unique keys with
@@ -16,7 +17,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 """
 
 from ..fastpath import batched_writes
-from . import schedules
+from . import keys, schedules
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
@@ -45,7 +46,8 @@ from .runs import (
 __all__ = [
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
-    "insert_dead_letter", "insert_run", "insert_steps", "latest_version", "list_dead_letters", "list_definitions",
+    "insert_dead_letter", "insert_run", "insert_steps", "keys", "latest_version", "list_dead_letters",
+    "list_definitions",
     "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
     "overdue_run_ids", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
     "run_id_for_key", "runs_after", "save_definition", "schedules",

@@ -13,6 +13,7 @@ test and fails it if they ever stopped answering.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -114,7 +115,32 @@ def env(namespace: str, database_url: str) -> dict[str, str]:
     environ.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url,
                    MINIFLOW_NAMESPACE=namespace, MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
                    MINIFLOW_DATA_KEY=DATA_KEY)
-    return environ
+    return provision(environ)
+
+
+EXECUTOR_KEYS: dict[str, str] = {}  # database URL -> the token of its executor key
+
+
+def provision(environ: dict[str, str]) -> dict[str, str]:
+    """Migrate the database and set up message authentication as an operator would: a core signing
+    key, a key for executors and one for the operator running the CLI (MINIFLOW_KEY of the env)."""
+    for args in (("db", "upgrade"), ("keys", "core", "init", "--json")):
+        result = miniflow(environ, *args)
+        assert result.returncode == 0, result.stderr
+    public = json.loads(result.stdout)["core_public_keys"]
+    tokens = {}
+    for role in ("executor", "operator"):
+        made = miniflow(environ, "keys", "create", "--name", f"tests-{role}-{uuid.uuid4().hex[:6]}", "--role", role,
+                        "--json")
+        assert made.returncode == 0, made.stderr
+        tokens[role] = json.loads(made.stdout)["token"]
+    EXECUTOR_KEYS[environ["MINIFLOW_DATABASE_URL"]] = tokens["executor"]
+    return dict(environ, MINIFLOW_KEY=tokens["operator"], MINIFLOW_CORE_PUBLIC_KEYS=public)
+
+
+def executor_only(args: list[str]) -> bool:
+    roles = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--role"]
+    return set(roles) == {"executor"} or (not roles and "--steps" in args)
 
 
 def _base_env() -> dict[str, str]:
@@ -149,7 +175,7 @@ def fault_env(private_services: tuple[priv.Broker, priv.Database]) -> dict[str, 
     environ.update(MINIFLOW_BROKER_URL=broker.url, MINIFLOW_DATABASE_URL=url,
                    MINIFLOW_NAMESPACE=f"mff_{uuid.uuid4().hex[:8]}", MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
                    MINIFLOW_DATA_KEY=DATA_KEY)
-    return environ
+    return provision(environ)
 
 
 class SharedServicesWatch:
@@ -253,10 +279,14 @@ def query(database_url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
 
 
 class WorkerProcess(processes.WorkerProcess):
-    """`miniflow worker` run from the repository root (so `--steps examples.steps` imports)."""
+    """`miniflow worker` run from the repository root (so `--steps examples.steps` imports). An
+    executor-only worker signs with the executor key of its database, as a deployment's would."""
 
     def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None,
                  **kwargs: Any) -> None:
+        token = EXECUTOR_KEYS.get(env.get("MINIFLOW_DATABASE_URL", ""))
+        if token is not None and executor_only(args):
+            env = dict(env, MINIFLOW_KEY=token)
         super().__init__(env, args, log, prefix, cwd=ROOT, **kwargs)
 
 
