@@ -125,11 +125,11 @@ def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool, as_jso
     """Cancel a run: no new steps are dispatched, late results are recorded but change nothing. A run
     that has already ended is left as it is (exit 0)."""
     settings, run = _resolve(ctx, run_id)
+    key = signing_key(settings, CANCEL_RUN, database_of(ctx))
     if run.status in RUN_TERMINAL:
         say(as_json, {"run_id": run.id, "status": run.status, "cancelled": False},
               f"run {run.id} had already ended ({run.status}): nothing to cancel")
         return
-    key = signing_key(settings, CANCEL_RUN, database_of(ctx))
     with Publisher(settings.require_broker(), settings.namespace, key=key) as publisher:
         publisher.cancel_run(run.id, reason)
     if not wait:
@@ -163,9 +163,9 @@ def runs_cancel(ctx: click.Context, run_id: str, reason: str, wait: bool, as_jso
 def runs_retry(ctx: click.Context, run_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Re-run a failed or cancelled run from its unfinished steps, keeping succeeded outputs."""
     settings, run = _resolve(ctx, run_id)
+    key = signing_key(settings, RETRY_RUN, database_of(ctx))
     if run.status not in RETRYABLE:
         raise ConfigError(f"run {run.id} is {run.status}: only failed or cancelled runs can be retried")
-    key = signing_key(settings, RETRY_RUN, database_of(ctx))
     with Publisher(settings.require_broker(), settings.namespace, key=key) as publisher:
         message_id = publisher.retry_run(run.id)
     database = database_of(ctx)

@@ -34,11 +34,12 @@ def publish_start(url: str, namespace: str, workflow: str, params: dict[str, Any
     return message_id
 
 
-def publish_raw(url: str, queue: str, body: bytes) -> None:
+def publish_raw(url: str, queue: str, body: bytes, headers: dict[str, str] | None = None) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+        channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, headers=headers),
+                              mandatory=True)
     finally:
         connection.close()
