@@ -202,7 +202,7 @@ def make_broker(url: str | None, names: QueueNames, middleware: list[Middleware]
     guard = Guard(names, Verifier(keys, signed_starts=signed_starts) if keys is not None else None)
     chain = list(middleware) if middleware is not None else default_middleware()
     if keys is not None:
-        chain.append(Signing(keys))
+        chain.append(Signing(keys, names))
     broker: dramatiq.Broker
     if url is None:
         broker = EmbeddedBroker(guard=guard, middleware=chain)

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg2
 
-from bench.harness import ROOT, Timer, Worker, bench_env, delete_queues, miniflow, scratch_database
+from bench.harness import ROOT, Timer, Worker, bench_env, delete_queues, miniflow, provision, scratch_database
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,7 +59,7 @@ def measure(ticks: int) -> list[tuple[datetime, datetime, float, str]]:
         env = bench_env(namespace, database_url)
         running: list[Worker | Timer] = []
         try:
-            miniflow(env, "db", "upgrade")
+            env = provision(env)
             miniflow(env, "deploy", "examples/diamond.yaml")
             running.append(Worker(env, "--role", "coordinator", "--role", "results", "--threads", "4").wait_ready())
             running.append(Worker(env, "--steps", "examples.steps", "--threads", "4").wait_ready())

@@ -3,6 +3,7 @@ about the machine. Everything runs against the local RabbitMQ and Postgres."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg2
 
 from miniflow.ops.processes import TimerProcess, WorkerProcess
+from miniflow.persistence.sealing import new_key_line
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,21 +73,34 @@ def delete_queues(namespace: str) -> None:
 def bench_env(namespace: str, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIFLOW_", "OTEL_"))}
     env.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url, MINIFLOW_NAMESPACE=namespace,
-               MINIFLOW_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", **extra)
+               MINIFLOW_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", MINIFLOW_DATA_KEY=new_key_line("bench"), **extra)
     return env
 
 
-def miniflow(env: dict[str, str], *args: str) -> None:
+def provision(env: dict[str, str]) -> dict[str, str]:
+    """Migrate the database and set up message authentication as a deployment does: a core key, and
+    an executor key that executor-only workers of this env sign with (BENCH_EXECUTOR_KEY)."""
+    miniflow(env, "db", "upgrade")
+    public = json.loads(miniflow(env, "keys", "core", "init", "--json"))["core_public_keys"]
+    token = json.loads(miniflow(env, "keys", "create", "--name", "bench-executor", "--role", "executor",
+                                "--json"))["token"]
+    return dict(env, MINIFLOW_CORE_PUBLIC_KEYS=public, BENCH_EXECUTOR_KEY=token)
+
+
+def miniflow(env: dict[str, str], *args: str) -> str:
     result = subprocess.run([str(BIN / "miniflow"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"miniflow {' '.join(args)} failed: {result.stderr[-2000:]}")
+    return result.stdout
 
 
 class Worker(WorkerProcess):
     """A `miniflow worker` process for a benchmark, its log in the temporary folder."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        if "--role" not in args and "BENCH_EXECUTOR_KEY" in env:  # an executor alone signs with its own key
+            env = dict(env, MINIFLOW_KEY=env["BENCH_EXECUTOR_KEY"])
         super().__init__(env, list(args), Path(tempfile.mkstemp(prefix="miniflow-bench-", suffix=".log")[1]), cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60) -> Worker:  # type: ignore[override]

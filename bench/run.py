@@ -11,6 +11,7 @@ Measures (full persistence in Postgres, workers as separate processes):
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
   running       diamond-10 again with the executor reporting every step as running (the worst case)
+  auth          diamond-10 and chain-10 again with MINIFLOW_AUTH=off: the cost of signed messages
   memory        peak RSS of each worker process
   cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
 Writes bench/results.json and prints a table with each figure's ratio to the baseline.
@@ -38,6 +39,7 @@ from bench.harness import (
     delete_queues,
     machine,
     miniflow,
+    provision,
     scratch_database,
     wait_terminal,
 )
@@ -202,7 +204,7 @@ def main() -> int:
     with scratch_database() as db:
         env = bench_env(namespace, db)
         try:
-            miniflow(env, "db", "upgrade")
+            env = provision(env)
             for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY)):
                 path = Path(f"/tmp/{namespace}-{name}.yaml")
                 path.write_text(text)
@@ -228,6 +230,15 @@ def main() -> int:
                     results["diamond10_traced"]["spans_received"] = len(receiver.spans)
                 finally:
                     cluster.stop()
+            # The cost of message authentication: the same runs with MINIFLOW_AUTH=off.
+            cluster = Cluster(dict(env, MINIFLOW_AUTH="off"), args.threads)
+            try:
+                diamond(env, 20)
+                results["diamond10_auth_off"] = diamond(env, args.runs)
+                off = chain_and_start_latency(env, args.chain_runs)
+                results["chain10_ms_per_step_median_auth_off"] = off["chain10_ms_per_step_median"]
+            finally:
+                cluster.stop()
             # Worst case of the "running" reports: every step reports, however short (by default a
             # step reports only when still running after 0.2 s, so no-op steps send nothing).
             cluster = Cluster(env, args.threads, "--report-running-after", "0")
@@ -254,6 +265,9 @@ def main() -> int:
         "chain10_ms_per_step_vs_confirmed_hop": round(
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
+        "auth_on_vs_off": round(steps / results["diamond10_auth_off"]["steps_per_s"], 3),
+        "auth_cost_ms_per_step_chain": round(results["chain10_ms_per_step_median"]
+                                             - results["chain10_ms_per_step_median_auth_off"], 2),
         "running_report_every_step_vs_default": round(
             results["diamond10_running_reports"]["steps_per_s"] / steps, 3),
     }
@@ -287,6 +301,10 @@ def print_table(r: dict[str, Any]) -> None:
           for n, v in r["scale"].items()],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
+        ("diamond-10 steps/s, MINIFLOW_AUTH=off", f"{r['diamond10_auth_off']['steps_per_s']:.0f}",
+         f"signed is {r['ratios']['auth_on_vs_off']:.2f} of it"),
+        ("chain-10 ms per step, MINIFLOW_AUTH=off", f"{r['chain10_ms_per_step_median_auth_off']:.2f}",
+         f"signing adds {r['ratios']['auth_cost_ms_per_step_chain']:.2f} ms per step"),
         ("diamond-10 steps/s, every step reporting running", f"{r['diamond10_running_reports']['steps_per_s']:.0f}",
          f"{r['ratios']['running_report_every_step_vs_default']:.2f} of the default (no reports for short steps)"),
         ("peak RSS MB (coordinator+results / executor)",

@@ -70,7 +70,7 @@ class DatabaseKeys:
                               "MINIFLOW_DATA_KEY or MINIFLOW_DATA_KEY_FILE (or MINIFLOW_AUTH=off)")
         self.db = db
         self.data_keys = data_keys
-        self.core = core
+        self.holds_core = core
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._loaded = self._load()
@@ -81,7 +81,7 @@ class DatabaseKeys:
             signing = krepo.signing_keys_all(conn)
             clients = krepo.list_api_keys(conn)
         public = {r.kid: public_key(r.public, f"signing key {r.kid}") for r in signing if r.state != RETIRED}
-        core = {r.kid: self._open_core(r) for r in signing if r.state != RETIRED} if self.core else {}
+        core = {r.kid: self._open_core(r) for r in signing if r.state != RETIRED} if self.holds_core else {}
         current = next((core[r.kid] for r in signing if r.state == CURRENT and r.kid in core), None)
         live = [r for r in clients if r.revoked_at is None]
         return _Loaded(public, core, current,
@@ -131,9 +131,8 @@ class DatabaseKeys:
             return None
         return loaded.clients.get(kid)
 
-    def cap_key(self, kid: str) -> bytes | None:
-        key = self._current().core.get(kid) or self._current(missing=True).core.get(kid)
-        return key.cap_key if key is not None else None
+    def core(self, kid: str) -> CoreKey | None:
+        return self._current().core.get(kid) or self._current(missing=True).core.get(kid)
 
     def core_signer(self) -> CoreKey | None:
         return self._current().current

@@ -35,6 +35,7 @@ from miniflow.protocol.auth import (
     CoreKey,
     StaticKeys,
     Verifier,
+    canonical_of,
     new_token,
 )
 from miniflow.protocol.clock import utcnow
@@ -288,3 +289,15 @@ def test_with_authentication_off_the_engine_runs_as_before(tmp_path) -> None:
         engine.deploy(loads(ECHO))
         assert engine.wait(engine.submit("echo"), timeout=30).status == "succeeded"
         assert engine.auth is None
+
+
+def test_the_core_mac_is_accepted_by_core_processes_only() -> None:
+    fields = envelope("miniflow.coordinator", STEP_FINISHED, StepFinished("r" * 36, "s", 1).to_payload())
+    fields["options"][SIG_OPTION] = CORE_KEY.mac(canonical_of(fields))
+    assert code_of(wire(fields)) is None
+    executor_view = StaticKeys(public={CORE_KEY.kid: CORE_KEY.public})
+    with pytest.raises(MessageRejected) as info:
+        Verifier(executor_view).check(wire(fields))
+    assert info.value.code == Reason.UNKNOWN_KEY
+    fields["options"][SIG_OPTION] = CoreKey.from_seed(CORE_KEY.kid, b"\x01" * 32).mac(canonical_of(fields))
+    assert code_of(wire(fields)) == Reason.BAD_SIGNATURE
