@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -18,6 +20,7 @@ import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.common import dq_name, q_name
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.message import Message
 from dramatiq.middleware import (
@@ -37,6 +40,7 @@ from . import encoder, redaction
 from .guard import Guard
 from .middleware.signing import Signing
 
+logger = logging.getLogger("miniflow.runtime")
 MAX_PRIORITY = 10
 # Infrastructure retries only (a database restart, a lost connection): MiniFlow owns step retries.
 # 120 retries with a 30 s cap ride out about an hour of outage before a message is dead-lettered.
@@ -85,15 +89,30 @@ class _GuardedRabbitmqConsumer(_RabbitmqConsumer):
 
 
 class GuardedRabbitmqBroker(RabbitmqBroker):
-    """RabbitmqBroker whose consumers dead-letter bad bodies with a reason."""
+    """RabbitmqBroker whose consumers dead-letter bad bodies with a reason.
 
-    def __init__(self, *, guard: Guard, **kwargs: Any) -> None:
+    ``owns`` says which queues this process declares. dramatiq declares every queue it publishes
+    to, which needs the broker's "configure" right on it (and with it the right to delete it); an
+    executor alone owns only its step queues and publishes to the others as they are, so its
+    broker user needs no rights on them but to publish (``miniflow broker setup``)."""
+
+    def __init__(self, *, guard: Guard, owns: Callable[[str], bool] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.guard = guard
+        self.owns = owns
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
         return _GuardedRabbitmqConsumer
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        if self.owns is None or self.owns(queue_name):
+            super().declare_queue(queue_name, ensure=ensure)
+            return
+        canonical = q_name(queue_name)
+        if canonical not in self.queues:  # known (so dramatiq may publish to it), never declared here
+            self.queues.add(canonical)
+            self.delay_queues.add(dq_name(canonical))
 
 
 class _GuardedStubConsumer(_StubConsumer):
@@ -181,6 +200,45 @@ def check_broker(url: str, timeout_s: float = 5.0) -> None:
         pika_log.setLevel(level)
 
 
+def wait_for_queues(url: str, queues: list[str], stop: threading.Event | None = None,
+                    remind_s: float = 60.0) -> bool:
+    """Wait until every queue exists (checked passively: no broker rights needed); False if
+    ``stop`` is set first. An executor alone publishes to queues that a core process declares, so
+    it waits for them, saying once (and then every ``remind_s``) what it waits for."""
+    stop = stop or threading.Event()
+    told = 0.0
+    while True:
+        missing = _missing_queue(url, queues)
+        if missing is None:
+            if told:
+                logger.warning("the queues exist now: going on")
+            return True
+        if time.monotonic() - told >= remind_s:
+            logger.warning("waiting for queue %r: start a coordinator and results worker of this namespace "
+                           "(it declares the queues)", missing)
+            told = time.monotonic()
+        if stop.wait(1.0):
+            return False
+
+
+def _missing_queue(url: str, queues: list[str]) -> str | None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return queue
+            channel.close()
+        return None
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerUnavailable(f"cannot check the queues at {mask_url(url)}: {_why(exc)}") from exc
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
         return "the login was refused (user or password)"
@@ -190,7 +248,8 @@ def _why(exc: BaseException) -> str:
 
 
 def make_broker(url: str | None, names: QueueNames, middleware: list[Middleware] | None = None, *,
-                keys: KeySource | None = None, signed_starts: bool = False) -> dramatiq.Broker:
+                keys: KeySource | None = None, signed_starts: bool = False,
+                owns: Callable[[str], bool] | None = None) -> dramatiq.Broker:
     """A RabbitMQ broker for an amqp(s):// URL, or the embedded broker when ``url`` is None.
 
     With ``keys`` (message authentication on) every message sent is signed and every message
@@ -208,20 +267,38 @@ def make_broker(url: str | None, names: QueueNames, middleware: list[Middleware]
         broker = EmbeddedBroker(guard=guard, middleware=chain)
     else:
         broker = GuardedRabbitmqBroker(guard=guard, url=with_pika_defaults(url), confirm_delivery=True,
-                                       max_priority=MAX_PRIORITY, middleware=chain)
+                                       max_priority=MAX_PRIORITY, middleware=chain, owns=owns)
     dramatiq.set_broker(broker)
     return broker
 
 
-def declare_topology(broker: dramatiq.Broker, names: QueueNames, pools: list[str] | tuple[str, ...] = ()) -> None:
-    """Declare every MiniFlow queue of a namespace (so producers can publish before workers start)."""
-    queues = [names.ingress, names.coordinator, names.results, names.steps]
-    queues += [names.step_queue(p) for p in pools]
+def declare_topology(broker: dramatiq.Broker, names: QueueNames, pools: list[str] | tuple[str, ...] = (), *,
+                     steps_only: bool = False) -> None:
+    """Declare every MiniFlow queue of a namespace (so producers can publish before workers start),
+    and the ingress exchange producers publish to; ``steps_only``: the step queues alone (an
+    executor's)."""
+    queues = [] if steps_only else [names.ingress, names.coordinator, names.results]
+    queues += [names.steps] + [names.step_queue(p) for p in pools]
     for queue in queues:
         if isinstance(broker, RabbitmqBroker):
             broker.declare_queue(queue, ensure=True)
         else:
             broker.declare_queue(queue)
+    if isinstance(broker, RabbitmqBroker) and not steps_only:
+        _declare_ingress_exchange(broker, names)
+
+
+def _declare_ingress_exchange(broker: RabbitmqBroker, names: QueueNames) -> None:
+    """The direct exchange ``<ns>.ingress``, bound to the ingress queue: producers publish there, so
+    that their broker user may write to it and to nothing else (the default exchange reaches every
+    queue)."""
+    try:
+        channel = broker.channel
+        channel.exchange_declare(names.ingress, exchange_type="direct", durable=True)
+        channel.queue_bind(names.ingress, names.ingress, routing_key=names.ingress)
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerUnavailable(f"could not declare the ingress exchange {names.ingress!r}: {type(exc).__name__}") \
+            from exc
 
 
 def delete_topology(url: str, names: QueueNames) -> int:

@@ -11,7 +11,7 @@ Measures (full persistence in Postgres, workers as separate processes):
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
   running       diamond-10 again with the executor reporting every step as running (the worst case)
-  auth          diamond-10 and chain-10 again with MINIFLOW_AUTH=off: the cost of signed messages
+  auth          diamond-10 and chain-10 signed and with MINIFLOW_AUTH=off, alternated 3 times (A/B)
   memory        peak RSS of each worker process
   cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
 Writes bench/results.json and prints a table with each figure's ratio to the baseline.
@@ -181,6 +181,33 @@ def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
             "start_latency_ms_p99": round(pct(start_latency, 0.99), 2)}
 
 
+AB_ROUNDS = 3
+
+
+def auth_ab(env: dict[str, str], threads: int) -> dict[str, float]:
+    """The cost of message authentication, measured A/B: clusters signed and with MINIFLOW_AUTH=off,
+    alternated AB_ROUNDS times (the load of a shared machine drifts more than the cost itself),
+    medians of each side."""
+    seen: dict[str, dict[str, list[float]]] = {"on": {"steps": [], "chain": []}, "off": {"steps": [], "chain": []}}
+    for _ in range(AB_ROUNDS):
+        for side in ("on", "off"):
+            cluster = Cluster(dict(env, MINIFLOW_AUTH=side), threads)
+            try:
+                diamond(env, 20)
+                seen[side]["steps"].append(diamond(env, 100)["steps_per_s"])
+                seen[side]["chain"].append(chain_and_start_latency(env, 20)["chain10_ms_per_step_median"])
+            finally:
+                cluster.stop()
+    on = {k: statistics.median(v) for k, v in seen["on"].items()}
+    off = {k: statistics.median(v) for k, v in seen["off"].items()}
+    print(f"auth A/B: steps/s on {seen['on']['steps']} off {seen['off']['steps']}; chain ms on "
+          f"{seen['on']['chain']} off {seen['off']['chain']}", flush=True)
+    return {"diamond10_steps_per_s_on": on["steps"], "diamond10_steps_per_s_off": off["steps"],
+            "diamond10_on_vs_off": round(on["steps"] / off["steps"], 3),
+            "chain10_ms_per_step_on": on["chain"], "chain10_ms_per_step_off": off["chain"],
+            "chain10_ms_per_step_added": round(on["chain"] - off["chain"], 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200, help="diamond-10 runs started at once")
@@ -230,15 +257,7 @@ def main() -> int:
                     results["diamond10_traced"]["spans_received"] = len(receiver.spans)
                 finally:
                     cluster.stop()
-            # The cost of message authentication: the same runs with MINIFLOW_AUTH=off.
-            cluster = Cluster(dict(env, MINIFLOW_AUTH="off"), args.threads)
-            try:
-                diamond(env, 20)
-                results["diamond10_auth_off"] = diamond(env, args.runs)
-                off = chain_and_start_latency(env, args.chain_runs)
-                results["chain10_ms_per_step_median_auth_off"] = off["chain10_ms_per_step_median"]
-            finally:
-                cluster.stop()
+            results["auth"] = auth_ab(env, args.threads)
             # Worst case of the "running" reports: every step reports, however short (by default a
             # step reports only when still running after 0.2 s, so no-op steps send nothing).
             cluster = Cluster(env, args.threads, "--report-running-after", "0")
@@ -265,9 +284,8 @@ def main() -> int:
         "chain10_ms_per_step_vs_confirmed_hop": round(
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
-        "auth_on_vs_off": round(steps / results["diamond10_auth_off"]["steps_per_s"], 3),
-        "auth_cost_ms_per_step_chain": round(results["chain10_ms_per_step_median"]
-                                             - results["chain10_ms_per_step_median_auth_off"], 2),
+        "auth_on_vs_off": results["auth"]["diamond10_on_vs_off"],
+        "auth_cost_ms_per_step_chain": results["auth"]["chain10_ms_per_step_added"],
         "running_report_every_step_vs_default": round(
             results["diamond10_running_reports"]["steps_per_s"] / steps, 3),
     }
@@ -301,9 +319,11 @@ def print_table(r: dict[str, Any]) -> None:
           for n, v in r["scale"].items()],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
-        ("diamond-10 steps/s, MINIFLOW_AUTH=off", f"{r['diamond10_auth_off']['steps_per_s']:.0f}",
-         f"signed is {r['ratios']['auth_on_vs_off']:.2f} of it"),
-        ("chain-10 ms per step, MINIFLOW_AUTH=off", f"{r['chain10_ms_per_step_median_auth_off']:.2f}",
+        ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
+         f"{r['auth']['diamond10_steps_per_s_on']:.0f} / {r['auth']['diamond10_steps_per_s_off']:.0f}",
+         f"signed is {r['ratios']['auth_on_vs_off']:.2f} of off"),
+        ("A/B chain-10 ms per step, signed / MINIFLOW_AUTH=off",
+         f"{r['auth']['chain10_ms_per_step_on']:.2f} / {r['auth']['chain10_ms_per_step_off']:.2f}",
          f"signing adds {r['ratios']['auth_cost_ms_per_step_chain']:.2f} ms per step"),
         ("diamond-10 steps/s, every step reporting running", f"{r['diamond10_running_reports']['steps_per_s']:.0f}",
          f"{r['ratios']['running_report_every_step_vs_default']:.2f} of the default (no reports for short steps)"),

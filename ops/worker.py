@@ -27,7 +27,7 @@ from miniflow.actors import (
     load_step_modules,
     make_broker,
 )
-from miniflow.actors.broker import check_broker
+from miniflow.actors.broker import check_broker, wait_for_queues
 from miniflow.actors.faults import FaultPoints
 from miniflow.actors.middleware import TracingInstrument
 from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
@@ -103,14 +103,18 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     keys = core_keys(settings, db) if db is not None else executor_keys(settings)
-    broker = make_broker(url, names, keys=keys, signed_starts=settings.signed_starts)
+    alone = set(roles) == {EXECUTOR}  # an executor alone declares its step queues only
+    stop = _stop_on_signals()
+    if alone and not wait_for_queues(url, [names.results, names.coordinator], stop):
+        return 0
+    broker = make_broker(url, names, keys=keys, signed_starts=settings.signed_starts,
+                         owns=names.is_step_queue if alone else None)
     coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
                 running_after_s=running_after_s, coordinator=coordinator,
                 dead_letter_keep_s=settings.dead_letter_days * 86400)
-    declare_topology(broker, names, pools)
+    declare_topology(broker, names, pools, steps_only=alone)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
-    stop = _stop_on_signals()
     broker.emit_after("process_boot")
     worker.start()
     node.start_background()

@@ -1,7 +1,7 @@
 """A small pika publisher for Python producers: no dramatiq, no MiniFlow server code.
 
 It does exactly what PROTOCOL.md asks of any producer: build the envelope, encode it with msgpack,
-publish it persistently to the default exchange with the ingress queue as routing key, with
+publish it persistently to the ingress exchange with the ingress queue as routing key, with
 publisher confirms and ``mandatory`` set, and check passively that the queue exists. With a key
 (a client key of role producer or operator) it signs each body in the AMQP headers.
 
@@ -55,10 +55,11 @@ class Publisher:
                 channel = self._connection.channel()
                 channel.confirm_delivery()
                 channel.queue_declare(self.names.ingress, passive=True)
+                channel.exchange_declare(self.names.ingress, passive=True)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self.close()
-                raise BrokerUnavailable(f"queue {self.names.ingress!r} does not exist: start a coordinator "
-                                    f"worker for namespace {self.names.namespace!r} first") from exc
+                raise BrokerUnavailable(f"queue or exchange {self.names.ingress!r} does not exist: start a coordinator "
+                                        f"worker for namespace {self.names.namespace!r} first") from exc
             except pika.exceptions.AMQPError as exc:
                 self.close()
                 raise BrokerUnavailable(f"cannot reach the broker at {self._params.host}:{self._params.port}: "
@@ -74,7 +75,7 @@ class Publisher:
         channel = self._open()
         try:
             channel.basic_publish(
-                exchange="",
+                exchange=self.names.ingress,  # the ingress exchange: a producer's broker user may write only there
                 routing_key=self.names.ingress,
                 body=packed,
                 properties=pika.BasicProperties(delivery_mode=2, priority=priority or None,
