@@ -158,3 +158,24 @@ def test_text_from_messages_prints_literally_never_as_markup_or_terminal_control
     assert not any(c in shown.stdout for c in "\x1b\x07\r\u202e")
     listed = json.loads(miniflow(tmp_path, "dead-letters", "list", "--json").stdout)
     assert listed[0]["message_id"] == hostile  # JSON keeps the exact text (escaped by JSON itself)
+
+
+def test_broker_setup_prints_least_privilege_users_and_their_urls(tmp_path: Path) -> None:
+    import re
+
+    from miniflow.ops.broker_setup import plan
+
+    done = miniflow(tmp_path, "broker", "setup", "--vhost", "prod", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert [u["role"] for u in shown["users"]] == ["core", "executor", "producer"]
+    assert "set_permissions -p prod miniflow-producer '^$' '^miniflow\\.ingress$' '^$'" in shown["script"]
+    assert all(u["url"].endswith("@127.0.0.1:5672/prod") for u in shown["users"])
+    core, executor, producer = plan("mf-1")
+    def can(pattern: str, name: str) -> bool:
+        return re.search(pattern, name) is not None
+    assert can(core.configure, "mf-1.results") and not can(core.configure, "other.results")
+    assert all(can(executor.read, q) for q in ("mf-1.steps", "mf-1.steps.gpu", "mf-1.steps.DQ"))
+    assert not any(can(executor.read, q) for q in ("mf-1.results", "mf-1.stepsx", "mf-1.ingress", "mf-1x.steps"))
+    assert can(producer.write, "mf-1.ingress") and not can(producer.write, "amq.default")
+    assert not can(executor.write, "mf-1.ingress") and can(executor.write, "amq.default")

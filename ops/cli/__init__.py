@@ -28,6 +28,7 @@ from miniflow.protocol.errors import (
 
 from .. import logging as mf_logging
 from ..settings import Settings
+from .broker import broker
 from .common import err
 from .dead_letters import dead_letters
 from .definitions import db, deploy, workflows
@@ -49,7 +50,8 @@ def cli(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys):
+for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
+                 broker):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

@@ -106,6 +106,7 @@ def _popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
 class Broker(Protocol):
     url: str
 
+    def rabbitmqctl(self, *args: str) -> None: ...
     def stop_app(self) -> None: ...
     def start_app(self) -> None: ...
     def close(self) -> None: ...
@@ -220,6 +221,9 @@ class PrivateRabbitMQ:
         return subprocess.run([str(self.bindir / "rabbitmqctl"), "-n", self.node, "-q", *args], env=self.env,
                               check=check, capture_output=True, text=True, timeout=120)
 
+    def rabbitmqctl(self, *args: str) -> None:
+        self.ctl(*args)
+
     def stop_app(self) -> None:
         self.ctl("stop_app")
 
@@ -309,6 +313,9 @@ class DockerRabbitMQ:
         if code != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed in the container: {output!r}")
         return output.decode() if isinstance(output, bytes) else str(output)
+
+    def rabbitmqctl(self, *args: str) -> None:
+        self._ctl(*args)
 
     def stop_app(self) -> None:
         self._ctl("stop_app")
