@@ -46,7 +46,7 @@ def refused(url: str, action: Any) -> bool:
     try:
         action(connection.channel())
     except pika.exceptions.ChannelClosedByBroker as exc:
-        return exc.reply_code == 403
+        return bool(exc.reply_code == 403)
     finally:
         if connection.is_open:
             connection.close()
