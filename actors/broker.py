@@ -9,6 +9,7 @@ own sends go through :func:`publish`, where dramatiq's connection errors become 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -240,6 +241,9 @@ def _missing_queue(url: str, queues: list[str]) -> str | None:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"its TLS certificate was not accepted ({exc.verify_message or exc.reason}); a private CA is "
+                "trusted with SSL_CERT_FILE")
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
         return "the login was refused (user or password)"
     if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):

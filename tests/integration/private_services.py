@@ -124,7 +124,8 @@ class Database(Protocol):
 class PrivatePostgres:
     """A Postgres cluster of our own: initdb in a temporary directory, the postmaster on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        """``tls``: server files (tests/integration/tls.py): the cluster then takes TLS connections."""
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
         if not found[-1]:
             raise RuntimeError("no Postgres server binaries (initdb) are installed")
@@ -139,6 +140,18 @@ class PrivatePostgres:
         subprocess.run([str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
                         "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120,
                        preexec_fn=_die_with_parent(self.user))
+        self.options: list[str] = []
+        if tls is not None:  # the server reads its key as the postgres user, and only if nobody else can
+            for name, source in (("server.pem", tls.cert), ("server.key", tls.key)):
+                target = self.dir / name
+                shutil.copyfile(source, target)
+                target.chmod(0o600)
+                if self.user is not None:
+                    shutil.chown(target, self.user)
+            # 127.0.0.2 as well: the same server under a name its certificate does not have
+            self.options = ["-c", "listen_addresses=127.0.0.1,127.0.0.2", "-c", "ssl=on",
+                            "-c", f"ssl_cert_file={self.dir / 'server.pem'}",
+                            "-c", f"ssl_key_file={self.dir / 'server.key'}"]
         self.start()
 
     def url(self, database: str = "postgres") -> str:
@@ -148,7 +161,7 @@ class PrivatePostgres:
         with self.log.open("ab") as log:
             self.proc = _popen(
                 [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port), "-k", str(self.dir),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200", *self.options],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(self.user))
         _wait(self._answers, f"the private Postgres on port {self.port}")
 
@@ -185,7 +198,8 @@ class PrivateRabbitMQ:
     """A RabbitMQ node of our own: its node name, AMQP and distribution ports, data and log
     directories, config, plugins file and Erlang cookie (HOME) are all private."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        """``tls``: server files (tests/integration/tls.py) for a TLS listener on ``tls_port``."""
         server = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # not the /usr/sbin wrapper: it changes user and env
         if not os.path.exists(server):
             server = shutil.which("rabbitmq-server") or ""
@@ -196,7 +210,13 @@ class PrivateRabbitMQ:
         self.port = free_port()
         self.node = f"mft{uuid.uuid4().hex[:8]}@localhost"
         (self.dir / "enabled_plugins").write_text("[].\n")
-        (self.dir / "rabbitmq.conf").write_text("loopback_users = none\n")
+        conf = "loopback_users = none\n"
+        self.tls_port = free_port() if tls is not None else None
+        if tls is not None:
+            conf += (f"listeners.ssl.default = {self.tls_port}\nssl_options.cacertfile = {tls.ca}\n"
+                     f"ssl_options.certfile = {tls.cert}\nssl_options.keyfile = {tls.key}\n"
+                     "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n")
+        (self.dir / "rabbitmq.conf").write_text(conf)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C.UTF-8",
             "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
