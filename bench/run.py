@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import psycopg2
 
 from bench.harness import (
@@ -184,6 +185,30 @@ def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
 AB_ROUNDS = 3
 
 
+def decode_cost() -> dict[str, float]:
+    """What the consumer's check costs per body (in this process, no broker): a real start, and the
+    worst body under the size limit the budget allows, 99,000 empty maps (median of 50 each)."""
+    from miniflow.actors.guard import Guard
+    from miniflow.protocol import codec
+    from miniflow.protocol.envelope import envelope
+    from miniflow.protocol.names import QueueNames
+
+    names = QueueNames("bench")
+    guard = Guard(names)
+    start = codec.pack(envelope(names.ingress, "start_workflow", {"v": 1, "workflow": "w", "params": {"x": 1}}))
+    bomb: bytes = msgpack.packb({"queue_name": names.ingress, "args": [[{}] * 99_000]}, use_bin_type=True)
+
+    def median_ms(body: bytes) -> float:
+        times = []
+        for _ in range(50):
+            began = time.perf_counter()
+            guard.inspect(names.ingress, body)
+            times.append((time.perf_counter() - began) * 1000)
+        return round(statistics.median(times), 3)
+
+    return {"start_ms": median_ms(start), "bomb_ms": median_ms(bomb), "bomb_bytes": len(bomb)}
+
+
 def auth_ab(env: dict[str, str], threads: int) -> dict[str, float]:
     """The cost of message authentication, measured A/B: clusters signed and with MINIFLOW_AUTH=off,
     alternated AB_ROUNDS times (the load of a shared machine drifts more than the cost itself),
@@ -221,6 +246,9 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "threads": args.threads}
     print(f"machine: {results['machine']}", flush=True)
+    results["decode"] = decode_cost()
+    print(f"guard check: a start {results['decode']['start_ms']} ms, 99,000 empty maps "
+          f"{results['decode']['bomb_ms']} ms", flush=True)
     results["baseline"] = base = baseline(args.threads)
     print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms, with confirms "
           f"and priorities {base['confirmed_hop_ms_median']:.2f} ms", flush=True)
@@ -327,6 +355,8 @@ def print_table(r: dict[str, Any]) -> None:
          f"signing adds {r['ratios']['auth_cost_ms_per_step_chain']:.2f} ms per step"),
         ("diamond-10 steps/s, every step reporting running", f"{r['diamond10_running_reports']['steps_per_s']:.0f}",
          f"{r['ratios']['running_report_every_step_vs_default']:.2f} of the default (no reports for short steps)"),
+        ("guard check of a body: a start / 99,000 empty maps, ms",
+         f"{r['decode']['start_ms']:.3f} / {r['decode']['bomb_ms']:.3f}", "rejected by the decode budget"),
         ("peak RSS MB (coordinator+results / executor)",
          f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
     ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
+import string
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -39,16 +40,27 @@ class BrokerUser:
     read: str
 
 
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_password(length: int = 32) -> str:
+    """A random password of letters and digits (about 190 bits).
+
+    Only letters and digits: a password that begins with ``-`` is read by ``rabbitmqctl`` as an
+    option, and one with ``%``, ``@`` or ``/`` must be quoted in an AMQP URL."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+
+
 def plan(namespace: str, *, prefix: str | None = None) -> list[BrokerUser]:
     names = QueueNames(namespace)
     ns, steps = re.escape(names.namespace), re.escape(names.steps)
     base = prefix or names.namespace
     return [
-        BrokerUser("core", f"{base}-core", secrets.token_urlsafe(24), f"^{ns}\\..*$",
+        BrokerUser("core", f"{base}-core", new_password(), f"^{ns}\\..*$",
                    f"^({ns}\\..*|amq\\.default)$", f"^{ns}\\..*$"),
-        BrokerUser("executor", f"{base}-executor", secrets.token_urlsafe(24), f"^{steps}(\\..*)?$",
+        BrokerUser("executor", f"{base}-executor", new_password(), f"^{steps}(\\..*)?$",
                    "^amq\\.default$", f"^{steps}(\\..*)?$"),
-        BrokerUser("producer", f"{base}-producer", secrets.token_urlsafe(24), "^$",
+        BrokerUser("producer", f"{base}-producer", new_password(), "^$",
                    f"^{re.escape(names.ingress)}$", "^$"),
     ]
 

@@ -179,3 +179,12 @@ def test_broker_setup_prints_least_privilege_users_and_their_urls(tmp_path: Path
     assert not any(can(executor.read, q) for q in ("mf-1.results", "mf-1.stepsx", "mf-1.ingress", "mf-1x.steps"))
     assert can(producer.write, "mf-1.ingress") and not can(producer.write, "amq.default")
     assert not can(executor.write, "mf-1.ingress") and can(executor.write, "amq.default")
+
+
+def test_broker_passwords_are_letters_and_digits_so_rabbitmqctl_and_urls_take_them_as_they_are() -> None:
+    from miniflow.ops.broker_setup import PASSWORD_ALPHABET, new_password, plan
+
+    # a password that began with "-" was read by rabbitmqctl add_user as an option (exit 64)
+    made = [new_password() for _ in range(2000)] + [u.password for u in plan("mf-1")]
+    assert all(len(p) >= 32 and set(p) <= set(PASSWORD_ALPHABET) for p in made)
+    assert len(set(made)) == len(made)

@@ -262,3 +262,20 @@ def test_an_encode_failure_does_not_show_the_value() -> None:
         codec.pack({"params": {"token": {SECRET}}})
     assert SECRET not in str(info.value)
     assert info.value.path == "message.params.token"
+
+
+def bomb() -> bytes:
+    """99,000 empty maps in one array: under the size limit, and (without a budget) about a second
+    of CPU to decode and check. Its cost with the budget is measured in `make bench`."""
+    body: bytes = msgpack.packb({"queue_name": "miniflow.ingress", "args": [[{}] * 99_000]}, use_bin_type=True)
+    return body
+
+
+def test_a_body_of_many_small_containers_is_rejected_by_the_decode_budget() -> None:
+    body = bomb()
+    assert len(body) < codec.MAX_MESSAGE_BYTES
+    assert rejection(body).code == Reason.LIMIT_EXCEEDED
+    wide = msgpack.packb({"a": list(range(codec.MAX_ELEMENTS + 1))}, use_bin_type=True)
+    assert rejection(wide).code == Reason.LIMIT_EXCEEDED
+    fine = msgpack.packb({"a": [{}] * (codec.MAX_CONTAINERS - 10)}, use_bin_type=True)
+    assert codec.unpack(fine)["a"][0] == {}

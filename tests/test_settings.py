@@ -48,3 +48,42 @@ def test_a_broker_url_password_is_masked_in_errors_and_descriptions() -> None:
     assert "hunter22" not in str(info.value)
     described = Settings.from_env({"MINIFLOW_BROKER_URL": "amqp://user:hunter22@host/"}).describe()
     assert "hunter22" not in described and "user:***@" in described
+
+
+def test_authentication_settings_are_checked_and_never_echo_a_key(tmp_path) -> None:
+    from miniflow.protocol.auth import CoreKey, new_token
+
+    assert Settings.from_env({}).auth is True and Settings.from_env({}).signed_starts is False
+    assert Settings.from_env({"MINIFLOW_AUTH": "off", "MINIFLOW_SIGNED_STARTS": "required"}).auth is False
+    with pytest.raises(ConfigError, match="MINIFLOW_AUTH"):
+        Settings.from_env({"MINIFLOW_AUTH": "maybe"})
+    with pytest.raises(ConfigError) as bad:
+        Settings.from_env({"MINIFLOW_KEY": "mf_notakey_hunter2hunter2"})
+    assert "hunter2" not in str(bad.value)
+    token = new_token()
+    path = tmp_path / "key"
+    path.write_text(token + "\n")
+    from_file = Settings.from_env({"MINIFLOW_KEY_FILE": str(path)})
+    assert from_file.client_key is not None and token not in repr(from_file)
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.from_env({"MINIFLOW_KEY": token, "MINIFLOW_KEY_FILE": str(path)})
+    core = CoreKey.generate()
+    parsed = Settings.from_env({"MINIFLOW_CORE_PUBLIC_KEYS": f"{core.kid}:{core.public_b64}"})
+    assert list(parsed.core_public_keys) == [core.kid]
+    with pytest.raises(ConfigError, match="MINIFLOW_CORE_PUBLIC_KEYS"):
+        Settings.from_env({"MINIFLOW_CORE_PUBLIC_KEYS": "nothex:abc"})
+
+
+def test_processes_refuse_to_start_without_their_keys(tmp_path) -> None:
+    from miniflow.ops.signing import core_keys, executor_keys
+    from miniflow.persistence import Database
+
+    with pytest.raises(ConfigError, match="MINIFLOW_CORE_PUBLIC_KEYS"):
+        executor_keys(Settings.from_env({}))
+    assert executor_keys(Settings.from_env({"MINIFLOW_AUTH": "off"})) is None
+    database = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    database.upgrade()
+    with pytest.raises(ConfigError, match="keys core init"):
+        core_keys(Settings.from_env({"MINIFLOW_DATA_KEY": new_key_line("k")}), database)
+    with pytest.raises(ConfigError, match="MINIFLOW_DATA_KEY"):
+        core_keys(Settings.from_env({}), database)

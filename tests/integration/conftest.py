@@ -118,7 +118,7 @@ def env(namespace: str, database_url: str) -> dict[str, str]:
     return provision(environ)
 
 
-EXECUTOR_KEYS: dict[str, str] = {}  # database URL -> the token of its executor key
+EXECUTOR_KEYS: dict[str, str] = {}  # the operator token of an env -> the token of its executor key
 
 
 def provision(environ: dict[str, str]) -> dict[str, str]:
@@ -134,8 +134,13 @@ def provision(environ: dict[str, str]) -> dict[str, str]:
                         "--json")
         assert made.returncode == 0, made.stderr
         tokens[role] = json.loads(made.stdout)["token"]
-    EXECUTOR_KEYS[environ["MINIFLOW_DATABASE_URL"]] = tokens["executor"]
+    EXECUTOR_KEYS[tokens["operator"]] = tokens["executor"]
     return dict(environ, MINIFLOW_KEY=tokens["operator"], MINIFLOW_CORE_PUBLIC_KEYS=public)
+
+
+def executor_token(env: dict[str, str]) -> str | None:
+    """The executor key provisioned with this env (envs derived from it carry its operator key)."""
+    return EXECUTOR_KEYS.get(env.get("MINIFLOW_KEY", ""))
 
 
 def executor_only(args: list[str]) -> bool:
@@ -284,7 +289,7 @@ class WorkerProcess(processes.WorkerProcess):
 
     def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None,
                  **kwargs: Any) -> None:
-        token = EXECUTOR_KEYS.get(env.get("MINIFLOW_DATABASE_URL", ""))
+        token = executor_token(env)
         if token is not None and executor_only(args):
             env = dict(env, MINIFLOW_KEY=token)
         super().__init__(env, args, log, prefix, cwd=ROOT, **kwargs)

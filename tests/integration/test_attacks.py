@@ -17,7 +17,7 @@ from miniflow.protocol.envelope import envelope
 from miniflow.protocol.messages import CancelRun, DeadLetterReport, RetryRun, StepFinished, StepResult, StepTask
 
 from ..forge import sign
-from .conftest import BROKER_URL, EXECUTOR_KEYS, miniflow, poll, query
+from .conftest import BROKER_URL, executor_token, miniflow, poll, query
 from .raw_producer import publish_raw, publish_start
 
 
@@ -97,7 +97,9 @@ def test_a_key_of_the_wrong_role_cannot_cancel_and_an_operator_key_can(cluster) 
 
 def test_a_compromised_executor_cannot_report_on_an_attempt_it_was_not_given(cluster, done_run) -> None:
     db, run_id = cluster["MINIFLOW_DATABASE_URL"], done_run["id"]
-    executor = ClientKey.from_token(EXECUTOR_KEYS[db])
+    token = executor_token(cluster)
+    assert token is not None
+    executor = ClientKey.from_token(token)
     before = attempts(db, run_id)
     now = time.time()
     forged = StepResult(run_id=run_id, step="d", attempt=2, ok=True, started_at=now, finished_at=now,
