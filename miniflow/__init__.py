@@ -2,7 +2,8 @@
 
 The surface step code and programs write against::
 
-    from miniflow import StepContext, step
+    from miniflow import StepContext, step   # step code
+    from miniflow import Client              # programs that start and follow runs
 
     @step("csv.load")
     def load(ctx: StepContext) -> dict:
@@ -24,8 +25,10 @@ __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
     from .actors.registry import StepContext, step
+    from .ops.client import Client, RunHandle, RunResult, StepResult
     from .protocol.errors import (
         ActorError,
+        ApiError,
         BrokerUnavailable,
         ConfigError,
         CoordinatorError,
@@ -47,7 +50,12 @@ _ERRORS = "miniflow.protocol.errors"
 _WHERE = {
     "StepContext": "miniflow.actors.registry",
     "step": "miniflow.actors.registry",
+    "Client": "miniflow.ops.client",
+    "RunHandle": "miniflow.ops.client",
+    "RunResult": "miniflow.ops.client",
+    "StepResult": "miniflow.ops.client",
     "ActorError": _ERRORS,
+    "ApiError": _ERRORS,
     "BrokerUnavailable": _ERRORS,
     "ConfigError": _ERRORS,
     "CoordinatorError": _ERRORS,
@@ -67,6 +75,8 @@ _WHERE = {
 
 __all__ = [
     "ActorError",
+    "ApiError",
+    "Client",
     "BrokerUnavailable",
     "ConfigError",
     "CoordinatorError",
@@ -78,9 +88,12 @@ __all__ = [
     "MiniFlowError",
     "PersistenceError",
     "ProtocolError",
+    "RunHandle",
+    "RunResult",
     "StepContext",
     "StepFailed",
     "StepNotFound",
+    "StepResult",
     "VersionConflict",
     "WaitTimedOut",
     "__version__",

@@ -17,6 +17,7 @@ Rotation of the core key, without downtime:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -193,21 +194,40 @@ def retire_core_key(conn: Connection, kid: str) -> None:
 
 
 def create_client_key(conn: Connection, ring: KeyRing, name: str, role: str,
-                      expires_at: datetime | None = None) -> tuple[str, ApiKeyRow]:
-    """A new client key; returns the token (shown once, never stored) and the stored row."""
+                      expires_at: datetime | None = None, scope: str | None = None) -> tuple[str, ApiKeyRow]:
+    """A new client key; returns the token (shown once, never stored) and the stored row. ``scope``:
+    workflow name patterns (``billing-*,reports``) the key is confined to in the HTTP API."""
     if role not in CLIENT_ROLES:
         raise ConfigError(f"role {role!r} is not one of {', '.join(CLIENT_ROLES)}")
     if not 1 <= len(name) <= 100 or not name.isprintable():
         raise ConfigError("a key name must be 1-100 printable characters")
     if krepo.api_key_by_name(conn, name) is not None:
         raise ConfigError(f"a key named {name!r} exists already (names are unique; revoke it or choose another)")
+    if scope is not None:
+        scope = normalise_scope(scope)
     token = new_token()
     kid = ClientKey.from_token(token).kid
     row = ApiKeyRow(kid=kid, name=name, role=role, token_hash=token_hash(token),
                     mac_key=ring.seal(b64(mac_key_of(token)), f"api key {kid}"), created_at=utcnow(),
-                    expires_at=expires_at)
+                    expires_at=expires_at, scope=scope)
     krepo.insert_api_key(conn, row)
     return token, row
+
+
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*-]{1,128}$")
+
+
+def normalise_scope(scope: str) -> str:
+    """Comma-separated workflow name patterns (letters, digits, ``_ . -`` and ``*`` wildcards)."""
+    patterns = [p.strip() for p in scope.split(",") if p.strip()]
+    bad = [p for p in patterns if not _PATTERN.match(p)]
+    if not patterns or bad:
+        raise ConfigError(f"a key scope is a comma-separated list of workflow name patterns such as billing-*; "
+                          f"{(bad[0] if bad else scope)[:40]!r} is not one")
+    joined = ",".join(patterns)
+    if len(joined) > 200:
+        raise ConfigError("a key scope is at most 200 characters")
+    return joined
 
 
 def reseal_keys(conn: Connection, ring: KeyRing) -> int:

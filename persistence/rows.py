@@ -173,6 +173,22 @@ class ApiKeyRow:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    scope: str | None = None  # workflow name patterns, comma separated; None: every workflow
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    at: datetime
+    action: str
+    resource: str
+    outcome: str  # ok, denied, failed
+    status: int  # the HTTP status of the answer
+    key_id: str | None = None
+    key_name: str | None = None
+    role: str | None = None
+    client: str | None = None
+    detail: str | None = None
+    id: int | None = None
 
 
 _FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}

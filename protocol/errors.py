@@ -21,6 +21,8 @@
     │       ├── StepLost              no result came within its timeout and a grace (recorded as "Lost")
     │       └── OutputNotPlainData    it returned something that cannot be stored and passed on
     ├── ConfigError                   ops/: settings from the environment or the command line
+    ├── ApiError                      an HTTP API answer other than success (.status, .code, .details),
+    │                                 raised by the API (as the answer) and by miniflow.Client (from one)
     └── WaitTimedOut                  a wait for a run or a condition ran past its deadline (also a TimeoutError)
 
 Lower-level errors are translated once, where they enter MiniFlow: SQLAlchemy's in
@@ -189,6 +191,19 @@ class OutputNotPlainData(StepFailed):
 # -- ops -----------------------------------------------------------------------------------------
 class ConfigError(MiniFlowError):
     """A setting from the environment or the command line is missing or invalid."""
+
+
+class ApiError(MiniFlowError):
+    """An answer of the HTTP API other than success: the HTTP status, a stable code, a message for
+    people (never a secret) and optional details. ``status`` 0: the API could not be reached."""
+
+    def __init__(self, status: int, code: str, message: str, details: object = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.status}): {self.message}" if self.status else f"{self.code}: {self.message}"
 
 
 class WaitTimedOut(MiniFlowError, TimeoutError):

@@ -67,6 +67,11 @@ class Publisher:
             self._channel = channel
         return self._channel
 
+    def check(self) -> None:
+        """Connect (if not connected) and check that the ingress queue and exchange exist;
+        BrokerUnavailable when not."""
+        self._open()
+
     def publish(self, actor_name: str, payload: dict[str, Any], *, message_id: str | None = None,
                 options: dict[str, Any] | None = None, priority: int = 0) -> str:
         """Publish one message to the ingress queue; returns its message id once confirmed."""

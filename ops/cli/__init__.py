@@ -28,6 +28,7 @@ from miniflow.protocol.errors import (
 
 from .. import logging as mf_logging
 from ..settings import Settings
+from .api import api, audit
 from .broker import broker
 from .common import err
 from .dead_letters import dead_letters
@@ -51,7 +52,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker):
+                 broker, api, audit):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

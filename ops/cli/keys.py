@@ -188,16 +188,18 @@ def core_public(ctx: click.Context) -> None:
 @click.option("--name", required=True, help="A unique name for the key (who or what holds it).")
 @click.option("--role", required=True, type=click.Choice(CLIENT_ROLES))
 @click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h (default: no expiry).")
+@click.option("--scope", default=None,
+              help="Workflow name patterns the key may act on in the HTTP API, e.g. 'billing-*' (default: all).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def create(ctx: click.Context, name: str, role: str, expires: str | None, as_json: bool) -> None:
+def create(ctx: click.Context, name: str, role: str, expires: str | None, scope: str | None, as_json: bool) -> None:
     """Create a client key and print its token once (it is not stored: keep it as MINIFLOW_KEY)."""
     ring = _ring(ctx)
     until = utcnow() + parse_lifetime(expires) if expires else None
     with database_of(ctx).transaction() as conn:
-        token, row = create_client_key(conn, ring, name, role, until)
+        token, row = create_client_key(conn, ring, name, role, until, scope)
     say(as_json, {"kid": row.kid, "name": name, "role": role, "expires_at": iso(until) if until else None,
-                  "token": token},
+                  "scope": row.scope, "token": token},
         f"key {row.kid} ({name}, {role}) created. Its token, shown this once:\n{token}")
 
 
@@ -208,16 +210,16 @@ def list_keys(ctx: click.Context, as_json: bool) -> None:
     """Client keys: id, name, role, created, last used, expiry, revoked (never the token)."""
     with database_of(ctx).connect() as conn:
         rows = krepo.list_api_keys(conn)
-    data = [{"kid": r.kid, "name": r.name, "role": r.role, "created_at": iso(r.created_at),
+    data = [{"kid": r.kid, "name": r.name, "role": r.role, "scope": r.scope, "created_at": iso(r.created_at),
              "last_used_at": iso(r.last_used_at), "expires_at": iso(r.expires_at),
              "revoked_at": iso(r.revoked_at)} for r in rows]
     if as_json:
         print_json(console, data)
         return
-    table = Table("kid", "name", "role", "created", "last used", "expires", "revoked")
+    table = Table("kid", "name", "role", "scope", "created", "last used", "expires", "revoked")
     for item in data:
-        table.add_row(*(safe_text(str(item[k] or "-")) for k in ("kid", "name", "role", "created_at", "last_used_at",
-                                                             "expires_at", "revoked_at")))
+        table.add_row(*(safe_text(str(item[k] or "-")) for k in ("kid", "name", "role", "scope", "created_at",
+                                                             "last_used_at", "expires_at", "revoked_at")))
     console.print(table)
 
 

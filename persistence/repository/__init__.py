@@ -35,6 +35,7 @@ from .runs import (
     mark_queued_attempt,
     overdue_results,
     overdue_run_ids,
+    page_runs,
     run_id_for_key,
     runs_after,
     unadvanced_attempts,
@@ -49,7 +50,7 @@ __all__ = [
     "insert_dead_letter", "insert_run", "insert_steps", "keys", "latest_version", "list_dead_letters",
     "list_definitions",
     "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
-    "overdue_run_ids", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
+    "overdue_run_ids", "page_runs", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
     "run_id_for_key", "runs_after", "save_definition", "schedules",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps",
 ]

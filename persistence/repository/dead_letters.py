@@ -31,6 +31,14 @@ def prune_dead_letters(conn: Connection, before: datetime, limit: int = 1000) ->
     return conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(oldest))).rowcount or 0
 
 
-def list_dead_letters(conn: Connection, limit: int = 50) -> list[DeadLetterRow]:
-    rows = conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)).mappings()
-    return [from_mapping(DeadLetterRow, r) for r in rows]
+def list_dead_letters(conn: Connection, limit: int = 50, before_id: int | None = None) -> list[DeadLetterRow]:
+    """Newest first; ``before_id``: the id of the last one of the previous page."""
+    query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(dead_letters.c.id < before_id)
+    return [from_mapping(DeadLetterRow, r) for r in conn.execute(query).mappings()]
+
+
+def get_dead_letter(conn: Connection, letter_id: int) -> DeadLetterRow | None:
+    row = conn.execute(select(dead_letters).where(dead_letters.c.id == letter_id)).mappings().first()
+    return from_mapping(DeadLetterRow, row) if row is not None else None

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from miniflow.protocol.states import RunStatus, StepStatus
@@ -76,6 +76,27 @@ def list_runs(conn: Connection, *, limit: int = 50, status: str | None = None,
         query = query.where(runs.c.status == status)
     if workflow:
         query = query.where(runs.c.workflow == workflow)
+    return [from_mapping(RunRow, r) for r in conn.execute(query).mappings()]
+
+
+def page_runs(conn: Connection, *, limit: int = 50, status: str | None = None, workflows: Sequence[str] = (),
+              since: datetime | None = None, until: datetime | None = None,
+              before: tuple[datetime, str] | None = None) -> list[RunRow]:
+    """Runs newest first, filtered (``workflows`` may hold ``*`` wildcards), after the cursor
+    ``before`` = (created_at, id) of the last run of the previous page."""
+    query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(runs.c.status == status)
+    if workflows:
+        query = query.where(or_(*(runs.c.workflow.like(w.replace("%", "").replace("_", "\\_").replace("*", "%"),
+                                                       escape="\\") for w in workflows)))
+    if since is not None:
+        query = query.where(runs.c.created_at >= since)
+    if until is not None:
+        query = query.where(runs.c.created_at < until)
+    if before is not None:
+        at, run_id = before
+        query = query.where(or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < run_id)))
     return [from_mapping(RunRow, r) for r in conn.execute(query).mappings()]
 
 
