@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 import psycopg2
 
+from bench.api import api_figures
 from bench.harness import (
     BROKER_URL,
     ROOT,
@@ -273,6 +274,10 @@ def main() -> int:
                 results.update(chain_and_start_latency(env, args.chain_runs))
                 results.update(fanout(env, FANOUT_RUNS))
                 print(f"fan-out-100: {results['fanout100_s_median']} s", flush=True)
+                results.update(api_figures(env, args.chain_runs))
+                print(f"api: start latency {results['api_start_latency_ms_median']} ms, GET /runs/{{id}} "
+                      f"{results['api_get_run_per_s_1_clients']} / {results['api_get_run_per_s_4_clients']} per s",
+                      flush=True)
                 results["scale"] = scale(env, cluster, args.threads)
             finally:
                 cluster.stop()
@@ -340,6 +345,11 @@ def print_table(r: dict[str, Any]) -> None:
         ("start latency ms (median / p99)",
          f"{r['start_latency_ms_median']:.2f} / {r['start_latency_ms_p99']:.2f}",
          f"{r['start_latency_ms_median'] / base['hop_ms_median']:.1f}x hop"),
+        ("start latency through the HTTP API ms (median / p99)",
+         f"{r['api_start_latency_ms_median']:.2f} / {r['api_start_latency_ms_p99']:.2f}",
+         f"{r['api_start_latency_ms_median'] / r['start_latency_ms_median']:.2f}x the direct publish"),
+        ("GET /runs/{id} per s (1 client / 4 clients)",
+         f"{r['api_get_run_per_s_1_clients']:.0f} / {r['api_get_run_per_s_4_clients']:.0f}", ""),
         ("fan-out-100, one run, s (median of 5)", f"{r['fanout100_s_median']:.3f}",
          f"{r['fanout100_steps_per_s'] / base['drain_msgs_per_s']:.2f} of drain"),
         *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",

@@ -25,6 +25,9 @@ DatabaseUnavailable, ApiError (an API answer other than success, with its status
 WaitTimedOut.
 """
 
+# size: one public class over two transports (broker + database, or the HTTP API), kept together so
+# both stay the same surface; the HTTP details are the smaller half.
+
 from __future__ import annotations
 
 import json

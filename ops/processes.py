@@ -73,6 +73,17 @@ class WorkerProcess(MiniflowProcess):
     COMMAND = "worker"
 
 
+class ApiProcess(MiniflowProcess):
+    """`miniflow api`; ``url`` once ready (give ``--port 0`` for a free port)."""
+
+    COMMAND = "api"
+
+    @property
+    def url(self) -> str:
+        line = next(x for x in self.lines if "miniflow api ready on " in x)
+        return line.split("miniflow api ready on ", 1)[1].split()[0]
+
+
 class TimerProcess(MiniflowProcess):
     COMMAND = "timer"
 

@@ -39,11 +39,14 @@ EVENT_KEEPALIVE_S = 15.0
 MAX_STREAMS = 200  # concurrent events streams per API process; more answer 503
 RAW_HEX_BYTES = 4096
 Responses = dict[int | str, dict[str, Any]]
-COMMON: Responses = {401: {"model": ErrorBody, "description": "No valid API key"},
-          403: {"model": ErrorBody, "description": "The key's role or scope does not allow this"},
-          422: {"model": ErrorBody, "description": "The request is not valid"},
-          429: {"model": ErrorBody, "description": "Too many failed sign-ins from this address"},
-          503: {"model": ErrorBody, "description": "The database or the broker is not reachable"}}
+COMMON: Responses = {
+    400: {"model": ErrorBody, "description": "The request cannot be read (a body that is not JSON, a cursor this "
+                                             "API did not give)"},
+    401: {"model": ErrorBody, "description": "No valid API key"},
+    403: {"model": ErrorBody, "description": "The key's role or scope does not allow this"},
+    422: {"model": ErrorBody, "description": "The request is not valid"},
+    429: {"model": ErrorBody, "description": "Too many failed sign-ins from this address"},
+    503: {"model": ErrorBody, "description": "The database or the broker is not reachable"}}
 NOT_FOUND_DOC: Responses = {404: {"model": ErrorBody, "description": "No such resource"}}
 CONFLICT_DOC: Responses = {409: {"model": ErrorBody, "description": "The resource is not in a state that allows this"}}
 

@@ -84,11 +84,20 @@ def _detail(api: Api, conn: Any, run: RunRow) -> dict[str, Any]:
 def list_runs(api: ApiDep, caller: Caller, workflow: Annotated[str | None, Query(max_length=128)] = None,
               status: RunStatus | None = None, since: datetime | None = None, until: datetime | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              cursor: Annotated[str | None, Query(max_length=200)] = None) -> RunPage:
-    """Runs newest first, filtered by workflow (``*`` wildcards), status and creation time."""
+              cursor: Annotated[str | None, Query(max_length=200)] = None,
+              idempotency_key: Annotated[str | None, Query(max_length=MAX_KEY_LEN)] = None) -> RunPage:
+    """Runs newest first, filtered by workflow (``*`` wildcards), status and creation time; or the
+    run of one idempotency key. A scoped key sees only its workflows' runs."""
+    if idempotency_key is not None:
+        with api.database.connect() as conn:
+            found = _run_of_key(conn, idempotency_key)
+            shown = [RunSummary(**run_to_dict(found, secrets=secret_params(conn, found.workflow, found.version)))] \
+                if found is not None and caller.covers(found.workflow) else []
+        return RunPage(items=shown, next_cursor=None)
     patterns: list[str] = []
     if workflow:
-        caller.require_workflow(workflow) if "*" not in workflow else None
+        if "*" not in workflow:
+            caller.require_workflow(workflow)
         patterns = [workflow]
     if caller.scope and not patterns:
         patterns = list(caller.scope)
@@ -232,9 +241,10 @@ def retry_run(api: ApiDep, run_id: str, caller: Caller, request: Request,
 
 
 @router.get("/runs/{run_id}/events", name="run_events", tags=["runs"], responses={
-    200: {"description": "Server-sent events, each `data:` line an Event (JSON); the stream ends after "
-                         "the event of kind `end`", "content": {"text/event-stream": {
-                             "schema": Event.model_json_schema()}}}, **NOT_FOUND_DOC})
+    200: {"description": "Server-sent events: `event:` run, step or end; `data:` one JSON object with the fields "
+                         "kind, run_id, status, step, attempt, error; comment lines keep a quiet stream open. It "
+                         "ends after the event of kind end.",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **NOT_FOUND_DOC})
 
 
 async def run_events(api: ApiDep, run_id: str, caller: Caller, request: Request) -> StreamingResponse:

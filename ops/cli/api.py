@@ -58,9 +58,9 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original(sockets)
         if server.started:
-            print(f"miniflow api ready on http://{host}:{bound} (database {database.masked_url}, broker "
-                  f"{mask_url(settings.broker_url) if settings.broker_url else 'none'}, namespace "
-                  f"{settings.namespace})", flush=True)
+            err.print(f"miniflow api ready on http://{host}:{bound} (database {database.masked_url}, broker "
+                      f"{mask_url(settings.broker_url) if settings.broker_url else 'none'}, namespace "
+                      f"{settings.namespace})", highlight=False)
 
     server.startup = startup  # type: ignore[method-assign]
     try:
