@@ -15,6 +15,7 @@
     MINIFLOW_KEY            a client key (mf_...) this process signs with (executor, producer, operator)
     MINIFLOW_KEY_FILE       a file holding that key instead
     MINIFLOW_CORE_PUBLIC_KEYS  the core's public keys (`miniflow keys core public`), for executors
+    MINIFLOW_API_URL        the HTTP API for miniflow.Client.from_env() (then MINIFLOW_KEY is its API key)
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 test-only names below, which are checked the same way (an unknown MINIFLOW_TEST_* is an error too).
@@ -48,7 +49,7 @@ from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
          "MINIFLOW_DEAD_LETTER_DAYS", "MINIFLOW_AUTH", "MINIFLOW_SIGNED_STARTS", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
-         "MINIFLOW_CORE_PUBLIC_KEYS"}
+         "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL"}
 TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
              "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
              "MINIFLOW_BENCH_ADMIN_DSN"}
