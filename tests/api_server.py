@@ -3,7 +3,6 @@ HTTP; stopped (and its thread joined) on exit."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from types import TracebackType
 from typing import Any
@@ -11,13 +10,13 @@ from typing import Any
 import httpx
 import uvicorn
 
+from miniflow.ops.api.listen import listen_socket
 from miniflow.ops.polling import poll_until
 
 
 class ApiServer:
     def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = listen_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastapi.routing import APIRoute
 
@@ -262,6 +263,35 @@ def test_the_events_stream_of_an_ended_run_gives_its_state_then_ends(world: Worl
     assert events[-1]["status"] == "failed" and {e["step"] for e in events[1:3]} == {"load", "boom"}
 
 
+def _sse_events(body: str) -> list[dict[str, str]]:
+    """Parse a text/event-stream body into events the way a reader (and schemathesis) does."""
+    events: list[dict[str, str]] = []
+    for block in body.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+        if "data" in fields:
+            events.append(fields)
+    return events
+
+
+def test_each_event_of_the_stream_matches_the_schema_the_openapi_document_gives_it(world: World) -> None:
+    with world.server.client(world.tokens["viewer"]) as http:
+        document = http.get("/openapi.json").json()
+        body = http.get(f"/runs/{world.failed_run}/events").text
+    schema = document["paths"]["/runs/{run_id}/events"]["get"]["responses"]["200"]["content"][
+        "text/event-stream"]["schema"]
+    events = _sse_events(body)
+    assert len(events) == 4
+    for event in events:
+        jsonschema.validate(event, schema)
+        jsonschema.validate(json.loads(event["data"]), schema["properties"]["data"]["contentSchema"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"event": "run"}, schema)  # the schema says something: data is required
+
+
 def test_workflows_show_their_definition_as_yaml_and_as_a_graph(world: World) -> None:
     with world.server.client(world.tokens["viewer"]) as http:
         listed = http.get("/workflows").json()
@@ -329,3 +359,32 @@ def test_the_openapi_document_is_3_1_and_documents_the_errors_of_every_keyed_rou
 
 def test_kinds_of_the_policy_are_known() -> None:
     assert {kind for _, kind in POLICY.values()} <= {GLOBAL, LIST, SELF, WORKFLOW}
+
+
+def test_connections_accepted_on_the_api_socket_have_nagle_off_so_keep_alive_answers_do_not_wait() -> None:
+    import asyncio
+    import socket
+
+    from miniflow.ops.api.listen import listen_socket
+
+    async def accept_one() -> int:
+        sock = listen_socket("127.0.0.1", 0)
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            value = await asyncio.wait_for(got, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accept_one()) != 0
+    taken = listen_socket("127.0.0.1", 0)
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
+        taken.listen()
+        listen_socket("127.0.0.1", taken.getsockname()[1])
+    taken.close()

@@ -240,11 +240,25 @@ def retry_run(api: ApiDep, run_id: str, caller: Caller, request: Request,
                      handled=handled)
 
 
+# One parsed server-sent event (OpenAPI 3.1 has no itemSchema: `schema` of text/event-stream is taken as
+# the schema of each event by tools that read streams). `data` is a JSON text described by Event.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": ["run", "step", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": Event.model_json_schema()},
+    },
+}
+
+
 @router.get("/runs/{run_id}/events", name="run_events", tags=["runs"], responses={
     200: {"description": "Server-sent events: `event:` run, step or end; `data:` one JSON object with the fields "
                          "kind, run_id, status, step, attempt, error; comment lines keep a quiet stream open. It "
                          "ends after the event of kind end.",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **NOT_FOUND_DOC})
+          "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}, **NOT_FOUND_DOC})
 
 
 async def run_events(api: ApiDep, run_id: str, caller: Caller, request: Request) -> StreamingResponse:

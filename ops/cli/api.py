@@ -9,7 +9,6 @@ import click
 from rich.table import Table
 
 from miniflow.persistence.repository import audit as arepo
-from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.masking import mask_url
 
 from ..telemetry import setup as telemetry_setup
@@ -35,6 +34,7 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     import uvicorn
 
     from ..api import create_app
+    from ..api.listen import listen_socket
 
     settings = settings_of(ctx)
     database = database_of(ctx)
@@ -43,13 +43,7 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
         err.print("warning: no MINIFLOW_BROKER_URL: starts, cancels and retries answer 503")
     telemetry = telemetry_setup("miniflow-api")
     app = create_app(settings, database=database, failure_limit=auth_failures)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = listen_socket(host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, access_log=access_log, log_level="warning", lifespan="on", server_header=False)
     server = uvicorn.Server(config)
