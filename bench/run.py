@@ -348,6 +348,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("start latency through the HTTP API ms (median / p99)",
          f"{r['api_start_latency_ms_median']:.2f} / {r['api_start_latency_ms_p99']:.2f}",
          f"{r['api_start_latency_ms_median'] / r['start_latency_ms_median']:.2f}x the direct publish"),
+        ("POST /runs round trip through the HTTP API ms (median)", f"{r['api_start_round_trip_ms_median']:.2f}",
+         f"{r['api_start_round_trip_ms_median'] / base['confirmed_hop_ms_median']:.2f}x confirmed hop"),
         ("GET /runs/{id} per s (1 client / 4 clients)",
          f"{r['api_get_run_per_s_1_clients']:.0f} / {r['api_get_run_per_s_4_clients']:.0f}", ""),
         ("fan-out-100, one run, s (median of 5)", f"{r['fanout100_s_median']:.3f}",
