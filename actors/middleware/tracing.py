@@ -5,6 +5,9 @@ dramatiq ignores AMQP headers, so W3C trace context travels in ``message.options
 continues the sender's trace, and for step tasks a span covering the time the message waited in
 the queue. Messages sent while a span is current carry its context. With no tracer provider
 configured the OpenTelemetry API is a no-op, and the context still passes through unchanged.
+
+It also scopes the log context (actors/logcontext.py): ``annotate`` binds the identifying fields
+for log lines, and every message starts with an empty context that is dropped when it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from miniflow.coordinator import Instrument
 from miniflow.protocol.names import EXECUTE_STEP
 from miniflow.protocol.states import RunStatus
+
+from .. import logcontext
 
 TRACER_NAME = "miniflow"
 _propagator = TraceContextTextMapPropagator()
@@ -53,7 +58,9 @@ def current_trace_id() -> str | None:
 
 
 def annotate(**attributes: Any) -> None:
-    """Add miniflow.* attributes to the current span (values must be plain; never params)."""
+    """Add miniflow.* attributes to the current span (values must be plain; never params), and bind
+    the identifying ones (run_id, workflow, step, attempt, node, task) to the log context."""
+    logcontext.bind(**attributes)
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({f"miniflow.{k}": v for k, v in attributes.items() if v is not None})
@@ -99,9 +106,9 @@ class Tracing(Middleware):
                 "miniflow.redelivered": bool(getattr(message, "redelivered", False)),
             })
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self._stack().append((span, token))
+        self._stack().append((span, token, logcontext.begin()))
 
-    def _stack(self) -> list[tuple[Span, object]]:
+    def _stack(self) -> list[tuple[Span, object, logcontext.ContextToken]]:
         stack = getattr(self._local, "stack", None)
         if stack is None:
             stack = self._local.stack = []
@@ -110,8 +117,9 @@ class Tracing(Middleware):
     def _finish(self, exception: BaseException | None = None) -> None:
         stack = self._stack()
         if not stack:
+            logcontext.clear()  # no message of ours in progress on this thread: nothing may linger
             return
-        span, token = stack.pop()
+        span, token, log_token = stack.pop()
         if exception is not None and span.is_recording():
             # The type and first line only: a traceback or a chained cause could carry values.
             first = (str(exception).strip().splitlines() or [""])[0][:200]
@@ -119,6 +127,7 @@ class Tracing(Middleware):
             span.set_status(Status(StatusCode.ERROR, type(exception).__name__))
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
+        logcontext.end(log_token)
 
     def after_process_message(self, broker: dramatiq.Broker, message: Any, *, result: Any = None,
                               exception: BaseException | None = None) -> None:
