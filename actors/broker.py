@@ -12,7 +12,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from queue import Empty
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -305,14 +305,16 @@ def _declare_ingress_exchange(broker: RabbitmqBroker, names: QueueNames) -> None
             from exc
 
 
-def delete_topology(url: str, names: QueueNames) -> int:
-    """Delete every queue of a namespace (the tests and benchmarks clean up with it); returns how many."""
+def delete_topology(url: str, names: QueueNames, pools: Iterable[str] = ()) -> int:
+    """Delete every queue of a namespace and of the given step pools (the tests and benchmarks clean up
+    with it); returns how many."""
     params = pika.URLParameters(url)
     connection = pika.BlockingConnection(params)
     deleted = 0
     try:
         channel = connection.channel()
-        for base in (names.ingress, names.coordinator, names.results, names.steps):
+        for base in (names.ingress, names.coordinator, names.results, names.steps,
+                     *(names.step_queue(p) for p in pools)):
             for suffix in ("", ".DQ", ".XQ"):
                 try:
                     channel.queue_delete(base + suffix)

@@ -40,6 +40,8 @@ from .broker import publish
 from .faults import FaultPoints
 from .guard import as_message
 from .isolation import MAX_ERROR_LEN, run_isolated
+from .logcontext import log_step_failure
+from .metrics import NULL, Metrics
 from .middleware.tracing import annotate, record_error
 from .outages import BROKER, OUTAGES
 from .progress import ProgressReporter
@@ -62,8 +64,10 @@ class Executor:
     """The ``execute_step`` handler of one node."""
 
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, registry: Registry, node: str, *,
-                 faults: FaultPoints, stop: threading.Event, emit: Emit, progress: ProgressReporter) -> None:
+                 faults: FaultPoints, stop: threading.Event, emit: Emit, progress: ProgressReporter,
+                 metrics: Metrics = NULL) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.progress = progress
         self.names = names
         self.registry = registry
@@ -103,12 +107,17 @@ class Executor:
                 trace = mask_values(failure.traceback, task.params, task.secret_params)[-MAX_TRACEBACK_LEN:]
             # The span gets the (masked) message only.
             record_error(StepFailed(error, failure.error_type), error[:200])
+            log_step_failure(logger, failure.error_type, error)
         annotate(outcome=StepStatus.FAILED if failure else StepStatus.SUCCEEDED)
         result = StepResult(run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                             output=None if failure else output, error=error,
                             error_type=failure.error_type if failure else None, node=self.node,
                             started_at=started, finished_at=finished, traceback=trace, cap=task.cap)
         self.report(result)
+        if self.metrics.enabled:
+            wait = queue_wait_s(message, started)
+            self.metrics.step_executed(task.workflow, task.step, task.attempt, failure is None, finished - started,
+                                       wait)
         self.emit("step_finished", run_id=task.run_id, step=task.step, attempt=task.attempt, ok=failure is None,
                   error=error, duration_ms=(finished - started) * 1000, node=self.node)
 
@@ -142,9 +151,7 @@ class Executor:
             return None, StepFailed(str(exc), "StepNotFound")
         except StepFailed as exc:
             return None, exc
-        except Exception as exc:  # noqa: BLE001 - a step may raise anything: it is recorded, not raised
-            logger.info("step %s of run %s failed on attempt %d: %s", task.step, task.run_id, task.attempt,
-                        type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a step may raise anything: it is recorded (and logged) once
             return None, StepFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__, traceback.format_exc())
         return output, None
 
@@ -193,6 +200,15 @@ class Executor:
             manager = getattr(middleware, "manager", None) if isinstance(middleware, TimeLimit) else None
             if manager is not None:
                 manager.remove_timeout(threading.get_ident())
+
+
+def queue_wait_s(message: Any, started: float) -> float | None:
+    """From when a step message was sent (or, for a delayed one such as a retry after its backoff, when
+    it became due: its eta) to ``started``; None when the message says neither."""
+    sent_ms = getattr(message, "message_timestamp", None)
+    eta_ms = (getattr(message, "options", None) or {}).get("eta")
+    due = max(v for v in (sent_ms, eta_ms, 0) if isinstance(v, int) and not isinstance(v, bool))
+    return max(0.0, started - due / 1000) if due > 0 else None
 
 
 def check_output(output: Any) -> None:

@@ -29,6 +29,7 @@ from miniflow.protocol.names import RECORD_DEAD_LETTER, QueueNames
 from miniflow.protocol.options import check_options
 
 from .encoder import MsgpackEncoder
+from .metrics import NULL, Metrics
 
 logger = logging.getLogger("miniflow.rejections")
 
@@ -54,6 +55,7 @@ class Guard:
         self.names = names
         self.verifier = verifier  # None: message authentication is off (MINIFLOW_AUTH=off)
         self.rejected = 0
+        self.metrics: Metrics = NULL  # the node sets its own when metrics are on
 
     def inspect(self, queue_name: str, body: bytes, headers: dict[str, Any] | None = None) -> Rejection | None:
         try:
@@ -96,6 +98,7 @@ class Guard:
     def report(self, broker: dramatiq.Broker, queue_name: str, rejection: Rejection) -> None:
         """Log the rejection (id and reason, never the payload) and send it to be archived."""
         self.rejected += 1
+        self.metrics.rejected(rejection.code)
         logger.warning("rejected message %s on %s: %s (%s)", rejection.message_id or "<no id>",
                        queue_name, rejection.code, rejection.detail)
         if rejection.about_report:

@@ -17,7 +17,9 @@ from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Coordinator, Results
 from miniflow.persistence import Database
+from miniflow.persistence.repository import workers as wrepo
 from miniflow.protocol.auth import Capabilities
+from miniflow.protocol.clock import utcnow
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import DataRejected, MessageRejected
 from miniflow.protocol.messages import (
@@ -28,10 +30,13 @@ from miniflow.protocol.messages import (
     StepFinished,
     StepProgress,
     StepResult,
+    WorkerHeartbeat,
 )
 from miniflow.protocol.states import StepStatus
 
 from .faults import FaultPoints
+from .heartbeat import row_of
+from .metrics import NULL, Metrics
 from .middleware.tracing import annotate, current_trace_id
 from .relay import Relay
 
@@ -49,8 +54,9 @@ class CoreHandlers:
     in the same process as the results role: a recorded result then advances its run at once."""
 
     def __init__(self, db: Database, relay: Relay, coordinator: Coordinator, *, advance: bool,
-                 faults: FaultPoints, emit: Emit, caps: Capabilities | None = None) -> None:
+                 faults: FaultPoints, emit: Emit, caps: Capabilities | None = None, metrics: Metrics = NULL) -> None:
         self.db = db
+        self.metrics = metrics
         self.caps = caps  # checks the capability of reported attempts (None: message authentication off)
         self.relay = relay
         self.coordinator = coordinator
@@ -82,6 +88,7 @@ class CoreHandlers:
         annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
         self.relay.publish(outcome.outgoing)
         if outcome.created:
+            self.metrics.run_started(start.workflow)
             logger.info("run %s of %s started", outcome.run_id, start.workflow)
             self.emit("run_started", run_id=outcome.run_id, workflow=start.workflow)
         else:
@@ -136,3 +143,10 @@ class CoreHandlers:
         report = DeadLetterReport.from_payload(payload)
         with self._transaction() as conn:
             self.results.record_dead_letter(conn, report)
+        self.metrics.dead_letter(report.code)
+
+    def worker_heartbeat(self, payload: dict[str, Any]) -> None:
+        """An executor's heartbeat (processes with a database write theirs themselves)."""
+        beat = WorkerHeartbeat.from_payload(payload)
+        with self._transaction() as conn:
+            wrepo.record_heartbeat(conn, row_of(beat, self.coordinator.names.namespace, utcnow()))

@@ -35,6 +35,7 @@ from miniflow.protocol.names import (
     START_WORKFLOW,
     STEP_FINISHED,
     STEP_PROGRESS,
+    WORKER_HEARTBEAT,
     QueueNames,
 )
 
@@ -43,7 +44,9 @@ from .faults import NONE as NO_FAULTS
 from .faults import FaultPoints
 from .guard import node_name
 from .handlers import CoreHandlers
+from .metrics import NULL, CountingInstrument, Metrics
 from .middleware import Rejections, Tracing, TracingInstrument
+from .middleware.activity import Activity
 from .progress import RUNNING_AFTER_S, ProgressReporter
 from .reconciler import DEAD_LETTER_KEEP_S, ReconcileLoop
 from .registry import Registry
@@ -69,8 +72,11 @@ class Node:
                  db: Database | None = None, registry: Registry | None = None,
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
                  listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
-                 running_after_s: float = RUNNING_AFTER_S, dead_letter_keep_s: float = DEAD_LETTER_KEEP_S) -> None:
+                 running_after_s: float = RUNNING_AFTER_S, dead_letter_keep_s: float = DEAD_LETTER_KEEP_S,
+                 metrics: Metrics = NULL) -> None:
         self.broker = broker
+        self.metrics = metrics
+        self.activity = Activity(metrics)
         self.names = names
         self.roles = tuple(dict.fromkeys(roles))
         unknown = [r for r in self.roles if r not in ROLES]
@@ -80,10 +86,14 @@ class Node:
         self.node = node_name()
         self.listener = listener
         self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
+        if metrics.enabled:
+            self.coordinator.instrument = CountingInstrument(self.coordinator.instrument, metrics)
         # Message authentication is on when the broker checks signatures: then the coordinator issues
         # each attempt a capability and the results role checks it (protocol/auth.py).
         guard = getattr(broker, "guard", None)
         keys = guard.verifier.keys if guard is not None and guard.verifier is not None else None
+        if guard is not None:
+            guard.metrics = metrics
         self.caps = Capabilities(keys) if keys is not None else None
         if self.caps is not None:
             self.coordinator.caps = self.caps
@@ -95,16 +105,16 @@ class Node:
         if COORDINATOR in self.roles or RESULTS in self.roles:
             if db is None:
                 raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
-            self.relay = Relay(broker, db, faults=faults)
+            self.relay = Relay(broker, db, faults=faults, metrics=metrics)
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
-                                         faults=faults, emit=self._emit, caps=self.caps)
+                                         faults=faults, emit=self._emit, caps=self.caps, metrics=metrics)
             if COORDINATOR in self.roles:
                 self.reconciler = ReconcileLoop(db, self.relay, self.coordinator,
-                                                dead_letter_keep_s=dead_letter_keep_s)
+                                                dead_letter_keep_s=dead_letter_keep_s, metrics=metrics)
         self.progress = ProgressReporter(broker, names, self.node, after_s=running_after_s) \
             if EXECUTOR in self.roles else None
         self.executor = Executor(broker, names, registry or global_registry, self.node, faults=faults,
-                                 stop=self._stop, emit=self._emit, progress=self.progress) \
+                                 stop=self._stop, emit=self._emit, progress=self.progress, metrics=metrics) \
             if self.progress is not None else None
         self._install_middleware()
         self._declare()
@@ -119,6 +129,10 @@ class Node:
             self.broker.add_middleware(Rejections(guard))
         if Tracing not in present:
             self.broker.add_middleware(Tracing())
+        if Activity not in present:
+            self.broker.add_middleware(self.activity)
+        else:
+            self.activity = next(m for m in self.broker.middleware if isinstance(m, Activity))
 
     def _actor(self, handler: Handler, name: str, queue: str, **options: Any) -> None:
         options.setdefault("throws", (MessageRejected,))
@@ -138,6 +152,7 @@ class Node:
         if self.handlers is not None and RESULTS in self.roles:
             self._actor(self.handlers.record_result, RECORD_RESULT, self.names.results)
             self._actor(self.handlers.record_dead_letter, RECORD_DEAD_LETTER, self.names.results)
+            self._actor(self.handlers.worker_heartbeat, WORKER_HEARTBEAT, self.names.results)
         if self.executor is not None:
             self._actor(self.executor.execute_step, EXECUTE_STEP, self.names.steps,
                         time_limit=STEP_TIME_LIMIT_CEILING_MS)
@@ -173,6 +188,10 @@ class Node:
             self.relay.stop()
         if self.progress is not None:
             self.progress.stop()
+
+    def status(self) -> tuple[int, list[dict[str, Any]]]:
+        """What this node is doing now, for its heartbeat: messages being handled, attempts running."""
+        return self.activity.busy, (self.progress.running() if self.progress is not None else [])
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:

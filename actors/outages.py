@@ -53,6 +53,7 @@ class Outages:
         self._lock = threading.Lock()
         self._prober: threading.Thread | None = None
         self._back_at: dict[str, float] = {}
+        self.on_recovered: Callable[[str], None] | None = None  # metrics: an outage of a dependency ended
 
     def watch(self, dependency: str, url: str, default_port: int) -> None:
         """Name a dependency by its (masked) URL in the lines, and probe its host and port when down."""
@@ -86,6 +87,8 @@ class Outages:
         if down is not None:
             self.log.warning("%s is back after %.0f s", self._where.get(dependency, dependency),
                              self.clock() - down.since)
+            if self.on_recovered is not None:
+                self.on_recovered(dependency)
 
     def is_down(self, dependency: str) -> bool:
         return dependency in self._down

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 
@@ -51,6 +52,12 @@ class ProgressReporter:
 
     def finished(self) -> None:
         self._held.pop(threading.get_ident(), None)
+
+    def running(self) -> list[dict[str, Any]]:
+        """The attempts this node runs now (for its heartbeat): run id, step, attempt, since (epoch s)."""
+        offset = time.time() - time.monotonic()
+        return [{"run_id": h.task.run_id, "step": h.task.step, "attempt": h.task.attempt,
+                 "since": round(h.since + offset, 3)} for h in list(self._held.values())]
 
     def declined(self, task: StepTask, detail: str) -> None:
         self._send(StepProgress(task.run_id, task.step, task.attempt, "declined", self.node, detail, task.cap))

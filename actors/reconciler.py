@@ -16,6 +16,7 @@ from miniflow.coordinator import Coordinator, Reconciler
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
 
+from .metrics import NULL, Metrics
 from .outages import DATABASE, OUTAGES, report
 from .relay import Relay
 
@@ -32,8 +33,9 @@ DEAD_LETTER_KEEP_S = 30 * 24 * 3600.0  # the archive's default retention (MINIFL
 
 class ReconcileLoop:
     def __init__(self, db: Database, relay: Relay, coordinator: Coordinator, *,
-                 dead_letter_keep_s: float = DEAD_LETTER_KEEP_S) -> None:
+                 dead_letter_keep_s: float = DEAD_LETTER_KEEP_S, metrics: Metrics = NULL) -> None:
         self.db = db
+        self.metrics = metrics
         self.dead_letter_keep_s = dead_letter_keep_s
         self.relay = relay
         self.coordinator = coordinator
@@ -74,7 +76,8 @@ class ReconcileLoop:
             unadvanced = repo.unadvanced_attempts(conn, now - timedelta(seconds=unadvanced_after_s))
             overdue = repo.overdue_results(conn, now)
         repaired = 0
-        for fix, items in ((self.reconciler.unadvanced, unadvanced), (self.reconciler.overdue, overdue)):
+        for kind, fix, items in (("unadvanced", self.reconciler.unadvanced, unadvanced),
+                                 ("overdue", self.reconciler.overdue, overdue)):
             for run_id, step, attempt in items:
                 try:
                     with self.db.transaction() as conn:
@@ -82,6 +85,7 @@ class ReconcileLoop:
                     if outgoing is not None:
                         self.relay.publish(outgoing)
                         repaired += 1
+                        self.metrics.repaired(kind)
                 except Exception as exc:  # noqa: BLE001 - the others still get their turn; this one comes back next pass
                     if report(exc):
                         return repaired

@@ -28,6 +28,7 @@ from miniflow.protocol.errors import DecodeFailed
 from .broker import publish
 from .faults import NONE, FaultPoints
 from .guard import as_message
+from .metrics import NULL, Metrics
 from .outages import BROKER, DATABASE, OUTAGES, report
 
 logger = logging.getLogger("miniflow.relay")
@@ -38,8 +39,9 @@ SWEEP_TX_BUDGET_S = 2.0  # publishing inside one sweep transaction stops after t
 
 class Relay:
     def __init__(self, broker: dramatiq.Broker, db: Database, *, stale_after_s: float = 10.0,
-                 sweep_every_s: float = 5.0, faults: FaultPoints = NONE) -> None:
+                 sweep_every_s: float = 5.0, faults: FaultPoints = NONE, metrics: Metrics = NULL) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.faults = faults
         self.db = db
         self.stale_after = timedelta(seconds=stale_after_s)
@@ -55,12 +57,15 @@ class Relay:
         background thread, a few milliseconds later, instead of one more commit per message."""
         if not items:
             return
+        began = time.monotonic() if self.metrics.enabled else 0.0
         for item in items:
             if item.envelope is not None:  # fresh from this process: no need to decode the stored bytes
                 publish(self.broker, as_message(item.envelope), delay=item.delay_ms)
             else:
                 self._send(item.body, item.delay_ms)
         self.faults.hit("coordinator.after_publish")
+        if began:
+            self.metrics.outbox(publish_s=time.monotonic() - began)
         OUTAGES.recovered(BROKER)
         with self._lock:
             self._published.extend(item.message_id for item in items)

@@ -28,6 +28,7 @@ from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.names import QueueNames
 
 from .guard import node_name
+from .metrics import NULL, Metrics
 from .outages import DATABASE, OUTAGES, report
 from .relay import Relay
 
@@ -54,8 +55,9 @@ class Timer:
 
     def __init__(self, db: Database, broker: dramatiq.Broker | None, names: QueueNames, *,
                  clock: Clock = utcnow, relay: Relay | None = None, node: str | None = None,
-                 max_sleep_s: float = 1.0, keys: KeyRing | None = None) -> None:
+                 max_sleep_s: float = 1.0, keys: KeyRing | None = None, metrics: Metrics = NULL) -> None:
         self.db = db
+        self.metrics = metrics
         self.clock = clock
         self.node = node or node_name()
         self.scheduler = Scheduler(names, node=self.node, keys=keys)
@@ -79,6 +81,7 @@ class Timer:
             assert due is not None
             fire = due + jitter_for(row.id, due, row.jitter_s)
             if fire <= now:
+                self.metrics.cron_fired((now - fire).total_seconds())
                 self._drain(row.id, now)
                 worked = True
             elif wake is None or fire < wake:

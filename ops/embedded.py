@@ -14,6 +14,7 @@ import dramatiq
 from miniflow.actors import ROLES, EmbeddedBroker, Node, declare_topology, make_broker
 from miniflow.actors import registry as step_registry
 from miniflow.actors.guard import as_message
+from miniflow.actors.metrics import NULL, Metrics
 from miniflow.actors.middleware import TracingInstrument
 from miniflow.coordinator import Coordinator, Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
@@ -48,7 +49,7 @@ class EmbeddedEngine:
 
     def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
                  pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None,
-                 keys: KeyRing | None = None, auth: bool = True) -> None:
+                 keys: KeyRing | None = None, auth: bool = True, metrics: Metrics = NULL) -> None:
         self.db = Database(database_url)
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -64,7 +65,7 @@ class EmbeddedEngine:
         # this process: the embedded mode's runs begin and end in it.
         coordinator = Coordinator(self.names, instrument=TracingInstrument(), keys=keys or KeyRing.ephemeral())
         self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools, coordinator=coordinator,
-                         listener=lambda kind, data: self.events.put((kind, data)))
+                         listener=lambda kind, data: self.events.put((kind, data)), metrics=metrics)
         declare_topology(self.broker, self.names, pools)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
         self._started = False

@@ -16,6 +16,10 @@
     MINIFLOW_KEY_FILE       a file holding that key instead
     MINIFLOW_CORE_PUBLIC_KEYS  the core's public keys (`miniflow keys core public`), for executors
     MINIFLOW_API_URL        the HTTP API for miniflow.Client.from_env() (then MINIFLOW_KEY is its API key)
+    MINIFLOW_METRICS_PORT   serve Prometheus metrics on this port (worker, timer, api; off when unset;
+                            `--metrics-port` overrides it)
+    MINIFLOW_RABBITMQ_API_URL  RabbitMQ's management API for the queue monitor (default: the broker's
+                            host, port 15672; used when the rabbitmq_management plugin answers there)
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 test-only names below, which are checked the same way (an unknown MINIFLOW_TEST_* is an error too).
@@ -49,7 +53,7 @@ from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
          "MINIFLOW_DEAD_LETTER_DAYS", "MINIFLOW_AUTH", "MINIFLOW_SIGNED_STARTS", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
-         "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL"}
+         "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL", "MINIFLOW_METRICS_PORT", "MINIFLOW_RABBITMQ_API_URL"}
 TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
              "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
              "MINIFLOW_BENCH_ADMIN_DSN"}
@@ -72,6 +76,8 @@ class Settings:
     signed_starts: bool = False  # MINIFLOW_SIGNED_STARTS=required
     client_key: ClientKey | None = field(default=None, repr=False)  # MINIFLOW_KEY(_FILE)
     core_public_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
+    metrics_port: int | None = None  # MINIFLOW_METRICS_PORT
+    rabbitmq_api_url: str | None = None  # MINIFLOW_RABBITMQ_API_URL
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -107,7 +113,7 @@ class Settings:
                               f"known: {', '.join(sorted(POINTS))}")
         return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
                        faultpoints=faults, data_keys=_data_keys(env), dead_letter_days=_days(env),
-                       **_auth(env))
+                       **_auth(env), **_monitoring(env))
 
     def require_broker(self) -> str:
         if not self.broker_url:
@@ -130,6 +136,19 @@ def _days(env: Mapping[str, str]) -> float:
     if not 0 < days <= 3650:
         raise ConfigError("MINIFLOW_DEAD_LETTER_DAYS must be more than 0 and at most 3650")
     return days
+
+
+def _monitoring(env: Mapping[str, str]) -> dict[str, Any]:
+    text = env.get("MINIFLOW_METRICS_PORT") or None
+    port = None
+    if text is not None:
+        if not text.isdigit() or not 0 <= int(text) <= 65535:
+            raise ConfigError(f"MINIFLOW_METRICS_PORT {text[:20]!r} must be a port number (0-65535; 0: a free one)")
+        port = int(text)
+    api = (env.get("MINIFLOW_RABBITMQ_API_URL") or "").rstrip("/") or None
+    if api is not None and not api.startswith(("http://", "https://")):
+        raise ConfigError(f"MINIFLOW_RABBITMQ_API_URL {mask_url(api)!r} must start with http:// or https://")
+    return {"metrics_port": port, "rabbitmq_api_url": api}
 
 
 def _auth(env: Mapping[str, str]) -> dict[str, Any]:

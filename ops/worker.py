@@ -29,12 +29,16 @@ from miniflow.actors import (
 )
 from miniflow.actors.broker import check_broker, wait_for_queues
 from miniflow.actors.faults import FaultPoints
+from miniflow.actors.heartbeat import DEFAULT_INTERVAL_S, Heartbeat, broker_sender, database_sender, miniflow_version
+from miniflow.actors.metrics import NULL, Metrics
+from miniflow.actors.metrics import Snapshot as MetricsSnapshot
+from miniflow.actors.metrics import serve as serve_metrics
 from miniflow.actors.middleware import TracingInstrument
 from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
 from miniflow.actors.progress import RUNNING_AFTER_S
 from miniflow.actors.relay import Relay
 from miniflow.actors.timer import Timer, limit_idle_transactions
-from miniflow.coordinator import Coordinator
+from miniflow.coordinator import Catalog, Coordinator
 from miniflow.persistence import Database
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
@@ -83,8 +87,35 @@ def preflight(settings: Settings, db: Database | None) -> None:
     OUTAGES.watch(BROKER, url, 5671 if url.startswith("amqps") else 5672)
 
 
+def start_metrics(settings: Settings, kind: str, port: int | None) -> tuple[Metrics, str]:
+    """The process's metrics, served on ``port`` (or MINIFLOW_METRICS_PORT); NULL and "" when off. A
+    port that cannot be bound is a ConfigError (exit 2), before anything else starts."""
+    port = port if port is not None else settings.metrics_port
+    if port is None:
+        return NULL, ""
+    metrics = Metrics(kind, miniflow_version())
+    try:
+        server = serve_metrics(metrics, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+    OUTAGES.on_recovered = metrics.reconnected
+    return metrics, f" metrics=http://0.0.0.0:{server.server_port}/metrics"
+
+
+def watch_gauges(metrics: Metrics, settings: Settings, db: Database, names: QueueNames) -> None:
+    """Scrape-time gauges (queues, workers, active runs, outbox) from the monitors' reads."""
+    if not metrics.enabled:
+        return
+    from .monitor.snapshot import gauges
+
+    catalog = Catalog()
+    metrics.add_collector(MetricsSnapshot(
+        lambda: gauges(db, catalog, names, settings.broker_url, settings.rabbitmq_api_url)))
+
+
 def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: list[str], threads: int,
-               ready: Ready = lambda line, _: print(line), running_after_s: float = RUNNING_AFTER_S) -> int:
+               ready: Ready = lambda line, _: print(line), running_after_s: float = RUNNING_AFTER_S,
+               metrics_port: int | None = None, heartbeat_s: float = DEFAULT_INTERVAL_S) -> int:
     """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
     roles = roles or list(ROLES)
     url = settings.require_broker()
@@ -98,6 +129,8 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
                           "locks across processes; use `miniflow run` for the embedded, single-process mode")
     db = Database(settings.database_url, pool_size=threads + 2) if needs_db else None
     preflight(settings, db)
+    metrics, served = start_metrics(settings, "worker", metrics_port)
+    metrics.threads(threads)
     telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
     if db is not None:
         telemetry.instrument_engine(db.engine)
@@ -112,16 +145,22 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
                 running_after_s=running_after_s, coordinator=coordinator,
-                dead_letter_keep_s=settings.dead_letter_days * 86400)
+                dead_letter_keep_s=settings.dead_letter_days * 86400, metrics=metrics)
+    if db is not None and COORDINATOR in roles:
+        watch_gauges(metrics, settings, db, names)
     declare_topology(broker, names, pools, steps_only=alone)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     broker.emit_after("process_boot")
     worker.start()
     node.start_background()
+    heartbeat = Heartbeat(database_sender(db, names.namespace) if db is not None else broker_sender(broker, names),
+                          node=node.node, kind="worker", roles=node.roles, queues=node.queues(), threads=threads,
+                          status=node.status, interval_s=heartbeat_s)
+    heartbeat.start()
     ready(f"miniflow worker ready: node={node.node} roles={','.join(node.roles)} "
-          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}",
+          f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}{served}",
           {"ready": "worker", "node": node.node, "roles": list(node.roles), "queues": sorted(node.queues()),
-           "namespace": settings.namespace})
+           "namespace": settings.namespace, "metrics": served.partition("=")[2] or None})
     try:
         while not stop.wait(0.5):  # woken by the signal handler (a timed wait keeps signals prompt)
             pass
@@ -129,6 +168,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
         logger.info("stopping worker %s", node.node)
         node.stop_background()
         worker.stop(timeout=10_000)
+        heartbeat.stop()  # the last heartbeat says "stopped" (through the broker for an executor alone)
         broker.close()
         if db is not None:
             db.dispose()
@@ -136,7 +176,8 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     return 0
 
 
-def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line, _: print(line)) -> int:
+def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line, _: print(line),
+              metrics_port: int | None = None, heartbeat_s: float = DEFAULT_INTERVAL_S) -> int:
     """Run a cron timer until SIGINT/SIGTERM (any number may run: each tick fires once)."""
     url = settings.require_broker()
     if settings.database_url.startswith("sqlite"):
@@ -145,18 +186,25 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line
     names = QueueNames(settings.namespace)
     database = Database(settings.database_url, pool_size=4)
     preflight(settings, database)
+    metrics, served = start_metrics(settings, "timer", metrics_port)
     limit_idle_transactions(database)
     broker = make_broker(url, names, keys=core_keys(settings, database), signed_starts=settings.signed_starts)
     declare_topology(broker, names)
-    relay = Relay(broker, database)
-    loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s, keys=settings.data_keys)
+    relay = Relay(broker, database, metrics=metrics)
+    loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s, keys=settings.data_keys,
+                 metrics=metrics)
     stop = _stop_on_signals()
     relay.start()
-    ready(f"miniflow timer ready: node={loop.node} {settings.describe()}",
-          {"ready": "timer", "node": loop.node, "namespace": settings.namespace})
+    heartbeat = Heartbeat(database_sender(database, names.namespace), node=loop.node, kind="timer", roles=["timer"],
+                          queues=[], threads=1, status=lambda: (0, []), interval_s=heartbeat_s)
+    heartbeat.start()
+    ready(f"miniflow timer ready: node={loop.node} {settings.describe()}{served}",
+          {"ready": "timer", "node": loop.node, "namespace": settings.namespace,
+           "metrics": served.partition("=")[2] or None})
     try:
         loop.run(stop)
     finally:
+        heartbeat.stop()
         relay.stop()
         broker.close()
         database.dispose()

@@ -10,9 +10,20 @@
 from . import repository
 from .db import DEFAULT_SQLITE_URL, Database, after_commit, normalise_url
 from .models import Base
-from .rows import AttemptRow, AuditRow, DeadLetterRow, DefinitionRow, OutboxRow, RunRow, ScheduleRow, StepRow, TickRow
+from .rows import (
+    AttemptRow,
+    AuditRow,
+    DeadLetterRow,
+    DefinitionRow,
+    OutboxRow,
+    RunRow,
+    ScheduleRow,
+    StepRow,
+    TickRow,
+    WorkerRow,
+)
 
 __all__ = [
     "DEFAULT_SQLITE_URL", "AttemptRow", "AuditRow", "Base", "Database", "DeadLetterRow", "DefinitionRow", "OutboxRow",
-    "RunRow", "ScheduleRow", "StepRow", "TickRow", "after_commit", "normalise_url", "repository",
+    "RunRow", "ScheduleRow", "StepRow", "TickRow", "WorkerRow", "after_commit", "normalise_url", "repository",
 ]

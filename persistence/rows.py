@@ -191,6 +191,26 @@ class AuditRow:
     id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A process of the workers registry (table workers); its state is computed when read."""
+    node: str
+    kind: str  # worker, timer, api
+    roles: str  # comma separated
+    queues: list[str]
+    threads: int
+    pid: int
+    version: str
+    namespace: str
+    started_at: datetime
+    last_seen: datetime
+    interval_s: float
+    beat: int
+    busy: int
+    running: list[dict[str, Any]]
+    stopped_at: datetime | None = None
+
+
 _FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 

@@ -25,6 +25,7 @@ Who may send what (deny by default; a client key has exactly one role):
     execute_step, step_finished    core
     record_result, step_progress   core, executor   (and the attempt's capability, below)
     record_dead_letter             core, executor
+    worker_heartbeat               core, executor
 
 A capability is an HMAC, under a key derived from a core key, of (run id, step, attempt): the
 coordinator puts it in each step message and the executor returns it with the attempt's progress
@@ -76,6 +77,7 @@ from .names import (
     START_WORKFLOW,
     STEP_FINISHED,
     STEP_PROGRESS,
+    WORKER_HEARTBEAT,
 )
 
 SIG_OPTION = "mf_sig"
@@ -95,6 +97,7 @@ MAY_SEND: dict[str, frozenset[str]] = {
     START_WORKFLOW: _STARTERS, CANCEL_RUN: _OPERATORS, RETRY_RUN: _OPERATORS,
     EXECUTE_STEP: frozenset({CORE}), STEP_FINISHED: frozenset({CORE}),
     STEP_PROGRESS: _REPORTERS, RECORD_RESULT: _REPORTERS, RECORD_DEAD_LETTER: _REPORTERS,
+    WORKER_HEARTBEAT: _REPORTERS,
 }
 
 _B64 = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

@@ -35,6 +35,8 @@ from .codes import Reason
 from .envelope import kind_name
 from .errors import MessageRejected
 
+# size: every message type of protocol version 1 in one module, so the wire format is read in one place
+# (PROTOCOL.md follows it section by section).
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
@@ -318,3 +320,71 @@ class DeadLetterReport(Payload):
     raw: bytes = b""
     node: str = ""
     about_report: bool = False  # the rejected message was itself a report: if this one fails too, stop
+
+
+HEARTBEAT_KINDS = ("worker", "timer", "api")
+MAX_HEARTBEAT_QUEUES = 64
+MAX_HEARTBEAT_RUNNING = 32
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 0.1, 3600.0
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat(Payload):
+    """A process says it is alive (every ``interval_s``), what it serves and what it runs now; the last
+    one of a clean stop says ``stopping``. Executors send theirs to the results queue (they have no
+    database); processes with a database write theirs directly. ``beat`` counts up from 1 per process,
+    so a late, older heartbeat never overwrites a newer one (nor revives a stopped worker)."""
+
+    KIND: ClassVar[str] = "worker_heartbeat"
+    FIELDS: ClassVar[dict[str, _Field]] = {
+        "node": _Field(str, max_len=MAX_NODE),
+        "kind": _Field(str, max_len=16),
+        "roles": _Field(list, max_len=8),
+        "queues": _Field((list,), max_len=MAX_HEARTBEAT_QUEUES),  # (list,): checked in check(), queue names
+        "threads": _Field(int, low=0, high=100_000),
+        "pid": _Field(int, low=0, high=2**31 - 1),
+        "version": _Field(str, max_len=40),
+        "started_at": _Field(float, low=MIN_EPOCH_S, high=MAX_EPOCH_S),
+        "interval_s": _Field(float, low=MIN_HEARTBEAT_S, high=MAX_HEARTBEAT_S),
+        "beat": _Field(int, low=1, high=2**31 - 1),
+        "busy": _Field(int, low=0, high=100_000),
+        "running": _Field((list,), required=False, default=list, max_len=MAX_HEARTBEAT_RUNNING),  # of maps
+        "stopping": _Field(bool, required=False, default=False),
+    }
+    node: str
+    kind: str
+    roles: list[str]
+    queues: list[str]
+    threads: int
+    pid: int
+    version: str
+    started_at: float
+    interval_s: float
+    beat: int
+    busy: int
+    running: list[dict[str, Any]] = field(default_factory=list)
+    stopping: bool = False
+
+    def check(self) -> None:
+        if not self.node:
+            raise MessageRejected(Reason.BAD_VALUE, "worker_heartbeat 'node' must not be empty", "node")
+        if self.kind not in HEARTBEAT_KINDS:
+            raise MessageRejected(Reason.BAD_VALUE, f"worker_heartbeat 'kind' must be one of {HEARTBEAT_KINDS}",
+                                  "kind")
+        if not all(isinstance(r, str) and 0 < len(r) <= 16 for r in self.roles):
+            raise MessageRejected(Reason.BAD_VALUE, "worker_heartbeat 'roles' must be names of at most 16 "
+                                  "characters", "roles")
+        if not all(isinstance(q, str) and 0 < len(q) <= 255 for q in self.queues):
+            raise MessageRejected(Reason.BAD_VALUE, "worker_heartbeat 'queues' must be queue names", "queues")
+        for held in self.running:
+            if not isinstance(held, dict) or set(held) != {"run_id", "step", "attempt", "since"}:
+                raise MessageRejected(Reason.BAD_VALUE, "worker_heartbeat 'running' entries must be maps of "
+                                      "run_id, step, attempt and since", "running")
+            ok = isinstance(held["run_id"], str) and len(held["run_id"]) <= MAX_RUN_ID \
+                and isinstance(held["step"], str) and len(held["step"]) <= MAX_NAME \
+                and isinstance(held["attempt"], int) and not isinstance(held["attempt"], bool) \
+                and 1 <= held["attempt"] <= MAX_ATTEMPT \
+                and isinstance(held["since"], (int, float)) and not isinstance(held["since"], bool) \
+                and MIN_EPOCH_S <= held["since"] <= MAX_EPOCH_S
+            if not ok:
+                raise MessageRejected(Reason.BAD_VALUE, "worker_heartbeat 'running' entry out of bounds", "running")

@@ -17,6 +17,7 @@ RECORD_RESULT = "record_result"
 STEP_FINISHED = "step_finished"
 STEP_PROGRESS = "step_progress"
 RECORD_DEAD_LETTER = "record_dead_letter"
+WORKER_HEARTBEAT = "worker_heartbeat"
 
 
 def check_namespace(namespace: str) -> str:
@@ -39,7 +40,7 @@ class QueueNames:
         self.namespace = check_namespace(namespace)
         self.ingress = f"{namespace}.ingress"  # start_workflow, cancel_run, retry_run: open to producers
         self.coordinator = f"{namespace}.coordinator"  # step_finished, step_progress: internal
-        self.results = f"{namespace}.results"  # record_result, record_dead_letter: internal
+        self.results = f"{namespace}.results"  # record_result, record_dead_letter, worker_heartbeat: internal
         self.steps = f"{namespace}.steps"  # execute_step for the default pool
 
     def step_queue(self, pool: str | None = None) -> str:
@@ -58,7 +59,7 @@ class QueueNames:
         if base == self.coordinator:
             return frozenset({STEP_FINISHED, STEP_PROGRESS})
         if base == self.results:
-            return frozenset({RECORD_RESULT, RECORD_DEAD_LETTER})
+            return frozenset({RECORD_RESULT, RECORD_DEAD_LETTER, WORKER_HEARTBEAT})
         if base == self.steps or base.startswith(self.steps + "."):
             return frozenset({EXECUTE_STEP})
         return frozenset()

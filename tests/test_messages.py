@@ -422,8 +422,8 @@ def test_ingress_allows_start_cancel_and_retry_but_not_execute_step() -> None:
 @pytest.mark.parametrize("queue, actors", [
     ("miniflow.coordinator", {"step_finished", "step_progress"}),
     ("miniflow.coordinator.DQ", {"step_finished", "step_progress"}),
-    ("miniflow.results", {"record_result", "record_dead_letter"}),
-    ("miniflow.results.DQ", {"record_result", "record_dead_letter"}),
+    ("miniflow.results", {"record_result", "record_dead_letter", "worker_heartbeat"}),
+    ("miniflow.results.DQ", {"record_result", "record_dead_letter", "worker_heartbeat"}),
     ("miniflow.steps", {"execute_step"}),
     ("miniflow.steps.DQ", {"execute_step"}),
     ("miniflow.steps.gpu", {"execute_step"}),

@@ -28,7 +28,7 @@ from miniflow.protocol.errors import ConfigError, MiniFlowError
 from miniflow.protocol.names import QueueNames
 
 from ..settings import Settings
-from . import admin, errors, health, runs, schedules, workflows
+from . import admin, errors, health, monitor, runs, schedules, workflows
 from .common import COMMON, MAX_STREAMS, Api, Publishers, _client
 from .security import POLICY, Authenticator, FailureLimiter, Principal
 
@@ -77,7 +77,7 @@ def create_app(settings: Settings, *, database: Database | None = None, failure_
                           row.resource, row.status)
         return response
 
-    for module in (health, workflows, runs, schedules, admin):
+    for module in (health, workflows, runs, schedules, admin, monitor):
         app.router.routes.extend(module.router.routes)  # each route carries authorize (its router's)
     missing = [r.name for r in app.routes if isinstance(r, APIRoute) and r.name not in POLICY]
     if missing:

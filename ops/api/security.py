@@ -89,6 +89,11 @@ POLICY: dict[str, tuple[Perm, str]] = {
     "create_key": (Perm.ADMIN, GLOBAL),
     "revoke_key": (Perm.ADMIN, GLOBAL),
     "list_audit": (Perm.ADMIN, GLOBAL),
+    "list_workers": (Perm.READ, GLOBAL),
+    "list_queues": (Perm.READ, GLOBAL),
+    "explain_step": (Perm.READ, WORKFLOW),
+    "result_stats": (Perm.READ, GLOBAL),
+    "monitor_snapshot": (Perm.READ, GLOBAL),
 }
 
 BAD_KEY = "a valid API key is needed: Authorization: Bearer mf_... (`miniflow keys create`)"

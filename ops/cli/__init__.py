@@ -34,6 +34,8 @@ from .common import err
 from .dead_letters import dead_letters
 from .definitions import db, deploy, workflows
 from .keys import keys
+from .monitor import monitor, queues, stats, why
+from .monitor import workers as workers_list
 from .run import run, validate
 from .runs import runs
 from .schedules import schedules
@@ -52,7 +54,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker, api, audit):
+                 broker, api, audit, workers_list, queues, why, stats, monitor):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

@@ -10,11 +10,14 @@ from rich.table import Table
 
 from miniflow.persistence.repository import audit as arepo
 from miniflow.protocol.masking import mask_url
+from miniflow.protocol.names import QueueNames
 
 from ..telemetry import setup as telemetry_setup
 from ..terminal import safe_text
 from ..views import iso, print_json
+from ..worker import start_metrics, watch_gauges
 from .common import console, database_of, err, settings_of
+from .workers import METRICS_PORT
 
 log = logging.getLogger("miniflow.api")
 
@@ -25,8 +28,10 @@ log = logging.getLogger("miniflow.api")
 @click.option("--auth-failures", default=20, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Failed sign-ins per client address and minute before it gets 429 for the rest of the minute.")
 @click.option("--access-log", is_flag=True, help="Log each request line (method, path, status; never headers).")
+@METRICS_PORT
 @click.pass_context
-def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log: bool) -> None:
+def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log: bool,
+        metrics_port: int | None) -> None:
     """Serve the HTTP API (OpenAPI at /openapi.json; keys from `miniflow keys create`). Prints one
     `ready` line once it listens (port 0: a free port, named in that line); stops on SIGINT/SIGTERM."""
     import socket
@@ -41,6 +46,8 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     database.ping()  # an unreachable database exits 3 with one line, before "ready"
     if settings.broker_url is None:
         err.print("warning: no MINIFLOW_BROKER_URL: starts, cancels and retries answer 503")
+    metrics, served = start_metrics(settings, "api", metrics_port)
+    watch_gauges(metrics, settings, database, QueueNames(settings.namespace))
     telemetry = telemetry_setup("miniflow-api")
     app = create_app(settings, database=database, failure_limit=auth_failures)
     sock = listen_socket(host, port)
@@ -54,7 +61,7 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
         if server.started:
             err.print(f"miniflow api ready on http://{host}:{bound} (database {database.masked_url}, broker "
                       f"{mask_url(settings.broker_url) if settings.broker_url else 'none'}, namespace "
-                      f"{settings.namespace})", highlight=False)
+                      f"{settings.namespace}){served}", highlight=False)
 
     server.startup = startup  # type: ignore[method-assign]
     try:

@@ -10,10 +10,20 @@ from typing import Any
 import click
 
 from miniflow.actors import ROLES
+from miniflow.actors.heartbeat import DEFAULT_INTERVAL_S
 from miniflow.actors.progress import RUNNING_AFTER_S
+from miniflow.protocol.messages import MIN_HEARTBEAT_S
 
 from ..worker import default_threads, run_timer, run_worker
 from .common import settings_of
+
+METRICS_PORT = click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: a free port, named in the ready line) "
+         "[default: MINIFLOW_METRICS_PORT; off when neither is set].")
+HEARTBEAT = click.option(
+    "--heartbeat", default=DEFAULT_INTERVAL_S, show_default=True, type=click.FloatRange(MIN_HEARTBEAT_S, 3600),
+    help="Seconds between heartbeats to the workers registry (late after 2.5 missed, gone after 6).")
 
 
 @click.command()
@@ -28,13 +38,17 @@ from .common import settings_of
               type=click.FloatRange(0), help="Seconds a step runs before its executor tells the coordinator (the "
               "step then shows as running); faster steps send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as a JSON object (on stderr).")
+@METRICS_PORT
+@HEARTBEAT
 @click.pass_context
 def worker(ctx: click.Context, roles: tuple[str, ...], steps: tuple[str, ...], pools: tuple[str, ...],
-           threads: int | None, running_after: float, as_json: bool) -> None:
+           threads: int | None, running_after: float, as_json: bool, metrics_port: int | None,
+           heartbeat: float) -> None:
     """Serve actors on this node until SIGINT/SIGTERM (executors need only the broker)."""
     roles_list = list(roles) or (["executor"] if steps and not roles else [])
     code = run_worker(settings_of(ctx), roles_list, list(steps), list(pools), threads or default_threads(roles_list),
-                      ready=_ready(as_json), running_after_s=running_after)
+                      ready=_ready(as_json), running_after_s=running_after, metrics_port=metrics_port,
+                      heartbeat_s=heartbeat)
     sys.exit(code)
 
 
@@ -42,10 +56,13 @@ def worker(ctx: click.Context, roles: tuple[str, ...], steps: tuple[str, ...], p
 @click.option("--max-sleep", default=1.0, show_default=True, type=float,
               help="Longest wait between passes (new and paused schedules are seen this fast).")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as a JSON object (on stderr).")
+@METRICS_PORT
+@HEARTBEAT
 @click.pass_context
-def timer(ctx: click.Context, max_sleep: float, as_json: bool) -> None:
+def timer(ctx: click.Context, max_sleep: float, as_json: bool, metrics_port: int | None, heartbeat: float) -> None:
     """Run a cron timer until SIGINT/SIGTERM (run as many as you like: each tick fires once)."""
-    sys.exit(run_timer(settings_of(ctx), max_sleep, ready=_ready(as_json)))
+    sys.exit(run_timer(settings_of(ctx), max_sleep, ready=_ready(as_json), metrics_port=metrics_port,
+                       heartbeat_s=heartbeat))
 
 
 def _ready(as_json: bool) -> Callable[[str, dict[str, Any]], None]:
