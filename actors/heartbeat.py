@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -146,8 +146,3 @@ class Heartbeat:
             self._thread.join(timeout=10)
         self.beat_once(stopping=True)
 
-
-def forget_before(db: Database, days: float = 7.0) -> int:
-    """Drop registry rows not heard of for ``days`` (the reconciler calls it now and then)."""
-    with db.transaction() as conn:
-        return wrepo.prune_workers(conn, utcnow() - timedelta(days=days))

@@ -20,6 +20,7 @@ from .metrics import NULL, Metrics
 from .outages import DATABASE, OUTAGES, report
 from .relay import Relay
 
+WORKERS_KEEP_DAYS = 7  # registry rows of processes not heard of for this long are forgotten
 logger = logging.getLogger("miniflow.actors")
 RECONCILE_EVERY_S = 10.0
 UNADVANCED_AFTER_S = 60.0  # a recorded attempt's step_finished normally lands within milliseconds
@@ -94,6 +95,7 @@ class ReconcileLoop:
         with self.db.transaction() as conn:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
             pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))
+            repo.workers.prune_workers(conn, now - timedelta(days=WORKERS_KEEP_DAYS))
         if pruned:
             logger.info("pruned %d archived dead letter(s) older than %.0f days", pruned,
                         self.dead_letter_keep_s / 86400)

@@ -12,9 +12,8 @@ from fastapi import APIRouter, Depends, Query
 from miniflow.protocol.clock import utcnow
 from miniflow.protocol.errors import ApiError, BrokerUnavailable, ConfigError
 
-from ..monitor.queues import queue_report
 from ..monitor.results import result_summary
-from ..monitor.snapshot import pools_in_use, take
+from ..monitor.snapshot import queue_view, take
 from ..monitor.why import explain
 from ..monitor.workers import count_by_state, list_workers
 from . import errors
@@ -39,9 +38,8 @@ def queues(api: ApiDep, caller: Caller) -> dict[str, Any]:
     url = api.settings.broker_url
     if not url:
         raise ApiError(503, errors.UNAVAILABLE, "this API has no broker (MINIFLOW_BROKER_URL): no queue figures")
-    pools = pools_in_use(api.database, api.catalog, list_workers(api.database, api.names.namespace), api.names)
     try:
-        return queue_report(url, api.names, pools, management=api.settings.rabbitmq_api_url).to_dict()
+        return queue_view(api.database, api.catalog, api.names, url, management=api.settings.rabbitmq_api_url).to_dict()
     except BrokerUnavailable as exc:
         raise ApiError(503, errors.UNAVAILABLE, str(exc)) from None
 

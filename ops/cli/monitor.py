@@ -20,9 +20,9 @@ from miniflow.protocol.clock import utcnow
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
-from ..monitor.queues import QueueReport, queue_report
+from ..monitor.queues import QueueReport
 from ..monitor.results import result_summary
-from ..monitor.snapshot import Snapshot, pools_in_use, take
+from ..monitor.snapshot import Snapshot, queue_view, take
 from ..monitor.why import explain
 from ..monitor.workers import WorkerView, count_by_state, list_workers
 from ..terminal import safe_text
@@ -106,11 +106,8 @@ def workers(ctx: click.Context, everything: bool, as_json: bool) -> None:
 def queues(ctx: click.Context, as_json: bool) -> None:
     """The queue monitor: depth, ready vs unacknowledged, consumers and rates of every MiniFlow queue."""
     settings = settings_of(ctx)
-    names = QueueNames(settings.namespace)
-    database = database_of(ctx)
-    catalog = Catalog()
-    pools = pools_in_use(database, catalog, list_workers(database, names.namespace), names)
-    report = queue_report(settings.require_broker(), names, pools, management=settings.rabbitmq_api_url)
+    report = queue_view(database_of(ctx), Catalog(), QueueNames(settings.namespace), settings.require_broker(),
+                        management=settings.rabbitmq_api_url)
     if as_json:
         print_json(console, report.to_dict())
         return

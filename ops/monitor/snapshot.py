@@ -71,6 +71,29 @@ def pools_in_use(database: Database, catalog: Catalog, workers: list[WorkerView]
     return pools
 
 
+def oldest_waiting(grouped: dict[str, list[dict[str, Any]]], now: datetime) -> dict[str, float]:
+    """Seconds the oldest waiting step of each step queue has waited (from the database)."""
+    out: dict[str, float] = {}
+    for queue, rows in grouped.items():
+        times = [r["queued_at"] for r in rows if r["queued_at"] is not None]
+        if times:
+            out[queue] = (now - min(times)).total_seconds()
+    return out
+
+
+def queue_view(database: Database, catalog: Catalog, names: QueueNames, broker_url: str, *,
+               management: str | None = None, workers: list[WorkerView] | None = None,
+               now: datetime | None = None) -> QueueReport:
+    """The queue monitor's report with the pools in use and the oldest waiting step of each step queue
+    (BrokerUnavailable when the broker does not answer)."""
+    now = now or utcnow()
+    workers = workers if workers is not None else list_workers(database, names.namespace, now=now)
+    with database.connect() as conn:
+        grouped = waiting_by_queue(catalog, conn, names)
+    return queue_report(broker_url, names, pools_in_use(database, catalog, workers, names), management=management,
+                        oldest_steps=oldest_waiting(grouped, now))
+
+
 def take(database: Database, catalog: Catalog, names: QueueNames, broker_url: str | None, *,
          management: str | None = None, now: datetime | None = None) -> Snapshot:
     now = now or utcnow()
@@ -85,14 +108,11 @@ def take(database: Database, catalog: Catalog, names: QueueNames, broker_url: st
         slowest = activity.slowest_attempts(conn, now - RECENT)
         letters = activity.recent_dead_letters(conn, now - RECENT)
         backlog = repo.count_outbox(conn)
-    oldest_at = {q: min(r["queued_at"] for r in rows if r["queued_at"] is not None)
-                 for q, rows in grouped.items() if any(r["queued_at"] is not None for r in rows)}
     queues, error = None, None
     if broker_url:
         try:
             queues = queue_report(broker_url, names, pools_in_use(database, catalog, workers, names),
-                                  management=management,
-                                  oldest_steps={q: (now - t).total_seconds() for q, t in oldest_at.items()})
+                                  management=management, oldest_steps=oldest_waiting(grouped, now))
         except BrokerUnavailable as exc:
             error = str(exc)
     else:

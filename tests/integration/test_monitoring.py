@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from miniflow.actors.heartbeat import GONE_AFTER
 
-from .conftest import BROKER_URL, WorkerProcess, miniflow, poll, query
+from .conftest import BROKER_URL, TimerProcess, WorkerProcess, miniflow, poll, query
 from .raw_producer import publish_raw
 
 HEARTBEAT_S = 0.5
@@ -67,9 +67,16 @@ def test_workers_show_alive_with_their_queues_then_gone_after_sigkill_and_stoppe
                          tmp_path / "core.log")
     executor = WorkerProcess(space, ["--steps", "tests.steps_for_tests", "--queue", "gpu", "--threads", "2", *beat],
                              tmp_path / "exec.log")
+    timer = TimerProcess(space, tmp_path / "timer.log")
     try:
         core.wait_ready()
         executor.wait_ready()
+        timer.wait_ready()
+        timer_node = next(x for x in timer.lines if "miniflow timer ready" in x).split("node=", 1)[1].split()[0]
+        timers = poll(lambda: _workers(space).get(timer_node), timeout=30, what="the timer in the registry")
+        assert timers["kind"] == "timer" and timers["state"] == "alive"
+        timer.stop()
+        assert _workers(space)[timer_node]["state"] == "stopped"
         core_node, exec_node = _node(core), _node(executor)
         seen = poll(lambda: (w := _workers(space)) and exec_node in w and core_node in w and w, timeout=30,
                     what="both workers in the registry")
@@ -92,6 +99,7 @@ def test_workers_show_alive_with_their_queues_then_gone_after_sigkill_and_stoppe
         table = miniflow(space, "workers")
         assert "stopped" in table.stdout and "gone" in table.stdout
     finally:
+        timer.stop()
         executor.stop()
         core.stop()
 
@@ -125,6 +133,11 @@ def test_a_pool_without_consumers_is_named_by_the_queue_monitor_and_why_and_drai
         assert "--queue lonely" in answer["reasons"][0]
         text = miniflow(space, "why", run_id, "only")
         assert text.returncode == 0 and "no executor consumes" in text.stdout
+        snapshot = json.loads(miniflow(space, "monitor", "--json").stdout)
+        assert snapshot["waiting"] == {lonely: 1} and snapshot["active_runs"] == 1
+        assert any(q["name"] == lonely and q["consumers"] == 0 for q in snapshot["queues"]["queues"])
+        shown = miniflow(space, "monitor", "--once")
+        assert shown.returncode == 0 and lonely in shown.stdout and "workers" in shown.stdout
 
         late = WorkerProcess(space, ["--steps", "tests.steps_for_tests", "--queue", "lonely", "--threads", "2"],
                              tmp_path / "late.log")
@@ -133,6 +146,8 @@ def test_a_pool_without_consumers_is_named_by_the_queue_monitor_and_why_and_drai
              what="the run to finish once its pool has an executor")
         after = json.loads(miniflow(space, "why", run_id, "only", "--json").stdout)
         assert "ended" in after["reasons"][0]
+        stats = json.loads(miniflow(space, "stats", "--since", "1h", "--workflow", "pooled", "--json").stdout)
+        assert stats["runs"] == 1 and stats["by_status"]["succeeded"] == 1 and stats["success_rate"] == 1.0
     finally:
         if late is not None:
             late.stop()
