@@ -10,6 +10,7 @@ Measures (full persistence in Postgres, workers as separate processes):
   scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
+  metrics       diamond-10 A/B: both workers serving /metrics, scraped every second, against none
   running       diamond-10 again with the executor reporting every step as running (the worst case)
   auth          diamond-10 and chain-10 signed and with MINIFLOW_AUTH=off, alternated 3 times (A/B)
   memory        peak RSS of each worker process
@@ -24,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -80,8 +82,10 @@ def baseline(threads: int) -> dict[str, float]:
 
 
 class Cluster:
-    def __init__(self, env: dict[str, str], threads: int, *executor_args: str) -> None:
-        self.coordinator = Worker(env, "--role", "coordinator", "--role", "results", "--threads", str(threads))
+    def __init__(self, env: dict[str, str], threads: int, *executor_args: str,
+                 coordinator_args: tuple[str, ...] = ()) -> None:
+        self.coordinator = Worker(env, "--role", "coordinator", "--role", "results", "--threads", str(threads),
+                                  *coordinator_args)
         self.executor = Worker(env, "--steps", "bench.steps", "--threads", str(threads), *executor_args)
         self.coordinator.wait_ready()
         self.executor.wait_ready()
@@ -89,6 +93,15 @@ class Cluster:
     def rss(self) -> dict[str, float]:
         return {"coordinator+results": round(self.coordinator.peak_rss_mb(), 1),
                 "executor": round(self.executor.peak_rss_mb(), 1)}
+
+    def metrics_urls(self) -> list[str]:
+        """The /metrics of both workers, when they serve them (`--metrics-port`)."""
+        urls = []
+        for worker in (self.coordinator, self.executor):
+            ready = next((x for x in worker.lines if "miniflow worker ready" in x), "")
+            if "metrics=" in ready:
+                urls.append(ready.split("metrics=", 1)[1].split()[0].replace("0.0.0.0", "127.0.0.1"))
+        return urls
 
     def stop(self) -> None:
         self.coordinator.stop()
@@ -210,6 +223,42 @@ def decode_cost() -> dict[str, float]:
     return {"start_ms": median_ms(start), "bomb_ms": median_ms(bomb), "bomb_bytes": len(bomb)}
 
 
+def metrics_ab(env: dict[str, str], threads: int) -> dict[str, float]:
+    """The cost of Prometheus metrics, A/B: clusters with `--metrics-port 0` on both workers, scraped
+    every second (a busy Prometheus; the usual interval is 15 s), and without, alternated AB_ROUNDS
+    times; medians of diamond-10 steps/s."""
+    import httpx
+
+    seen: dict[str, list[float]] = {"on": [], "off": []}
+    scrapes = 0
+    for _ in range(AB_ROUNDS):
+        for side in ("on", "off"):
+            extra = ("--metrics-port", "0") if side == "on" else ()
+            cluster = Cluster(env, threads, *extra, coordinator_args=extra)
+            stop = threading.Event()
+
+            def scrape(urls: list[str], stop: threading.Event) -> None:
+                nonlocal scrapes
+                while not stop.wait(1.0):
+                    for url in urls:
+                        httpx.get(url, timeout=5)
+                        scrapes += 1
+
+            scraper = threading.Thread(target=scrape, args=(cluster.metrics_urls(), stop), daemon=True)
+            try:
+                scraper.start()
+                diamond(env, 20)
+                seen[side].append(diamond(env, 100)["steps_per_s"])
+            finally:
+                stop.set()
+                scraper.join(timeout=10)
+                cluster.stop()
+    on, off = statistics.median(seen["on"]), statistics.median(seen["off"])
+    print(f"metrics A/B: steps/s on {seen['on']} off {seen['off']} ({scrapes} scrapes)", flush=True)
+    return {"diamond10_steps_per_s_on": on, "diamond10_steps_per_s_off": off,
+            "diamond10_on_vs_off": round(on / off, 3), "scrapes": scrapes}
+
+
 def auth_ab(env: dict[str, str], threads: int) -> dict[str, float]:
     """The cost of message authentication, measured A/B: clusters signed and with MINIFLOW_AUTH=off,
     alternated AB_ROUNDS times (the load of a shared machine drifts more than the cost itself),
@@ -291,6 +340,7 @@ def main() -> int:
                 finally:
                     cluster.stop()
             results["auth"] = auth_ab(env, args.threads)
+            results["metrics"] = metrics_ab(env, args.threads)
             # Worst case of the "running" reports: every step reports, however short (by default a
             # step reports only when still running after 0.2 s, so no-op steps send nothing).
             cluster = Cluster(env, args.threads, "--report-running-after", "0")
@@ -318,6 +368,7 @@ def main() -> int:
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
         "auth_on_vs_off": results["auth"]["diamond10_on_vs_off"],
+        "metrics_on_vs_off": results["metrics"]["diamond10_on_vs_off"],
         "auth_cost_ms_per_step_chain": results["auth"]["chain10_ms_per_step_added"],
         "running_report_every_step_vs_default": round(
             results["diamond10_running_reports"]["steps_per_s"] / steps, 3),
@@ -362,6 +413,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
          f"{r['auth']['diamond10_steps_per_s_on']:.0f} / {r['auth']['diamond10_steps_per_s_off']:.0f}",
          f"signed is {r['ratios']['auth_on_vs_off']:.2f} of off"),
+        ("A/B diamond-10 steps/s, metrics served and scraped / off",
+         f"{r['metrics']['diamond10_steps_per_s_on']:.0f} / {r['metrics']['diamond10_steps_per_s_off']:.0f}",
+         f"metrics on is {r['ratios']['metrics_on_vs_off']:.2f} of off"),
         ("A/B chain-10 ms per step, signed / MINIFLOW_AUTH=off",
          f"{r['auth']['chain10_ms_per_step_on']:.2f} / {r['auth']['chain10_ms_per_step_off']:.2f}",
          f"signing adds {r['ratios']['auth_cost_ms_per_step_chain']:.2f} ms per step"),
