@@ -108,6 +108,8 @@ class Node:
             self.relay = Relay(broker, db, faults=faults, metrics=metrics)
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
                                          faults=faults, emit=self._emit, caps=self.caps, metrics=metrics)
+            if RESULTS in self.roles:
+                metrics.archives_dead_letters()
             if COORDINATOR in self.roles:
                 self.reconciler = ReconcileLoop(db, self.relay, self.coordinator,
                                                 dead_letter_keep_s=dead_letter_keep_s, metrics=metrics)

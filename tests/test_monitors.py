@@ -150,6 +150,7 @@ def _expose(metrics: Metrics) -> str:
 
 def test_label_sets_are_bounded_and_report_reasons_only_known_codes() -> None:
     metrics = Metrics("worker", "test")
+    metrics.archives_dead_letters()
     for i in range(MAX_SERIES + 5):
         metrics.run_started(f"wf-{i}")
     metrics.dead_letter("made-up-by-a-forger")

@@ -122,10 +122,27 @@ def management_url(broker_url: str, configured: str | None = None) -> str:
     return f"{scheme}://{parts.hostname or 'localhost'}:{MANAGEMENT_PORT}"
 
 
+_MISSED: dict[str, float] = {}  # management API URL -> when it last did not answer (monotonic)
+RETRY_MANAGEMENT_S = 60.0  # a long-running process asks a management API that did not answer again after this
+
+
 def management_counts(broker_url: str, api_url: str, timeout_s: float = MANAGEMENT_TIMEOUT_S
                       ) -> dict[str, dict[str, Any]] | None:
     """The vhost's queues from the management API, by name; None when it is not reachable or refuses
-    the broker URL's user (then the passive declares serve)."""
+    the broker URL's user (then the passive declares serve). After a miss, the same process does not
+    ask again for RETRY_MANAGEMENT_S."""
+    missed = _MISSED.get(api_url)
+    if missed is not None and time.monotonic() - missed < RETRY_MANAGEMENT_S:
+        return None
+    found = _management_counts(broker_url, api_url, timeout_s)
+    if found is None:
+        _MISSED[api_url] = time.monotonic()
+    else:
+        _MISSED.pop(api_url, None)
+    return found
+
+
+def _management_counts(broker_url: str, api_url: str, timeout_s: float) -> dict[str, dict[str, Any]] | None:
     import httpx
 
     parts = urlsplit(broker_url)
