@@ -15,11 +15,14 @@ of the oldest queued step that no executor reported running), whichever source t
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.request import Request, urlopen
 
 import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
@@ -143,23 +146,21 @@ def management_counts(broker_url: str, api_url: str, timeout_s: float = MANAGEME
 
 
 def _management_counts(broker_url: str, api_url: str, timeout_s: float) -> dict[str, dict[str, Any]] | None:
-    import httpx
-
+    # urllib rather than httpx: no TLS context is built for a plain http:// API, which matters because
+    # a worker makes this call from its metrics thread, beside its busy worker threads.
     parts = urlsplit(broker_url)
     vhost = unquote(parts.path[1:]) if parts.path and parts.path != "/" else "/"
-    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
     columns = ("name,messages_ready,messages_unacknowledged,consumers,head_message_timestamp,"
                "message_stats.publish_details.rate,message_stats.deliver_get_details.rate")
+    request = Request(f"{api_url}/api/queues/{quote(vhost, safe='')}?{urlencode({'columns': columns})}",
+                      headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()})
     try:
-        answer = httpx.get(f"{api_url}/api/queues/{quote(vhost, safe='')}", params={"columns": columns},
-                           auth=auth, timeout=timeout_s)
-    except httpx.HTTPError:
-        return None
-    if answer.status_code != 200:
-        return None
-    try:
-        rows = answer.json()
-    except ValueError:
+        with urlopen(request, timeout=timeout_s) as answer:  # noqa: S310 - the URL is the operator's, http(s) only
+            if answer.status != 200:
+                return None
+            rows = json.loads(answer.read(8 * 1024 * 1024))
+    except (OSError, ValueError):  # refused, timed out, 401/404 (HTTPError is an OSError), not JSON
         return None
     return {str(r.get("name")): r for r in rows if isinstance(r, dict)} if isinstance(rows, list) else None
 

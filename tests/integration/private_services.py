@@ -198,8 +198,9 @@ class PrivateRabbitMQ:
     """A RabbitMQ node of our own: its node name, AMQP and distribution ports, data and log
     directories, config, plugins file and Erlang cookie (HOME) are all private."""
 
-    def __init__(self, tls: Any = None) -> None:
-        """``tls``: server files (tests/integration/tls.py) for a TLS listener on ``tls_port``."""
+    def __init__(self, tls: Any = None, management: bool = False) -> None:
+        """``tls``: server files (tests/integration/tls.py) for a TLS listener on ``tls_port``;
+        ``management``: the management plugin on ``management_port`` (statistics every 500 ms)."""
         server = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # not the /usr/sbin wrapper: it changes user and env
         if not os.path.exists(server):
             server = shutil.which("rabbitmq-server") or ""
@@ -209,8 +210,12 @@ class PrivateRabbitMQ:
         self.dir = Path(tempfile.mkdtemp(prefix="miniflow-rmq-"))
         self.port = free_port()
         self.node = f"mft{uuid.uuid4().hex[:8]}@localhost"
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
         conf = "loopback_users = none\n"
+        self.management_port = free_port() if management else None
+        if management:
+            conf += (f"management.tcp.port = {self.management_port}\nmanagement.tcp.ip = 127.0.0.1\n"
+                     "collect_statistics_interval = 500\n")
         self.tls_port = free_port() if tls is not None else None
         if tls is not None:
             conf += (f"listeners.ssl.default = {self.tls_port}\nssl_options.cacertfile = {tls.ca}\n"

@@ -221,3 +221,51 @@ def test_metrics_of_each_process_count_a_known_set_of_runs(space: dict[str, str]
     finally:
         executor.stop()
         core.stop()
+
+
+def test_the_queue_monitor_reads_unacked_counts_rates_and_ages_from_the_management_api_when_it_is_enabled() -> None:
+    """A private RabbitMQ with the management plugin (the machine's own is left as it is)."""
+    import time
+
+    import pika
+
+    from miniflow.ops.monitor.queues import queue_report
+    from miniflow.protocol.names import QueueNames
+
+    from .private_services import PrivateRabbitMQ, port_open
+
+    broker = PrivateRabbitMQ(management=True)
+    try:
+        port = broker.management_port
+        assert port is not None
+        poll(lambda: port_open(port), timeout=60, what="the management listener")
+        names = QueueNames("mgmt")
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        for queue in (names.ingress, names.steps):
+            channel.queue_declare(queue, durable=True)
+        sent = int(time.time()) - 30  # the oldest message's age comes from its timestamp property
+        for _ in range(3):
+            channel.basic_publish("", names.steps, b"x", pika.BasicProperties(timestamp=sent))
+        held = channel.basic_get(names.steps)  # delivered, not acknowledged: "unacked"
+        assert held[0] is not None
+        api = f"http://127.0.0.1:{port}"
+
+        def counted() -> Any:
+            report = queue_report(broker.url, names, management=api)
+            stat = report.get(names.steps)
+            return report if stat is not None and stat.ready == 2 and stat.unacked == 1 else None
+
+        report = poll(counted, timeout=60, what="the management API to count the messages")
+        stat = report.get(names.steps)
+        assert report.source == "management" and stat is not None and stat.exists and stat.depth == 3
+        assert stat.consumers == 0 and stat.oldest_age_s is not None and stat.oldest_age_s >= 29
+        coordinator = report.get(names.coordinator)
+        assert coordinator is not None and not coordinator.exists  # never declared
+        fallback = queue_report(broker.url, names, management="http://127.0.0.1:9")  # nothing listens there
+        steps = fallback.get(names.steps)
+        assert fallback.source == "passive" and "not reachable" in fallback.management
+        assert steps is not None and steps.ready == 2 and steps.unacked is None and steps.consumers == 0
+        connection.close()
+    finally:
+        broker.close()
