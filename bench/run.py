@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,15 @@ class Cluster:
     def rss(self) -> dict[str, float]:
         return {"coordinator+results": round(self.coordinator.peak_rss_mb(), 1),
                 "executor": round(self.executor.peak_rss_mb(), 1)}
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) both workers have used so far, from /proc."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for worker in (self.coordinator, self.executor):
+            fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
 
     def metrics_urls(self) -> list[str]:
         """The /metrics of both workers, when they serve them (`--metrics-port`)."""
@@ -238,6 +248,7 @@ def metrics_ab(env: dict[str, str], threads: int) -> dict[str, float]:
     import httpx
 
     seen: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}  # ms of worker CPU per step: less noisy than steps/s
     scrapes = 0
     for round_ in range(METRICS_ROUNDS):
         for side in sides(round_):
@@ -257,15 +268,21 @@ def metrics_ab(env: dict[str, str], threads: int) -> dict[str, float]:
             try:
                 scraper.start()
                 diamond(env, 20)
+                used = cluster.cpu_seconds()
                 seen[side].append(diamond(env, 100)["steps_per_s"])
+                steps = 100 * 10  # diamond-10: ten steps a run
+                cpu[side].append(round((cluster.cpu_seconds() - used) * 1000 / steps, 3))
             finally:
                 stop.set()
                 scraper.join(timeout=10)
                 cluster.stop()
     on, off = statistics.median(seen["on"]), statistics.median(seen["off"])
-    print(f"metrics A/B: steps/s on {seen['on']} off {seen['off']} ({scrapes} scrapes)", flush=True)
+    cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    print(f"metrics A/B: steps/s on {seen['on']} off {seen['off']}; worker CPU ms per step on {cpu['on']} off "
+          f"{cpu['off']} ({scrapes} scrapes)", flush=True)
     return {"diamond10_steps_per_s_on": on, "diamond10_steps_per_s_off": off,
-            "diamond10_on_vs_off": round(on / off, 3), "scrapes": scrapes}
+            "diamond10_on_vs_off": round(on / off, 3), "cpu_ms_per_step_on": cpu_on, "cpu_ms_per_step_off": cpu_off,
+            "cpu_on_vs_off": round(cpu_on / cpu_off, 3), "scrapes": scrapes}
 
 
 def auth_ab(env: dict[str, str], threads: int) -> dict[str, float]:
@@ -425,6 +442,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("A/B diamond-10 steps/s, metrics served and scraped / off",
          f"{r['metrics']['diamond10_steps_per_s_on']:.0f} / {r['metrics']['diamond10_steps_per_s_off']:.0f}",
          f"metrics on is {r['ratios']['metrics_on_vs_off']:.2f} of off"),
+        ("A/B worker CPU ms per step, metrics on / off",
+         f"{r['metrics']['cpu_ms_per_step_on']:.2f} / {r['metrics']['cpu_ms_per_step_off']:.2f}",
+         f"metrics cost {r['metrics']['cpu_on_vs_off']:.2f}x the CPU"),
         ("A/B chain-10 ms per step, signed / MINIFLOW_AUTH=off",
          f"{r['auth']['chain10_ms_per_step_on']:.2f} / {r['auth']['chain10_ms_per_step_off']:.2f}",
          f"signing adds {r['ratios']['auth_cost_ms_per_step_chain']:.2f} ms per step"),
