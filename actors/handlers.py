@@ -2,7 +2,7 @@
 service in one transaction, publish what it queued once the transaction has committed.
 
     coordinator   start_workflow, cancel_run, retry_run (<ns>.ingress); step_finished (<ns>.coordinator)
-    results       record_result, record_dead_letter (<ns>.results)
+    results       record_result, record_dead_letter, worker_heartbeat (<ns>.results)
 """
 
 from __future__ import annotations

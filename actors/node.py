@@ -3,7 +3,8 @@
     role          actors (queue)                                               handlers
     coordinator   start_workflow, cancel_run, retry_run (<ns>.ingress);        handlers.CoreHandlers
                   step_finished (<ns>.coordinator)
-    results       record_result, record_dead_letter (<ns>.results)             handlers.CoreHandlers
+    results       record_result, record_dead_letter,                           handlers.CoreHandlers
+                  worker_heartbeat (<ns>.results)
     executor      execute_step (<ns>.steps and <ns>.steps.<pool>)              executor.Executor
 
 Roles may share a process. Coordinator and results need the database; an executor needs only
