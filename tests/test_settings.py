@@ -87,3 +87,15 @@ def test_processes_refuse_to_start_without_their_keys(tmp_path) -> None:
         core_keys(Settings.from_env({"MINIFLOW_DATA_KEY": new_key_line("k")}), database)
     with pytest.raises(ConfigError, match="MINIFLOW_DATA_KEY"):
         core_keys(Settings.from_env({}), database)
+
+
+def test_monitoring_settings_are_read_and_bad_ones_named() -> None:
+    settings = Settings.from_env({"MINIFLOW_METRICS_PORT": "9402", "MINIFLOW_RABBITMQ_API_URL": "http://mq:15672/"})
+    assert settings.metrics_port == 9402 and settings.rabbitmq_api_url == "http://mq:15672"
+    assert Settings.from_env({}).metrics_port is None  # off unless asked for
+    for bad in ("-1", "70000", "ninety"):
+        with pytest.raises(ConfigError, match="MINIFLOW_METRICS_PORT"):
+            Settings.from_env({"MINIFLOW_METRICS_PORT": bad})
+    with pytest.raises(ConfigError, match="MINIFLOW_RABBITMQ_API_URL") as refused:
+        Settings.from_env({"MINIFLOW_RABBITMQ_API_URL": "ftp://admin:s3cret@mq"})
+    assert "s3cret" not in str(refused.value)
