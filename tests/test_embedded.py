@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from miniflow.actors.metrics import Metrics
 from miniflow.coordinator import Results, StartOutcome, loads
 from miniflow.ops.polling import poll_until
 from miniflow.persistence import AttemptRow
@@ -434,11 +435,13 @@ steps:
                                                "m-lost").run_id
     deadline = time.monotonic() + 10
     assert engine.node.reconciler is not None
+    metrics = engine.node.reconciler.metrics = Metrics("worker", "test")  # its repairs are counted by kind
     while engine.node.reconciler.run_once() == 0:  # overdue 50 ms after dispatch
         assert time.monotonic() < deadline, "the reconciler never repaired the run"
         time.sleep(0.01)
     run = wait_status(engine, run_id, ("failed",))
     assert "was lost" in run.error
+    assert metrics.registry.get_sample_value("miniflow_reconciler_repairs_total", {"kind": "overdue"}) == 1
 
 
 def test_a_root_step_over_the_message_limit_fails_its_run_at_start_with_the_reason(engine):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from miniflow.actors.metrics import Metrics
 from miniflow.actors.timer import Timer
 from miniflow.coordinator import Scheduler, ScheduleSpec, load_schedules_file, parse
 from miniflow.coordinator.schedule_policy import CatchUp, TickOutcome
@@ -107,11 +108,15 @@ def test_ticks_missed_while_no_timer_ran_follow_the_catch_up_policy(engine, poli
     clock = Clock(T0)
     sid = add(engine, T0, cron="* * * * *", catch_up=CatchUp(policy, limit, 30))
     clock.advance(5 * 60 + 40)  # five minute ticks were due; the timer was down for all of them
-    timer = Timer(engine.db, engine.broker, engine.names, clock=clock)
+    metrics = Metrics("timer", "test")
+    timer = Timer(engine.db, engine.broker, engine.names, clock=clock, metrics=metrics)
     timer.run_once()
     timer.run_once()  # a second pass finds nothing new
     rows = ledger(engine, sid)
     assert [r.outcome for r in rows] == expected
+    # one pass fired the schedule, 4 min 40 s after its first missed tick was due: that is its lateness
+    assert metrics.registry.get_sample_value("miniflow_cron_fire_lateness_seconds_count") == 1
+    assert metrics.registry.get_sample_value("miniflow_cron_fire_lateness_seconds_sum") == pytest.approx(280, abs=1)
     assert [r.due_at for r in rows] == [T0 + timedelta(minutes=m) for m in range(1, 6)]
     started = [str(r.idempotency_key) for r in rows if r.outcome == TickOutcome.CAUGHT_UP]
     assert len(runs_by_key(engine, started)) == len(started)
