@@ -39,8 +39,10 @@ SWEEP_TX_BUDGET_S = 2.0  # publishing inside one sweep transaction stops after t
 
 class Relay:
     def __init__(self, broker: dramatiq.Broker, db: Database, *, stale_after_s: float = 10.0,
-                 sweep_every_s: float = 5.0, faults: FaultPoints = NONE, metrics: Metrics = NULL) -> None:
+                 sweep_every_s: float = 5.0, faults: FaultPoints = NONE, metrics: Metrics = NULL,
+                 namespace: str | None = None) -> None:
         self.broker = broker
+        self.namespace = namespace  # sweep only this namespace's rows (None: every row, for one-namespace tools)
         self.metrics = metrics
         self.faults = faults
         self.db = db
@@ -107,7 +109,8 @@ class Relay:
 
     def _sweep_batch(self) -> tuple[int, bool]:
         with self.db.transaction() as conn:
-            rows = repo.claim_stale_outbox(conn, utcnow() - self.stale_after, limit=SWEEP_BATCH)
+            rows = repo.claim_stale_outbox(conn, utcnow() - self.stale_after, limit=SWEEP_BATCH,
+                                           namespace=self.namespace)
             done: list[str] = []
             started = time.monotonic()
             for row in rows:

@@ -63,7 +63,7 @@ class Timer:
         self.scheduler = Scheduler(names, node=self.node, keys=keys)
         if relay is None:
             assert broker is not None, "a timer needs a broker or a relay"
-            relay = Relay(broker, db)
+            relay = Relay(broker, db, namespace=names.namespace)
         self.relay = relay
         self.max_sleep_s = max_sleep_s
         self.fired = 0  # messages published by this timer (for tests and logs)

@@ -190,7 +190,7 @@ def run_timer(settings: Settings, max_sleep_s: float, ready: Ready = lambda line
     limit_idle_transactions(database)
     broker = make_broker(url, names, keys=core_keys(settings, database), signed_starts=settings.signed_starts)
     declare_topology(broker, names)
-    relay = Relay(broker, database, metrics=metrics)
+    relay = Relay(broker, database, metrics=metrics, namespace=names.namespace)
     loop = Timer(database, broker, names, relay=relay, max_sleep_s=max_sleep_s, keys=settings.data_keys,
                  metrics=metrics)
     stop = _stop_on_signals()

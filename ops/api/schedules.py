@@ -150,7 +150,7 @@ def trigger_schedule(api: ApiDep, name: str, caller: Caller, request: Request) -
         key, outgoing = Scheduler(api.names, node="api", keys=api.settings.data_keys).trigger(conn, name, utcnow())
     broker = make_broker(api.settings.broker_url, api.names, keys=core_keys(api.settings, api.database))
     try:
-        relay = Relay(broker, api.database)
+        relay = Relay(broker, api.database, namespace=api.names.namespace)
         relay.publish(outgoing)
         relay.delete_published()
     finally:

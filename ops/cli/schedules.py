@@ -216,7 +216,7 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
         key, outgoing = Scheduler(names, node="cli", keys=settings.data_keys).trigger(conn, name, utcnow())
     broker = make_broker(url, names, keys=core_keys(settings, database))  # signed as the timer would
     try:
-        relay = Relay(broker, database)
+        relay = Relay(broker, database, namespace=names.namespace)
         relay.publish(outgoing)
         relay.delete_published()  # no background deleter in this one-shot command
     finally:

@@ -30,9 +30,14 @@ def delete_outbox(conn: Connection, message_ids: Sequence[str]) -> None:
         conn.execute(_DELETE, {"p_ids": list(message_ids)})
 
 
-def claim_stale_outbox(conn: Connection, older_than: datetime, limit: int = 500) -> list[OutboxRow]:
-    """Outbox rows older than a cut-off (their publisher likely died), locked against other relays."""
+def claim_stale_outbox(conn: Connection, older_than: datetime, limit: int = 500,
+                       namespace: str | None = None) -> list[OutboxRow]:
+    """Outbox rows older than a cut-off (their publisher likely died), locked against other relays;
+    with ``namespace``, only the rows bound for that namespace's queues (namespaces may share a
+    database, and a row must be signed as its own namespace's core signs it)."""
     query = select(outbox).where(outbox.c.created_at < older_than).order_by(outbox.c.created_at).limit(limit)
+    if namespace is not None:
+        query = query.where(outbox.c.queue_name.startswith(namespace + ".", autoescape=True))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [from_mapping(OutboxRow, r) for r in conn.execute(query).mappings()]
