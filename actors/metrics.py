@@ -234,7 +234,7 @@ def _nothing(*_args: Any, **_kwargs: Any) -> None:
 NULL: Metrics = _Null()
 
 
-class Snapshot(Collector):
+class ScrapeGauges(Collector):
     """Gauges read when scraped (the queue monitor, the workers registry, active runs), from a function
     that returns ``{metric name: [(labels, value), ...]}``, cached ``max_age_s`` so a busy scraper
     cannot turn into load on the broker or the database."""

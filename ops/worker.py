@@ -30,8 +30,7 @@ from miniflow.actors import (
 from miniflow.actors.broker import check_broker, wait_for_queues
 from miniflow.actors.faults import FaultPoints
 from miniflow.actors.heartbeat import DEFAULT_INTERVAL_S, Heartbeat, broker_sender, database_sender, miniflow_version
-from miniflow.actors.metrics import NULL, Metrics
-from miniflow.actors.metrics import Snapshot as MetricsSnapshot
+from miniflow.actors.metrics import NULL, Metrics, ScrapeGauges
 from miniflow.actors.metrics import serve as serve_metrics
 from miniflow.actors.middleware import TracingInstrument
 from miniflow.actors.outages import BROKER, DATABASE, OUTAGES
@@ -109,7 +108,7 @@ def watch_gauges(metrics: Metrics, settings: Settings, db: Database, names: Queu
     from .monitor.snapshot import gauges
 
     catalog = Catalog()
-    metrics.add_collector(MetricsSnapshot(
+    metrics.add_collector(ScrapeGauges(
         lambda: gauges(db, catalog, names, settings.broker_url, settings.rabbitmq_api_url)))
 
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from miniflow.actors.heartbeat import GONE, LATE, LATE_AFTER, Heartbeat, broker_sender, row_of, state_of
-from miniflow.actors.metrics import MAX_SERIES, NULL, OTHER, Metrics, Snapshot, serve
+from miniflow.actors.metrics import MAX_SERIES, NULL, OTHER, Metrics, ScrapeGauges, serve
 from miniflow.coordinator import Catalog, loads
 from miniflow.ops.cli.monitor import parse_window
 from miniflow.ops.embedded import EmbeddedEngine
@@ -175,7 +175,7 @@ def test_scrape_time_gauges_are_cached_and_a_failing_read_gives_none_instead_of_
         return {"miniflow_workers": [({"state": "alive"}, float(len(reads)))]}
 
     metrics = Metrics("api", "test")
-    metrics.add_collector(Snapshot(read, max_age_s=5.0, clock=lambda: now[0]))
+    metrics.add_collector(ScrapeGauges(read, max_age_s=5.0, clock=lambda: now[0]))
     assert _samples(_expose(metrics))[("miniflow_workers", (("state", "alive"),))] == 1
     now[0] = 4.0
     assert _samples(_expose(metrics))[("miniflow_workers", (("state", "alive"),))] == 1 and len(reads) == 1

@@ -125,7 +125,7 @@ def take(database: Database, catalog: Catalog, names: QueueNames, broker_url: st
 
 def gauges(database: Database, catalog: Catalog, names: QueueNames, broker_url: str | None,
            management: str | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """The scrape-time gauges of actors.metrics.Snapshot, from the same reads as the monitor."""
+    """The scrape-time gauges of actors.metrics.ScrapeGauges, from the same reads as the monitor."""
     now = utcnow()
     workers = list_workers(database, names.namespace, now=now)
     with database.connect() as conn:
