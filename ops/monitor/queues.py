@@ -166,13 +166,13 @@ def _management_counts(broker_url: str, api_url: str, timeout_s: float) -> dict[
 
 
 def queue_report(broker_url: str, names: QueueNames, pools: Iterable[str] = (), *,
-                 management: str | None = None, use_management: bool = True,
+                 management: str | None = None,
                  oldest_steps: dict[str, float] | None = None) -> QueueReport:
     """The queue monitor's view of a namespace. ``oldest_steps``: age in seconds of the oldest waiting
     step per step queue (from the database), used where the broker cannot tell."""
     wanted = miniflow_queues(names, pools)
     api = management_url(broker_url, management)
-    found = management_counts(broker_url, api) if use_management else None
+    found = management_counts(broker_url, api)
     oldest_steps = oldest_steps or {}
     stats: list[QueueStat] = []
     if found is not None:
@@ -201,7 +201,7 @@ def queue_report(broker_url: str, names: QueueNames, pools: Iterable[str] = (), 
             age = oldest_steps.get(queue)
             stats.append(QueueStat(queue, role, pool, exists=True, ready=count[0], consumers=count[1],
                                    oldest_age_s=round(age, 3) if age is not None else None))
-    why_not = "not used" if not use_management else f"not reachable at {mask_url(api)} (enable rabbitmq_management)"
+    why_not = f"not reachable at {mask_url(api)} (enable rabbitmq_management)"
     return QueueReport(stats, "passive", why_not, mask_url(broker_url))
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from miniflow.actors.heartbeat import GONE, GONE_AFTER, LATE_AFTER, STATES, state_of
+from miniflow.actors.heartbeat import GONE, GONE_AFTER, LATE_AFTER, STATES, STOPPED, state_of
 from miniflow.persistence import Database, WorkerRow
 from miniflow.persistence.repository import workers as wrepo
 from miniflow.protocol.clock import utcnow
@@ -46,8 +46,8 @@ def view_of(row: WorkerRow, now: datetime) -> WorkerView:
     state = state_of(row, now)
     return WorkerView(node=row.node, kind=row.kind, state=state, roles=[r for r in row.roles.split(",") if r],
                       queues=list(row.queues or []), threads=row.threads,
-                      busy=row.busy if state not in (GONE, "stopped") else 0,
-                      running=list(row.running or []) if state not in (GONE, "stopped") else [],
+                      busy=row.busy if state not in (GONE, STOPPED) else 0,
+                      running=list(row.running or []) if state not in (GONE, STOPPED) else [],
                       version=row.version, pid=row.pid, started_at=row.started_at, last_seen=row.last_seen,
                       silent_s=round((now - row.last_seen).total_seconds(), 3), interval_s=row.interval_s,
                       stopped_at=row.stopped_at)

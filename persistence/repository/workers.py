@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -44,11 +44,6 @@ def list_workers(conn: Connection, *, namespace: str | None = None, seen_since: 
     if seen_since is not None:
         query = query.where(workers.c.last_seen >= seen_since)
     return [from_mapping(WorkerRow, r) for r in conn.execute(query).mappings()]
-
-
-def mark_stopped(conn: Connection, node: str, at: datetime) -> None:
-    flush(conn)
-    conn.execute(update(workers).where(workers.c.node == node).values(stopped_at=at, busy=0, running=[]))
 
 
 def prune_workers(conn: Connection, before: datetime) -> int:
