@@ -211,6 +211,25 @@ class WorkerRow:
     stopped_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A web UI session (table ui_sessions); the cookie's token is never stored, only its SHA-256."""
+    id: str
+    token_hash: str = field(repr=False)
+    key_id: str
+    key_name: str
+    role: str
+    scope: str | None
+    sealed_mac: bytes = field(repr=False)  # the key's MAC key, sealed under a key derived from the cookie's token
+    csrf: str = field(repr=False)
+    client: str
+    user_agent: str
+    created_at: datetime
+    last_seen: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
 _FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 

@@ -36,9 +36,11 @@ log = logging.getLogger("miniflow.api")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def create_app(settings: Settings, *, database: Database | None = None, failure_limit: int = 20) -> FastAPI:
+def create_app(settings: Settings, *, database: Database | None = None, failure_limit: int = 20,
+               ui: bool = True) -> FastAPI:
     """The API app for ``settings`` (its database, broker and namespace); ``failure_limit`` failed
-    sign-ins per client address and minute, then 429 for the rest of that minute."""
+    sign-ins per client address and minute, then 429 for the rest of that minute; ``ui``: serve the
+    web UI under /ui too."""
     db = database or Database(settings.database_url)
     api = Api(settings, QueueNames(settings.namespace), db, Authenticator(db, limiter=FailureLimiter(failure_limit)),
               Publishers(settings.broker_url, settings.namespace) if settings.broker_url else None,
@@ -79,14 +81,21 @@ def create_app(settings: Settings, *, database: Database | None = None, failure_
 
     for module in (health, workflows, runs, schedules, admin, monitor):
         app.router.routes.extend(module.router.routes)  # each route carries authorize (its router's)
+    _check_policy(app)
+    if ui:
+        from ..ui.app import install
+        install(app, api)  # the web UI under /ui (not in the OpenAPI document; its own policy table)
+    return app
+
+
+def _check_policy(app: FastAPI) -> None:
+    """Every API route has an entry in POLICY (deny by default); its operation id is its name."""
     missing = [r.name for r in app.routes if isinstance(r, APIRoute) and r.name not in POLICY]
     if missing:
         raise ConfigError(f"API routes without an authorisation policy: {', '.join(missing)}")
     for route in app.routes:
         if isinstance(route, APIRoute):
             route.operation_id = route.name
-
-    return app
 
 
 def _write_audit(db: Database, row: AuditRow) -> None:

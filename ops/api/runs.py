@@ -64,10 +64,12 @@ def _run(api: Api, conn: Any, caller: Principal, run_id: str) -> RunRow:
     return run
 
 
-def _detail(api: Api, conn: Any, run: RunRow) -> dict[str, Any]:
+def _detail(api: Api, conn: Any, run: RunRow, steps: dict[str, Any] | None = None,
+            attempts: list[Any] | None = None) -> dict[str, Any]:
     workflow = api.catalog.workflow(conn, run.workflow, run.version)
-    steps = repo.get_steps(conn, run.id)
-    detail = run_to_dict(run, list(steps.values()), repo.get_attempts(conn, run.id),
+    steps = repo.get_steps(conn, run.id) if steps is None else steps
+    attempts = repo.get_attempts(conn, run.id) if attempts is None else attempts
+    detail = run_to_dict(run, list(steps.values()), attempts,
                          workflow.secret_params() if workflow else frozenset(),
                          order=list(workflow.steps) if workflow else ())
     for s in detail["steps"]:
@@ -85,8 +87,10 @@ def list_runs(api: ApiDep, caller: Caller, workflow: Annotated[str | None, Query
               status: RunStatus | None = None, since: datetime | None = None, until: datetime | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
               cursor: Annotated[str | None, Query(max_length=200)] = None,
-              idempotency_key: Annotated[str | None, Query(max_length=MAX_KEY_LEN)] = None) -> RunPage:
-    """Runs newest first, filtered by workflow (``*`` wildcards), status and creation time; or the
+              idempotency_key: Annotated[str | None, Query(max_length=MAX_KEY_LEN)] = None,
+              text: Annotated[str | None, Query(max_length=100)] = None) -> RunPage:
+    """Runs newest first, filtered by workflow (``*`` wildcards), status, creation time and ``text``
+    (a prefix of the run id, an idempotency key, or a part of the workflow name or the error); or the
     run of one idempotency key. A scoped key sees only its workflows' runs."""
     if idempotency_key is not None:
         with api.database.connect() as conn:
@@ -110,7 +114,7 @@ def list_runs(api: ApiDep, caller: Caller, workflow: Annotated[str | None, Query
             raise ApiError(400, errors.INVALID_REQUEST, "cursor is not one this API gave") from None
     with api.database.connect() as conn:
         rows = repo.page_runs(conn, limit=limit + 1, status=status, workflows=patterns, since=since, until=until,
-                              before=before)
+                              before=before, text=text or None)
         rows = [r for r in rows if caller.covers(r.workflow)]
         items = [RunSummary(**run_to_dict(r, secrets=secret_params(conn, r.workflow, r.version)))
                  for r in rows[:limit]]

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from miniflow.persistence import key_models, schedule_models, worker_models  # noqa: F401  (registers their tables)
+from miniflow.persistence import key_models, schedule_models, session_models, worker_models  # noqa: F401  (registers their tables)
 from miniflow.persistence.models import Base
 
 config = context.config

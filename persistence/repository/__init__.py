@@ -9,6 +9,7 @@
     schedules      schedules and the tick ledger of the cron timer
     keys           the core's signing keys and client (API) keys
     workers        the workers registry (heartbeats of every process)
+    sessions       the web UI's sessions
 
 Nothing here commits: callers hold ``Database.transaction()`` so that a state change and the
 outbox rows it implies commit together. Durable dedupe is done by unique keys with
@@ -18,7 +19,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 """
 
 from ..fastpath import batched_writes
-from . import keys, schedules, workers
+from . import keys, schedules, sessions, workers
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
@@ -52,6 +53,6 @@ __all__ = [
     "list_definitions",
     "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
     "overdue_run_ids", "page_runs", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
-    "run_id_for_key", "runs_after", "save_definition", "schedules",
+    "run_id_for_key", "runs_after", "save_definition", "schedules", "sessions",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps", "workers",
 ]

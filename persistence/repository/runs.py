@@ -81,10 +81,15 @@ def list_runs(conn: Connection, *, limit: int = 50, status: str | None = None,
 
 def page_runs(conn: Connection, *, limit: int = 50, status: str | None = None, workflows: Sequence[str] = (),
               since: datetime | None = None, until: datetime | None = None,
-              before: tuple[datetime, str] | None = None) -> list[RunRow]:
-    """Runs newest first, filtered (``workflows`` may hold ``*`` wildcards), after the cursor
-    ``before`` = (created_at, id) of the last run of the previous page."""
+              before: tuple[datetime, str] | None = None, text: str | None = None) -> list[RunRow]:
+    """Runs newest first, filtered (``workflows`` may hold ``*`` wildcards; ``text``: a prefix of the
+    id, the whole idempotency key, or a part of the workflow name or of the error, any case), after
+    the cursor ``before`` = (created_at, id) of the last run of the previous page."""
     query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+    if text:
+        query = query.where(or_(runs.c.id.startswith(text, autoescape=True), runs.c.idempotency_key == text,
+                                runs.c.workflow.icontains(text, autoescape=True),
+                                runs.c.error.icontains(text, autoescape=True)))
     if status:
         query = query.where(runs.c.status == status)
     if workflows:

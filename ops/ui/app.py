@@ -1,0 +1,217 @@
+"""The web UI, served by `miniflow api` under /ui: server-rendered pages (Jinja2, autoescaped) over the
+same functions as the HTTP API's routes, so a page shows exactly what the API answers and a button
+does exactly what the API does (the same role and scope checks, the same audit trail, the same
+signed messages to the coordinator). A small script of our own (static/ui.js, no inline script)
+makes pages live: the run page follows the run's events stream, lists refresh their rows.
+
+Every page needs a session (sessions.py); every route has an entry in UI_POLICY (deny by default,
+checked when the app is built); every POST needs the session's CSRF token; every answer carries a
+strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import anyio
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.staticfiles import StaticFiles
+
+from miniflow import __version__
+from miniflow.protocol.errors import ApiError, ConfigError, MiniFlowError
+
+from ..api.common import Api
+from ..api.security import Perm
+from .graph import Layouts
+from .sessions import COOKIE, Session, Sessions
+
+PRE_COOKIE = "mf_signin"  # the double-submit token of the sign-in form (there is no session yet)
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+MAX_FORM = 64 * 1024
+
+# route name -> the permission it needs (the API's roles); a route missing here is refused (create_app checks)
+UI_POLICY: dict[str, Perm] = {}
+Handler = Callable[..., Awaitable[Response]]
+
+
+class SignInNeeded(Exception):
+    pass
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("miniflow.ops.ui", "templates"),
+                      autoescape=select_autoescape(["html"], default_for_string=True), trim_blocks=True,
+                      lstrip_blocks=True)
+    from . import filters
+    filters.install(env)
+    return env
+
+
+class Ui:
+    """What the pages share."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.sessions = Sessions(api.database, api.auth)
+        self.layouts = Layouts()
+        self.env = _env()
+
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        session: Session | None = getattr(request.state, "ui_session", None)
+        principal = session.principal if session else None
+        context.update(
+            request=request, session=session, principal=principal, version=__version__,
+            csrf=session.csrf if session else "", path=request.url.path,
+            may={p.value: bool(principal and principal.may(p)) for p in Perm},
+            said=request.query_params.get("said", "")[:300])
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status)
+
+
+def ui_of(request: Request) -> Ui:
+    ui: Ui = request.app.state.ui
+    return ui
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",)) -> Callable[[Handler], Handler]:
+    """Register a page: its session, permission and (for POST) CSRF checks run before ``fn``."""
+    UI_POLICY[name] = perm
+
+    def wrap(fn: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            ui = ui_of(request)
+            try:
+                form = await _guard(request, ui, perm)
+                return await fn(request, ui, form, **request.path_params)
+            except (SignInNeeded, Refused, MiniFlowError, ValueError) as exc:
+                return _failure(request, ui, exc)
+
+        endpoint.__name__ = name
+        router.add_api_route(path, endpoint, methods=list(methods), name=name, response_class=HTMLResponse)
+        return fn
+
+    return wrap
+
+
+async def _guard(request: Request, ui: Ui, perm: Perm) -> dict[str, str]:
+    """The session (SignInNeeded without one), the permission, and for a POST its form with the
+    session's CSRF token (Refused otherwise)."""
+    session: Session | None = None
+    if perm != Perm.PUBLIC:
+        session = await anyio.to_thread.run_sync(ui.sessions.resolve, request.cookies.get(COOKIE))
+        if session is None:
+            raise SignInNeeded()
+        request.state.ui_session = session
+        request.state.principal = session.principal  # the audit trail's who
+        if not session.principal.may(perm):
+            raise Refused(403, f"your key ({session.principal.role}) may not do this: it needs the {perm.value} "
+                               "permission")
+    if request.method != "POST":
+        return {}
+    form = await _form(request)
+    if session is not None and not session.csrf_ok(form.get("csrf")):
+        raise Refused(403, "this form was not sent by a page of this session (CSRF token missing or wrong): "
+                           "reload the page and try again")
+    return form
+
+
+def _failure(request: Request, ui: Ui, exc: Exception) -> Response:
+    if isinstance(exc, SignInNeeded):
+        if request.method == "GET":
+            return RedirectResponse(f"/ui/login?next={quote(_local(str(request.url.path)))}", 303)
+        return ui.render(request, "error.html", 401, title="Signed out",
+                         message="you are not signed in (or your session ended): sign in again")
+    if isinstance(exc, Refused):
+        return ui.render(request, "error.html", exc.status, title=_title(exc.status), message=exc.message)
+    if isinstance(exc, ApiError):
+        return ui.render(request, "error.html", exc.status, title=_title(exc.status), message=exc.message)
+    if isinstance(exc, ConfigError | ValueError):  # ValueError: a pydantic model refused a form's value
+        return ui.render(request, "error.html", 422, title="Not valid", message=str(exc).splitlines()[0][:500]
+                         if isinstance(exc, ValueError) and not isinstance(exc, ConfigError) else str(exc))
+    return ui.render(request, "error.html", 503, title="Unavailable", message=str(exc))
+
+
+def _title(status: int) -> str:
+    return {400: "Bad request", 401: "Signed out", 403: "Refused", 404: "Not found", 409: "Conflict",
+            422: "Not valid", 429: "Too many tries", 503: "Unavailable"}.get(status, "Error")
+
+
+def _local(target: str) -> str:
+    """Only a path of the UI itself may be a redirect target (no open redirects)."""
+    return target if target.startswith("/ui/") and not target.startswith("//") and "\\" not in target else "/ui/runs"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise Refused(415, "forms are sent as application/x-www-form-urlencoded")
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        raise Refused(413, f"the form is larger than {MAX_FORM // 1024} KiB")
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
+    except (UnicodeDecodeError, ValueError):
+        raise Refused(400, "the form cannot be read (not UTF-8, or too many fields)") from None
+
+
+def redirect(to: str, said: str = "") -> RedirectResponse:
+    if said:
+        to += ("&" if "?" in to else "?") + urlencode({"said": said[:300]})
+    return RedirectResponse(to, 303)
+
+
+def cookie_secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def install(app: FastAPI, api: Api) -> None:
+    """Mount the UI on the API's app."""
+    from . import pages  # noqa: F401  (registers the pages on the router)
+
+    app.state.ui = Ui(api)
+    static = Path(str(resources.files("miniflow.ops.ui") / "static"))
+    app.mount("/ui/static", StaticFiles(directory=static), name="ui_static")
+    app.router.routes.extend(router.routes)
+    missing = [r.name for r in router.routes if isinstance(r, APIRoute) and r.name not in UI_POLICY]
+    if missing:
+        raise ConfigError(f"UI routes without a policy: {', '.join(missing)}")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path.startswith("/ui"):
+            response.headers["Content-Security-Policy"] = CSP
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "same-origin"
+            if not request.url.path.startswith("/ui/static/"):
+                response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def new_pre_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def as_json(value: Any, limit: int = 20_000) -> str:
+    """Data shown in a <pre>: JSON, cut at ``limit`` characters (escaped by the template)."""
+    text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
