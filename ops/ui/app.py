@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from miniflow import __version__
 from miniflow.protocol.errors import ApiError, ConfigError, MiniFlowError
 
+from ..api import errors
 from ..api.common import Api
 from ..api.security import Perm
 from .graph import Layouts
@@ -44,14 +45,12 @@ UI_POLICY: dict[str, Perm] = {}
 Handler = Callable[..., Awaitable[Response]]
 
 
-class SignInNeeded(Exception):
-    pass
+_CODES = {401: errors.UNAUTHENTICATED, 403: errors.FORBIDDEN, 404: errors.NOT_FOUND, 409: errors.CONFLICT}
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+def refuse(status: int, message: str) -> ApiError:
+    """The error a page answers with (the API's own error, so one tree of errors)."""
+    return ApiError(status, _CODES.get(status, errors.INVALID_REQUEST), message)
 
 
 def _env() -> Environment:
@@ -102,7 +101,7 @@ def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",)) 
             try:
                 form = await _guard(request, ui, perm)
                 return await fn(request, ui, form, **request.path_params)
-            except (SignInNeeded, Refused, MiniFlowError, ValueError) as exc:
+            except (MiniFlowError, ValueError) as exc:
                 return _failure(request, ui, exc)
 
         endpoint.__name__ = name
@@ -113,35 +112,30 @@ def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",)) 
 
 
 async def _guard(request: Request, ui: Ui, perm: Perm) -> dict[str, str]:
-    """The session (SignInNeeded without one), the permission, and for a POST its form with the
-    session's CSRF token (Refused otherwise)."""
+    """The session (401 without one), the permission, and for a POST its form with the
+    session's CSRF token (403 otherwise)."""
     session: Session | None = None
     if perm != Perm.PUBLIC:
         session = await anyio.to_thread.run_sync(ui.sessions.resolve, request.cookies.get(COOKIE))
         if session is None:
-            raise SignInNeeded()
+            raise refuse(401, "you are not signed in (or your session ended): sign in again")
         request.state.ui_session = session
         request.state.principal = session.principal  # the audit trail's who
         if not session.principal.may(perm):
-            raise Refused(403, f"your key ({session.principal.role}) may not do this: it needs the {perm.value} "
+            raise refuse(403, f"your key ({session.principal.role}) may not do this: it needs the {perm.value} "
                                "permission")
     if request.method != "POST":
         return {}
     form = await _form(request)
     if session is not None and not session.csrf_ok(form.get("csrf")):
-        raise Refused(403, "this form was not sent by a page of this session (CSRF token missing or wrong): "
+        raise refuse(403, "this form was not sent by a page of this session (CSRF token missing or wrong): "
                            "reload the page and try again")
     return form
 
 
 def _failure(request: Request, ui: Ui, exc: Exception) -> Response:
-    if isinstance(exc, SignInNeeded):
-        if request.method == "GET":
-            return RedirectResponse(f"/ui/login?next={quote(_local(str(request.url.path)))}", 303)
-        return ui.render(request, "error.html", 401, title="Signed out",
-                         message="you are not signed in (or your session ended): sign in again")
-    if isinstance(exc, Refused):
-        return ui.render(request, "error.html", exc.status, title=_title(exc.status), message=exc.message)
+    if isinstance(exc, ApiError) and exc.status == 401 and request.method == "GET":
+        return RedirectResponse(f"/ui/login?next={quote(_local(str(request.url.path)))}", 303)
     if isinstance(exc, ApiError):
         return ui.render(request, "error.html", exc.status, title=_title(exc.status), message=exc.message)
     if isinstance(exc, ConfigError | ValueError):  # ValueError: a pydantic model refused a form's value
@@ -161,15 +155,17 @@ def _local(target: str) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        raise Refused(415, "forms are sent as application/x-www-form-urlencoded")
     body = await request.body()
+    if not body:
+        return {}
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise refuse(415, "forms are sent as application/x-www-form-urlencoded")
     if len(body) > MAX_FORM:
-        raise Refused(413, f"the form is larger than {MAX_FORM // 1024} KiB")
+        raise refuse(413, f"the form is larger than {MAX_FORM // 1024} KiB")
     try:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
     except (UnicodeDecodeError, ValueError):
-        raise Refused(400, "the form cannot be read (not UTF-8, or too many fields)") from None
+        raise refuse(400, "the form cannot be read (not UTF-8, or too many fields)") from None
 
 
 def redirect(to: str, said: str = "") -> RedirectResponse:

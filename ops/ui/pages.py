@@ -24,7 +24,7 @@ from ..api.common import _client
 from ..api.models import CancelRequest, KeyRequest, StartRequest
 from ..api.security import Perm, Principal
 from ..views import step_status
-from .app import PRE_COOKIE, Refused, Ui, _local, cookie_secure, new_pre_token, page, redirect
+from .app import PRE_COOKIE, Ui, _local, cookie_secure, new_pre_token, page, redirect, refuse
 from .sessions import ABSOLUTE_S, COOKIE
 
 PAGE = 50
@@ -34,12 +34,12 @@ SECRETISH = ("password", "secret", "token", "passwd", "api_key", "apikey", "cred
 
 
 def _model(cls: Any, **values: Any) -> Any:
-    """A request model from a form's values; Refused (422) naming each field that is not valid."""
+    """A request model from a form's values; a 422 ApiError naming each field that is not valid."""
     try:
         return cls(**values)
     except ValidationError as exc:
         said = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()[:5])
-        raise Refused(422, f"not valid: {said}") from None
+        raise refuse(422, f"not valid: {said}") from None
 
 
 def _me(request: Request) -> Principal:
@@ -69,7 +69,7 @@ async def login(request: Request, ui: Ui, form: dict[str, str]) -> Response:
     pre = request.cookies.get(PRE_COOKIE, "")
     target = _local(form.get("next", ""))
     if not pre or not secrets_equal(pre, form.get("pre", "")):
-        raise Refused(403, "the sign-in form was not sent by this browser's sign-in page (CSRF): open it again")
+        raise refuse(403, "the sign-in form was not sent by this browser's sign-in page (CSRF): open it again")
     key = form.get("key", "").strip()
     try:
         cookie, session = await _sync(ui.sessions.open, key, _client(request),
@@ -117,7 +117,7 @@ def _run_filters(request: Request) -> dict[str, Any]:
                            "since": q.get("since", "")[:32], "until": q.get("until", "")[:32],
                            "text": q.get("text", "")[:100], "cursor": q.get("cursor", "")[:200]}
     if out["status"] and out["status"] not in STATUSES:
-        raise Refused(422, f"status must be one of {', '.join(STATUSES)}")
+        raise refuse(422, f"status must be one of {', '.join(STATUSES)}")
     return out
 
 
@@ -127,7 +127,7 @@ def _time(value: str, what: str) -> datetime | None:
     try:
         at = datetime.fromisoformat(value)
     except ValueError:
-        raise Refused(422, f"{what} is not a time (YYYY-MM-DDTHH:MM, UTC)") from None
+        raise refuse(422, f"{what} is not a time (YYYY-MM-DDTHH:MM, UTC)") from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
@@ -244,7 +244,7 @@ def _step_view(ui: Ui, caller: Principal, run_id: str, step: str) -> dict[str, A
         workflow = api.catalog.workflow(conn, run.workflow, run.version)
     shown = next((s for s in detail["steps"] if s["step"] == step), None)
     if shown is None:
-        raise Refused(404, f"run {run.id} has no step {step[:100]!r}")
+        raise refuse(404, f"run {run.id} has no step {step[:100]!r}")
     spec = workflow.steps.get(step) if workflow else None
     secrets = workflow.secret_params() if workflow else frozenset()
     inputs = {n: mask_fields(steps[n].output, secrets) for n in (spec.needs if spec else ()) if n in steps}
@@ -318,7 +318,7 @@ async def start(request: Request, ui: Ui, form: dict[str, str], name: str) -> Re
     params = {k[6:]: parse_value(v) for k, v in form.items() if k.startswith("param.") and v != ""}
     raw_version, raw_priority = form.get("version", ""), form.get("priority", "0") or "0"
     if not raw_priority.isdigit() or not 0 <= int(raw_priority) <= 9:
-        raise Refused(422, "priority must be a whole number from 0 to 9")
+        raise refuse(422, "priority must be a whole number from 0 to 9")
     body = _model(StartRequest, workflow=name, params=params,
                   version=int(raw_version) if raw_version.isdigit() else None, priority=int(raw_priority))
     key = form.get("idempotency_key", "").strip()[:200] or str(uuid.uuid4())
@@ -353,7 +353,7 @@ async def schedule_action(request: Request, ui: Ui, form: dict[str, str], name: 
     elif action == "trigger":
         await _sync(schedules.trigger_schedule, ui.api, name, _me(request), request)
     else:
-        raise Refused(404, "a schedule is paused, resumed or triggered here")
+        raise refuse(404, "a schedule is paused, resumed or triggered here")
     return redirect(f"/ui/schedules/{name}", {"pause": "paused", "resume": "resumed",
                                               "trigger": "triggered"}[action])
 
@@ -426,7 +426,7 @@ def _mask(value: Any, depth: int = 0) -> Any:
 @page("/dead-letters/{letter_id}", "ui_dead_letter", Perm.READ)
 async def dead_letter(request: Request, ui: Ui, form: dict[str, str], letter_id: str) -> Response:
     if not letter_id.isdigit() or not 0 < int(letter_id) < 2**62:
-        raise Refused(404, "a dead letter's id is a number")
+        raise refuse(404, "a dead letter's id is a number")
     found = await _sync(admin.show_dead_letter, ui.api, int(letter_id), _me(request))
     return ui.render(request, "dead_letter.html", letter=found, decoded=decode_raw(found.raw_hex))
 
@@ -460,7 +460,7 @@ async def audit_page(request: Request, ui: Ui, form: dict[str, str]) -> Response
     q = request.query_params
     outcome = q.get("outcome", "")
     if outcome and outcome not in ("ok", "denied", "failed"):
-        raise Refused(422, "outcome is ok, denied or failed")
+        raise refuse(422, "outcome is ok, denied or failed")
     found = await _sync(admin.list_audit, ui.api, _me(request), PAGE, q.get("key", "")[:12] or None, outcome or None,
                         q.get("cursor", "")[:200] or None)
     return ui.render(request, "audit.html", entries=found.items, next_cursor=found.next_cursor, outcome=outcome,
@@ -478,6 +478,6 @@ async def revoke_session(request: Request, ui: Ui, form: dict[str, str], session
     ended = await _sync(ui.sessions.end, session_id[:32])
     request.state.audit_detail = f"session {session_id[:32]}"
     if not ended:
-        raise Refused(404, f"no open session {session_id[:32]!r}")
+        raise refuse(404, f"no open session {session_id[:32]!r}")
     return redirect("/ui/sessions", "session ended")
 
