@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 TOOLS  := $(VENV)/tools
 PROMTOOL := $(TOOLS)/promtool
 
-.PHONY: install tools demo test test-unit test-integration lint bench faults clean
+.PHONY: install tools browser demo test test-unit test-integration lint bench faults clean
 
-install: $(STAMP) tools
+install: $(STAMP) tools browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,29 @@ tools:
 	fi; \
 	mv -f "$(PROMTOOL).part" "$(PROMTOOL)"; \
 	echo "make tools: $$("$(PROMTOOL)" --version 2>&1 | head -n 1) in $(PROMTOOL)"
+
+# The web UI's browser tests drive Debian's chromium through Playwright (Playwright's own browser
+# download is not used: it needs a host this machine cannot reach). Installed with apt-get when it is
+# missing and we are root (or may sudo without a password); otherwise we say so and go on: the
+# browser tests skip then, and fail under CI=true.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@set -e; \
+	if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: no apt-get here: install Chromium and set MINIFLOW_CHROMIUM to its path" >&2; exit 0; \
+	fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+		echo "make browser: not root: run 'apt-get install chromium' for the browser tests" >&2; exit 0; fi; \
+	echo "make browser: installing Debian's chromium for the web UI's browser tests"; \
+	log=$$(mktemp); \
+	if ! $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >"$$log" 2>&1; then \
+		$$sudo apt-get update -q >>"$$log" 2>&1 || true; \
+		if ! $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >>"$$log" 2>&1; then \
+			cat "$$log" >&2; rm -f "$$log"; echo "make browser: could not install chromium (see above)" >&2; exit 1; \
+		fi; \
+	fi; \
+	rm -f "$$log"; echo "make browser: $$(chromium --version 2>/dev/null | head -n 1)"
 
 demo: install
 	$(BIN)/miniflow run examples/csv_report.yaml --steps examples.steps --db sqlite:///.miniflow-demo.db
