@@ -317,6 +317,7 @@ def main() -> int:
                         help="threads of every worker process and of the raw dramatiq baseline")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
+    parser.add_argument("--skip-ui", action="store_true", help="leave out the web UI's first render (100k runs)")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -377,6 +378,11 @@ def main() -> int:
                 cluster.stop()
         finally:
             delete_queues(namespace)
+
+    if not args.skip_ui:
+        from bench.ui import ui_figures
+        results["ui"] = ui_figures()
+        print(f"ui: {results['ui']}", flush=True)
 
     if not args.skip_cron:
         cron_out = Path(f"/tmp/{namespace}-cron.json")
@@ -458,6 +464,13 @@ def print_table(r: dict[str, Any]) -> None:
     if "cron_lateness" in r:
         cron = r["cron_lateness"]["run_created_ms"]
         rows.append(("cron fire lateness ms (median / p99)", f"{cron['median']:.1f} / {cron['p99']:.1f}", ""))
+    for label, page in (("run list", "run_list"), ("run list, status+workflow filter", "run_list_filtered"),
+                        ("run list, text search", "run_list_text_search"), ("100-step run page", "run_page_100_steps")):
+        if "ui" in r:
+            ui = r["ui"][page]
+            rows.append((f"UI first render ms, {label}, 100k runs (median / max)",
+                         f"{ui['first_render_ms_median']:.0f} / {ui['first_render_ms_max']:.0f}",
+                         f"server {ui['server_ms_median']:.0f} ms; target < {r['ui']['target_ms']:.0f}"))
     width = max(len(a) for a, _, _ in rows)
     print(f"\n{'figure'.ljust(width)}  {'value':>20}  ratio")
     for name, value, ratio in rows:

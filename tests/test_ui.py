@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,7 +112,8 @@ def test_pages_need_a_session_and_sign_in_sets_a_strict_http_only_cookie_whose_t
     form = client.get("/ui/login")
     pre = re.search(r'name="pre" value="([^"]+)"', form.text)
     assert pre is not None
-    answer = client.post("/ui/login", data={"pre": pre.group(1), "next": "/ui/workflows", "key": world.tokens["viewer"]})
+    answer = client.post("/ui/login", data={"pre": pre.group(1), "next": "/ui/workflows",
+                                            "key": world.tokens["viewer"]})
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/workflows"
     cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("mf_session="))
     flags = {part.strip().lower() for part in cookie.split(";")}
@@ -156,7 +158,8 @@ def test_every_page_renders_for_an_admin_with_the_strict_security_headers(world:
         assert answer.headers["x-frame-options"] == "DENY" and answer.headers["cache-control"] == "no-store"
         assert "<script>" not in answer.text and " on" + "click=" not in answer.text  # no inline script
         assert SECRET not in answer.text, path
-    names = {r.name for r in world.server.server.config.app.routes if getattr(r, "name", "").startswith("ui_")}
+    app: Any = world.server.server.config.app
+    names = {r.name for r in app.routes if getattr(r, "name", "").startswith("ui_")}
     assert names - {"ui_static"} == set(UI_POLICY), "every page has a policy and every policy a page"
 
 

@@ -114,7 +114,7 @@ class Session:
             self.page.fill(f'[data-param="{name}"]', value)
         self.page.click("#start")
         self.page.wait_for_url(re.compile(r".*/ui/runs/[0-9a-f-]{36}(\?.*)?$"))
-        return self.page.url.split("/ui/runs/")[1].split("?")[0]
+        return str(self.page.url).split("/ui/runs/")[1].split("?")[0]
 
     def wait_status(self, status: str) -> None:
         self.page.wait_for_function("s => document.querySelector('#run-status')?.textContent.trim() === s",
