@@ -358,3 +358,18 @@ def test_the_timeline_splits_each_attempt_into_its_wait_and_its_execution(world:
     assert kinds["load"][-1] == "ok" and kinds["boom"][-1] == "fail"
     for row in drawn["rows"]:
         assert all(0 <= b["x"] <= drawn["width"] and b["w"] >= 1 for b in row["bars"])
+
+
+def test_cookies_are_secure_behind_a_tls_proxy_when_asked(world: World):
+    app = create_app(Settings(database_url=world.db, data_keys=world.ring), database=world.database,
+                     secure_cookies=True)
+    with ApiServer(app) as server:
+        client = httpx.Client(base_url=server.url, follow_redirects=False)
+        form = client.get("/ui/login")
+        assert "secure" in form.headers["set-cookie"].lower()
+        pre = re.search(r'name="pre" value="([^"]+)"', form.text)
+        assert pre is not None
+        client.cookies.set("mf_signin", pre.group(1), path="/ui/")  # a Secure cookie is not sent over HTTP
+        answer = client.post("/ui/login", data={"pre": pre.group(1), "key": world.tokens["viewer"]})
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("mf_session="))
+        assert "secure" in {p.strip().lower() for p in cookie.split(";")}

@@ -37,10 +37,10 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def create_app(settings: Settings, *, database: Database | None = None, failure_limit: int = 20,
-               ui: bool = True) -> FastAPI:
+               ui: bool = True, secure_cookies: bool = False) -> FastAPI:
     """The API app for ``settings`` (its database, broker and namespace); ``failure_limit`` failed
     sign-ins per client address and minute, then 429 for the rest of that minute; ``ui``: serve the
-    web UI under /ui too."""
+    web UI under /ui too (``secure_cookies``: its cookies Secure over plain HTTP too, behind TLS)."""
     db = database or Database(settings.database_url)
     api = Api(settings, QueueNames(settings.namespace), db, Authenticator(db, limiter=FailureLimiter(failure_limit)),
               Publishers(settings.broker_url, settings.namespace) if settings.broker_url else None,
@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, database: Database | None = None, failure_
     _check_policy(app)
     if ui:
         from ..ui.app import install
-        install(app, api)  # the web UI under /ui (not in the OpenAPI document; its own policy table)
+        install(app, api, secure_cookies=secure_cookies)  # the web UI under /ui (not in the OpenAPI document; its own policy table)
     return app
 
 

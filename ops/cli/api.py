@@ -28,11 +28,15 @@ log = logging.getLogger("miniflow.api")
 @click.option("--auth-failures", default=20, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Failed sign-ins per client address and minute before it gets 429 for the rest of the minute.")
 @click.option("--access-log", is_flag=True, help="Log each request line (method, path, status; never headers).")
+@click.option("--secure-cookies", is_flag=True,
+              help="Mark the web UI's cookies Secure even over plain HTTP (behind a proxy that terminates TLS); "
+                   "over HTTPS they are Secure anyway.")
 @METRICS_PORT
 @click.pass_context
-def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log: bool,
+def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log: bool, secure_cookies: bool,
         metrics_port: int | None) -> None:
-    """Serve the HTTP API (OpenAPI at /openapi.json; keys from `miniflow keys create`). Prints one
+    """Serve the HTTP API (OpenAPI at /openapi.json; keys from `miniflow keys create`) and the web UI
+    (/ui: sign in with a viewer, operator or admin key). Prints one
     `ready` line once it listens (port 0: a free port, named in that line); stops on SIGINT/SIGTERM."""
     import socket
 
@@ -49,7 +53,7 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     metrics, served = start_metrics(settings, "api", metrics_port)
     watch_gauges(metrics, settings, database, QueueNames(settings.namespace))
     telemetry = telemetry_setup("miniflow-api")
-    app = create_app(settings, database=database, failure_limit=auth_failures)
+    app = create_app(settings, database=database, failure_limit=auth_failures, secure_cookies=secure_cookies)
     sock = listen_socket(host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, access_log=access_log, log_level="warning", lifespan="on", server_header=False)
@@ -59,7 +63,7 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original(sockets)
         if server.started:
-            err.print(f"miniflow api ready on http://{host}:{bound} (database {database.masked_url}, broker "
+            err.print(f"miniflow api ready on http://{host}:{bound} (web UI /ui; database {database.masked_url}, broker "
                       f"{mask_url(settings.broker_url) if settings.broker_url else 'none'}, namespace "
                       f"{settings.namespace}){served}", highlight=False)
 

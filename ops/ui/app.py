@@ -65,8 +65,8 @@ def _env() -> Environment:
 class Ui:
     """What the pages share."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def __init__(self, api: Api, secure_cookies: bool = False) -> None:
+        self.api, self.secure_cookies = api, secure_cookies
         self.sessions = Sessions(api.database, api.auth)
         self.layouts = Layouts()
         self.env = _env()
@@ -175,14 +175,15 @@ def redirect(to: str, said: str = "") -> RedirectResponse:
 
 
 def cookie_secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """Secure cookies over HTTPS, and always with ``miniflow api --secure-cookies`` (TLS at a proxy)."""
+    return request.url.scheme == "https" or ui_of(request).secure_cookies
 
 
-def install(app: FastAPI, api: Api) -> None:
+def install(app: FastAPI, api: Api, *, secure_cookies: bool = False) -> None:
     """Mount the UI on the API's app."""
     from . import pages  # noqa: F401  (registers the pages on the router)
 
-    app.state.ui = Ui(api)
+    app.state.ui = Ui(api, secure_cookies)
     static = Path(str(resources.files("miniflow.ops.ui") / "static"))
     app.mount("/ui/static", StaticFiles(directory=static), name="ui_static")
     app.router.routes.extend(router.routes)
