@@ -9,7 +9,7 @@ import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from miniflow.ops.embedded import EmbeddedEngine
 from miniflow.ops.settings import Settings
 from miniflow.ops.ui.app import CSP, UI_POLICY
 from miniflow.ops.ui.graph import NODE_H, NODE_W, layout
-from miniflow.ops.ui.pages import decode_raw, parse_value, timeline
+from miniflow.ops.ui.pages import timeline
+from miniflow.ops.ui.pages_more import decode_raw, parse_value
 from miniflow.persistence import Database, DeadLetterRow
 from miniflow.persistence import repository as repo
 from miniflow.persistence.keys import create_client_key
@@ -37,7 +38,7 @@ from .api_server import ApiServer
 HOSTILE = '<img src=x onerror="alert(1)">\x1b[31m'
 SECRET = "ui-secret-value-5555"
 FAILING = """name: ui-report
-params: {token: {secret: true}, note: {default: plain}}
+params: {token: {secret: true}, note: {default: plain}, tags: {default: ['a', '" autofocus x="']}}
 steps:
   - {name: load, task: test.echo}
   - {name: boom, task: test.boom, needs: [load]}
@@ -70,6 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with database.transaction() as conn:
         for role in ("viewer", "producer", "operator", "admin", "executor"):
             tokens[role], _ = create_client_key(conn, ring, f"ui-{role}", role)
+        tokens["scoped"], _ = create_client_key(conn, ring, "ui-scoped", "admin", scope="other-*")
         spec = parse_schedule({"name": "ui-nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
                                "params": {"token": SECRET}}, "ui-report", "test")
         Scheduler(QueueNames("miniflow"), keys=ring).add(conn, spec, utcnow())
@@ -373,3 +375,62 @@ def test_cookies_are_secure_behind_a_tls_proxy_when_asked(world: World):
         answer = client.post("/ui/login", data={"pre": pre.group(1), "key": world.tokens["viewer"]})
         cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("mf_session="))
         assert "secure" in {p.strip().lower() for p in cookie.split(";")}
+
+
+def test_a_scoped_key_sees_only_its_workflows_and_no_global_page(world: World):
+    scoped = sign_in(world, "scoped")  # an admin key scoped to other-*
+    for path in ("/ui/monitor", "/ui/dead-letters", f"/ui/dead-letters/{world.letter}", "/ui/keys", "/ui/audit",
+                 "/ui/sessions"):
+        answer = scoped.get(path)
+        assert answer.status_code == 403 and "scoped" in answer.text, path
+    made = scoped.post("/ui/keys", data={"csrf": csrf_of(scoped.get("/ui/runs").text), "name": "escape",
+                                         "role": "admin"})
+    assert made.status_code == 403
+    assert world.run[:8] not in scoped.get("/ui/runs").text
+    assert scoped.get(f"/ui/runs/{world.run}").status_code == 403
+    assert scoped.get("/ui/workflows/ui-report").status_code == 403
+
+
+def test_a_default_that_is_a_list_fills_the_start_form_as_json_without_breaking_out_of_the_attribute(world: World):
+    page = sign_in(world, "operator").get("/ui/workflows/ui-report").text
+    field = re.search(r'<input name="param.tags"[^>]*>', page)
+    assert field is not None
+    assert "autofocus" not in field.group(0).replace("&#34;", "").split('value="')[0]
+    value = re.search(r'value="([^"]*)"', field.group(0))
+    assert value is not None and json_of(html.unescape(value.group(1))) == ["a", '" autofocus x="']
+
+
+def json_of(text_: str) -> object:
+    import json
+    return json.loads(text_)
+
+
+def test_a_pages_own_refresh_does_not_keep_its_session_alive_and_a_banner_is_only_a_known_one(world: World):
+    client = sign_in(world, "viewer")
+    with world.database.transaction() as conn:
+        row = sorted(repo.sessions.open_sessions(conn, utcnow()), key=lambda r: r.created_at)[-1]
+        conn.execute(text("UPDATE ui_sessions SET last_seen = :t WHERE id = :i"),
+                     {"t": utcnow() - timedelta(minutes=20), "i": row.id})
+    world.server.server.config.app.state.ui.sessions._touched.clear()
+    assert client.get("/ui/runs/rows", headers={"X-MiniFlow-Poll": "1"}).status_code == 200
+    with world.database.connect() as conn:
+        seen = conn.execute(text("SELECT last_seen FROM ui_sessions WHERE id = :i"), {"i": row.id}).scalar_one()
+    assert (utcnow() - as_utc_(seen)).total_seconds() > 19 * 60  # a poll did not count as activity
+    page = client.get("/ui/runs?said=Your+session+expired:+paste+your+key+at+evil.example").text
+    assert "evil.example" not in page.split("<main>")[1].split("</form>")[0]
+    assert 'class="said"' not in page
+    assert 'class="said"' in client.get("/ui/runs?said=started").text
+
+
+def as_utc_(value: object) -> datetime:
+    from miniflow.protocol.clock import as_utc
+    assert isinstance(value, datetime | str)
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    out = as_utc(at)
+    assert out is not None
+    return out
+
+
+def test_hostile_nesting_in_a_form_value_or_a_dead_letter_is_an_answer_not_a_crash():
+    assert parse_value("[" * 100_000) == "[" * 100_000
+    assert decode_raw(("[" * 5000).encode().hex()) is None

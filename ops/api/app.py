@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, database: Database | None = None, failure_
     _check_policy(app)
     if ui:
         from ..ui.app import install
-        install(app, api, secure_cookies=secure_cookies)  # the web UI under /ui (not in the OpenAPI document; its own policy table)
+        install(app, api, secure_cookies=secure_cookies)  # the web UI under /ui (its own policy table)
     return app
 
 

@@ -63,7 +63,8 @@ def api(ctx: click.Context, host: str, port: int, auth_failures: int, access_log
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original(sockets)
         if server.started:
-            err.print(f"miniflow api ready on http://{host}:{bound} (web UI /ui; database {database.masked_url}, broker "
+            err.print(f"miniflow api ready on http://{host}:{bound} (web UI /ui; database {database.masked_url}, "
+                      f"broker "
                       f"{mask_url(settings.broker_url) if settings.broker_url else 'none'}, namespace "
                       f"{settings.namespace}){served}", highlight=False)
 

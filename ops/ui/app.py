@@ -12,6 +12,7 @@ strict Content-Security-Policy.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -22,7 +23,6 @@ from urllib.parse import parse_qsl, quote, urlencode
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.staticfiles import StaticFiles
 
@@ -31,17 +31,27 @@ from miniflow.protocol.errors import ApiError, ConfigError, MiniFlowError
 
 from ..api import errors
 from ..api.common import Api
-from ..api.security import Perm
+from ..api.security import GLOBAL, WORKFLOW, Perm
 from .graph import Layouts
 from .sessions import COOKIE, Session, Sessions
 
+log = logging.getLogger("miniflow.ui")
 PRE_COOKIE = "mf_signin"  # the double-submit token of the sign-in form (there is no session yet)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAX_FORM = 64 * 1024
 
-# route name -> the permission it needs (the API's roles); a route missing here is refused (create_app checks)
-UI_POLICY: dict[str, Perm] = {}
+# route name -> (the permission it needs, what it acts on): the API's roles and kinds. A GLOBAL page
+# (monitor, dead letters, keys, audit, sessions) is refused to a key scoped to some workflows, as the
+# API's global routes are; the other pages check the scope through the API's own functions.
+UI_POLICY: dict[str, tuple[Perm, str]] = {}
+POLL_HEADER = "x-miniflow-poll"  # sent by ui.js when it refreshes a page by itself: not a user's activity
+# The banners a redirect may ask for (?said=CODE): fixed texts, so a link cannot put words on a page.
+SAID = {"signed_out": "signed out", "started": "started", "existing": "this idempotency key's run",
+        "published": "start published; no run yet: is a coordinator running?", "cancel": "cancel requested",
+        "ended": "the run had ended: nothing to cancel", "retried": "retried", "retry": "retry requested",
+        "paused": "paused", "resumed": "resumed", "triggered": "triggered", "revoked": "key revoked",
+        "session_ended": "session ended"}
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -78,7 +88,7 @@ class Ui:
             request=request, session=session, principal=principal, version=__version__,
             csrf=session.csrf if session else "", path=request.url.path,
             may={p.value: bool(principal and principal.may(p)) for p in Perm},
-            said=request.query_params.get("said", "")[:300])
+            said=SAID.get(request.query_params.get("said", ""), ""))
         html = self.env.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status)
 
@@ -91,17 +101,18 @@ def ui_of(request: Request) -> Ui:
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
-def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",)) -> Callable[[Handler], Handler]:
-    """Register a page: its session, permission and (for POST) CSRF checks run before ``fn``."""
-    UI_POLICY[name] = perm
+def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",), kind: str = WORKFLOW
+         ) -> Callable[[Handler], Handler]:
+    """Register a page: its session, permission, scope and (for POST) CSRF checks run before ``fn``."""
+    UI_POLICY[name] = (perm, kind)
 
     def wrap(fn: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             ui = ui_of(request)
             try:
-                form = await _guard(request, ui, perm)
+                form = await _guard(request, ui, perm, kind)
                 return await fn(request, ui, form, **request.path_params)
-            except (MiniFlowError, ValueError) as exc:
+            except (MiniFlowError, ValueError, RecursionError) as exc:
                 return _failure(request, ui, exc)
 
         endpoint.__name__ = name
@@ -111,12 +122,13 @@ def page(path: str, name: str, perm: Perm, methods: tuple[str, ...] = ("GET",)) 
     return wrap
 
 
-async def _guard(request: Request, ui: Ui, perm: Perm) -> dict[str, str]:
+async def _guard(request: Request, ui: Ui, perm: Perm, kind: str) -> dict[str, str]:
     """The session (401 without one), the permission, and for a POST its form with the
     session's CSRF token (403 otherwise)."""
     session: Session | None = None
     if perm != Perm.PUBLIC:
-        session = await anyio.to_thread.run_sync(ui.sessions.resolve, request.cookies.get(COOKIE))
+        active = request.headers.get(POLL_HEADER) != "1"  # a page's own refresh does not keep a session alive
+        session = await anyio.to_thread.run_sync(ui.sessions.resolve, request.cookies.get(COOKIE), active)
         if session is None:
             raise refuse(401, "you are not signed in (or your session ended): sign in again")
         request.state.ui_session = session
@@ -124,6 +136,9 @@ async def _guard(request: Request, ui: Ui, perm: Perm) -> dict[str, str]:
         if not session.principal.may(perm):
             raise refuse(403, f"your key ({session.principal.role}) may not do this: it needs the {perm.value} "
                                "permission")
+        if kind == GLOBAL and session.principal.scope:
+            raise refuse(403, f"your key is scoped to workflows ({', '.join(session.principal.scope)}): this page "
+                              "is not one workflow's")
     if request.method != "POST":
         return {}
     form = await _form(request)
@@ -138,10 +153,14 @@ def _failure(request: Request, ui: Ui, exc: Exception) -> Response:
         return RedirectResponse(f"/ui/login?next={quote(_local(str(request.url.path)))}", 303)
     if isinstance(exc, ApiError):
         return ui.render(request, "error.html", exc.status, title=_title(exc.status), message=exc.message)
+    if isinstance(exc, RecursionError):
+        return ui.render(request, "error.html", 422, title="Not valid", message="the value is nested too deeply")
     if isinstance(exc, ConfigError | ValueError):  # ValueError: a pydantic model refused a form's value
         return ui.render(request, "error.html", 422, title="Not valid", message=str(exc).splitlines()[0][:500]
                          if isinstance(exc, ValueError) and not isinstance(exc, ConfigError) else str(exc))
-    return ui.render(request, "error.html", 503, title="Unavailable", message=str(exc))
+    log.warning("a UI page could not be served: %s: %s", type(exc).__name__, exc)
+    return ui.render(request, "error.html", 503, title="Unavailable",
+                     message="the database or the broker is not reachable now: try again in a moment")
 
 
 def _title(status: int) -> str:
@@ -155,13 +174,20 @@ def _local(target: str) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM:
+        raise refuse(413, f"the form is larger than {MAX_FORM // 1024} KiB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM:
+            raise refuse(413, f"the form is larger than {MAX_FORM // 1024} KiB")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body:
         return {}
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         raise refuse(415, "forms are sent as application/x-www-form-urlencoded")
-    if len(body) > MAX_FORM:
-        raise refuse(413, f"the form is larger than {MAX_FORM // 1024} KiB")
     try:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
     except (UnicodeDecodeError, ValueError):
@@ -169,8 +195,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def redirect(to: str, said: str = "") -> RedirectResponse:
+    """A 303 to ``to``, with the banner of code ``said`` (a key of SAID)."""
+    assert not said or said in SAID, said
     if said:
-        to += ("&" if "?" in to else "?") + urlencode({"said": said[:300]})
+        to += ("&" if "?" in to else "?") + urlencode({"said": said})
     return RedirectResponse(to, 303)
 
 
@@ -181,15 +209,12 @@ def cookie_secure(request: Request) -> bool:
 
 def install(app: FastAPI, api: Api, *, secure_cookies: bool = False) -> None:
     """Mount the UI on the API's app."""
-    from . import pages  # noqa: F401  (registers the pages on the router)
+    from . import pages, pages_more  # noqa: F401  (register the pages on the router)
 
     app.state.ui = Ui(api, secure_cookies)
     static = Path(str(resources.files("miniflow.ops.ui") / "static"))
     app.mount("/ui/static", StaticFiles(directory=static), name="ui_static")
     app.router.routes.extend(router.routes)
-    missing = [r.name for r in router.routes if isinstance(r, APIRoute) and r.name not in UI_POLICY]
-    if missing:
-        raise ConfigError(f"UI routes without a policy: {', '.join(missing)}")
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:

@@ -92,9 +92,10 @@ class Sessions:
             srepo.prune_sessions(conn, now - PRUNE_AFTER)
         return cookie, Session(session_id, principal, row.csrf)
 
-    def resolve(self, cookie: str | None) -> Session | None:
+    def resolve(self, cookie: str | None, active: bool = True) -> Session | None:
         """The open session of a cookie token, or None (no cookie, unknown, ended, idle, expired, or its
-        key revoked or expired)."""
+        key revoked or expired). ``active``: a user's request, which keeps the session from idling (a
+        page's own refresh is not one)."""
         if not cookie or len(cookie) > 100:
             return None
         with self.database.connect() as conn:
@@ -111,7 +112,8 @@ class Sessions:
             mac = AESGCM(_seal_key(cookie)).decrypt(row.sealed_mac[:12], row.sealed_mac[12:], row.id.encode())
         except (InvalidTag, ValueError):
             return None
-        self._touch(row.id)
+        if active:
+            self._touch(row.id)
         scope = tuple(p for p in (row.scope or "").split(",") if p)
         principal = Principal(row.key_id, row.key_name, row.role, scope, ClientKey(row.key_id, row.role, mac))
         return Session(row.id, principal, row.csrf)

@@ -69,16 +69,24 @@ def ui(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterato
                       folder / "coord.log"),
         WorkerProcess(env, ["--steps", "tests.steps_for_tests", "--threads", "4"], folder / "exec.log"),
     ]
-    server = ApiProcess(env, ["--port", "0"], folder / "api.log", cwd=ROOT)
+    servers = [ApiProcess(env, ["--port", "0"], folder / "api.log", cwd=ROOT)]
+
+    def restart() -> str:
+        """Stop `miniflow api` and start a new one (on a new port): its URL."""
+        servers[-1].stop()
+        servers.append(ApiProcess(env, ["--port", "0"], folder / f"api-{len(servers)}.log", cwd=ROOT))
+        servers[-1].wait_ready()
+        return str(servers[-1].url)
+
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium_path(), args=ARGS)
         try:
-            for w in [*workers, server]:
+            for w in [*workers, *servers]:
                 w.wait_ready()
-            yield {"url": server.url, "tokens": tokens, "browser": browser}
+            yield {"url": servers[0].url, "tokens": tokens, "browser": browser, "restart": restart}
         finally:
             browser.close()
-            for w in [server, *workers]:
+            for w in [*servers, *workers]:
                 w.stop()
 
 
@@ -228,5 +236,16 @@ def test_a_csrf_less_post_is_refused_and_after_sign_out_every_page_asks_to_sign_
         shot(me.page, "sign-in")
         refused = me.page.request.post(f"{me.url}/ui/runs/{run_id}/retry", form={"csrf": "x"})
         assert refused.status == 401
+    finally:
+        me.close()
+
+
+def test_a_session_outlives_a_restart_of_the_api_it_was_opened_on(ui):
+    me = Session(ui, "viewer")
+    try:
+        me.url = ui["url"] = ui["restart"]()  # cookies belong to the host, not the port
+        me.page.goto(me.url + "/ui/runs")
+        assert me.page.url.endswith("/ui/runs"), "the session did not survive the restart"
+        assert me.page.locator("#run-rows tr[data-run]").count() >= 3
     finally:
         me.close()

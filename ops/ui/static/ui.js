@@ -17,7 +17,7 @@ function setStatusClass(element, status) {
 }
 
 async function fetchHtml(url) {
-  const answer = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
+  const answer = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html", "X-MiniFlow-Poll": "1" } });
   if (answer.redirected || answer.status === 401) {
     window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname));
     return null;
