@@ -411,7 +411,8 @@ def test_a_pages_own_refresh_does_not_keep_its_session_alive_and_a_banner_is_onl
         row = sorted(repo.sessions.open_sessions(conn, utcnow()), key=lambda r: r.created_at)[-1]
         conn.execute(text("UPDATE ui_sessions SET last_seen = :t WHERE id = :i"),
                      {"t": utcnow() - timedelta(minutes=20), "i": row.id})
-    world.server.server.config.app.state.ui.sessions._touched.clear()
+    app: Any = world.server.server.config.app
+    app.state.ui.sessions._touched.clear()
     assert client.get("/ui/runs/rows", headers={"X-MiniFlow-Poll": "1"}).status_code == 200
     with world.database.connect() as conn:
         seen = conn.execute(text("SELECT last_seen FROM ui_sessions WHERE id = :i"), {"i": row.id}).scalar_one()
