@@ -261,6 +261,7 @@ def test_revoking_a_key_in_the_ui_ends_its_sessions_at_once(world: World):
     made = admin.post(f"/ui/keys/{row.kid}/revoke", data={"csrf": csrf_of(admin.get("/ui/keys").text)})
     assert made.status_code == 303
     assert victim.get("/ui/runs").status_code == 303
+    assert row.kid not in admin.get("/ui/sessions").text  # its sessions are not listed as open
 
 
 def test_an_admin_makes_a_key_in_the_ui_and_its_token_is_shown_once(world: World):
@@ -315,6 +316,8 @@ def test_the_run_list_filters_by_text_status_and_workflow_and_pages_with_a_curso
     assert world.run[:8] not in client.get("/ui/runs?status=succeeded").text
     assert world.run[:8] in client.get("/ui/runs?workflow=ui-*&text=INPUT IS BROKEN").text
     assert world.run[:8] not in client.get("/ui/runs?workflow=other").text
+    assert "data-refresh=" in client.get("/ui/runs?status=failed").text
+    assert "data-refresh=" not in client.get("/ui/runs?text=boom").text  # a text search scans: not every 3 s
 
 
 def test_the_dag_layout_puts_every_step_below_what_it_needs_without_overlaps():

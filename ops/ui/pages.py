@@ -144,7 +144,7 @@ async def runs_list(request: Request, ui: Ui, form: dict[str, str]) -> Response:
     found = await _sync(_runs_page, ui, _me(request), f)
     query = {k: v for k, v in f.items() if v and k != "cursor"}
     return ui.render(request, "runs.html", runs=found.items, next_cursor=found.next_cursor, f=f,
-                     statuses=STATUSES, query=query, live=not f["cursor"])
+                     statuses=STATUSES, query=query, live=not f["cursor"] and not f["text"])  # text: a scan
 
 
 @page("/runs/rows", "ui_run_rows", Perm.READ)

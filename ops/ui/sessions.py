@@ -139,4 +139,8 @@ class Sessions:
         now = utcnow()
         with self.database.connect() as conn:
             rows = srepo.open_sessions(conn, now)
-        return [r for r in rows if (now - r.last_seen).total_seconds() <= self.idle_s]
+        def key_valid(kid: str) -> bool:
+            key = self.auth._row(kid)
+            return key is not None and key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
+
+        return [r for r in rows if (now - r.last_seen).total_seconds() <= self.idle_s and key_valid(r.key_id)]
