@@ -154,7 +154,8 @@ async def runs_rows(request: Request, ui: Ui, form: dict[str, str]) -> Response:
     return ui.render(request, "_run_rows.html", runs=found.items)
 
 
-def _run_view(ui: Ui, caller: Principal, run_id: str) -> dict[str, Any]:
+def _load(ui: Ui, caller: Principal, run_id: str) -> tuple[Any, dict[str, Any], list[Any], dict[str, Any], Any]:
+    """A run the caller may see: its row, step rows, attempts, the API's detail, and its workflow."""
     api = ui.api
     with api.database.connect() as conn:
         run = runs._run(api, conn, caller, run_id)
@@ -162,6 +163,11 @@ def _run_view(ui: Ui, caller: Principal, run_id: str) -> dict[str, Any]:
         attempts = repo.get_attempts(conn, run.id)
         detail = runs._detail(api, conn, run, steps, attempts)
         workflow = api.catalog.workflow(conn, run.workflow, run.version)
+    return run, steps, attempts, detail, workflow
+
+
+def _run_view(ui: Ui, caller: Principal, run_id: str) -> dict[str, Any]:
+    run, steps, attempts, detail, workflow = _load(ui, caller, run_id)
     names = [s["step"] for s in detail["steps"]]
     edges = [(n, s.name) for s in workflow.steps.values() for n in s.needs] if workflow else []
     return {"run": detail, "layout": ui.layouts.of(run.workflow, run.version, names, edges),
@@ -256,13 +262,7 @@ async def run_events(request: Request, ui: Ui, form: dict[str, str], run_id: str
 
 
 def _step_view(ui: Ui, caller: Principal, run_id: str, step: str) -> dict[str, Any]:
-    api = ui.api
-    with api.database.connect() as conn:
-        run = runs._run(api, conn, caller, run_id)
-        steps = repo.get_steps(conn, run.id)
-        attempts = repo.get_attempts(conn, run.id)
-        detail = runs._detail(api, conn, run, steps, attempts)
-        workflow = api.catalog.workflow(conn, run.workflow, run.version)
+    run, steps, _, detail, workflow = _load(ui, caller, run_id)
     shown = next((s for s in detail["steps"] if s["step"] == step), None)
     if shown is None:
         raise refuse(404, f"run {run.id} has no step {step[:100]!r}")
@@ -271,7 +271,7 @@ def _step_view(ui: Ui, caller: Principal, run_id: str, step: str) -> dict[str, A
     inputs = {n: mask_fields(steps[n].output, secrets) for n in (spec.needs if spec else ()) if n in steps}
     why = None
     if shown["status"] in ("queued", "pending") and detail["status"] == RunStatus.RUNNING:
-        why = monitor.why(api, caller, run.id, step)
+        why = monitor.why(ui.api, caller, run.id, step)
     return {"run": detail, "step": shown, "spec": spec, "inputs": inputs,
             "config": mask_fields(spec.config, secrets) if spec else None,
             "attempts": [a for a in detail["attempts"] if a["step"] == step], "why": why}

@@ -194,6 +194,9 @@ def test_a_long_run_appears_in_the_live_list_and_is_cancelled_from_its_page(ui):
         assert listing.evaluate("window.__sameDocument") is True
         me.page.wait_for_function("() => document.querySelector('#dag .node[data-step=\"nap\"]')"
                                   ".classList.contains('st-running')", timeout=TIMEOUT_MS)
+        me.page.goto(f"{me.url}/ui/runs/{run_id}/steps/after")  # pending: the page says why it waits
+        assert "waits for the step(s) it needs: nap" in me.page.inner_text("#why")
+        me.page.goto(f"{me.url}/ui/runs/{run_id}")
         me.page.once("dialog", lambda dialog: dialog.accept())
         me.page.click("#cancel")
         me.page.wait_for_url(re.compile(r".*said=.*"))
