@@ -139,7 +139,10 @@ class _GuardedStubConsumer(_StubConsumer):
                 self.broker.rejected_bodies.append((self.queue_name, data))
             self.broker.guard.report(self.broker, self.queue_name, rejection)
             return None
-        return _StubMessageProxy(Message.decode(data))
+        proxy = _StubMessageProxy(Message.decode(data))
+        if getattr(data, "redelivered", False):  # a redelivery the test engine simulates
+            proxy.redelivered = True  # type: ignore[attr-defined]
+        return proxy
 
 
 class EmbeddedBroker(StubBroker):
@@ -150,6 +153,23 @@ class EmbeddedBroker(StubBroker):
         self.guard = guard
         self.lock = threading.Lock()
         self.rejected_bodies: list[tuple[str, bytes]] = []
+        # The test engine's hook on every message sent: it may hold a delayed one for its virtual
+        # clock, drop or duplicate one (faults); it calls ``send`` for what goes on.
+        self.interceptor: Interceptor | None = None
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        if self.interceptor is not None:
+            return self.interceptor(message, delay, self.send)
+        return self.send(message, delay)
+
+    def send(self, message: Message[Any], delay: int | None = None) -> Message[Any]:
+        """Enqueue as dramatiq's stub broker does, past the interceptor."""
+        return super().enqueue(message, delay=delay)
+
+    def redeliver(self, message: Message[Any]) -> None:
+        """Put a message back on its queue marked redelivered, as RabbitMQ does when the consumer
+        that held it died (the test engine's executor-killed and crash faults)."""
+        self.queues[message.queue_name].put(Redelivered(message.encode()))
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Any:
         if queue_name not in self.queues:
@@ -162,6 +182,16 @@ class EmbeddedBroker(StubBroker):
         """Put raw bytes on a queue, as an outside producer could (for tests and tools), with the
         AMQP headers a RabbitMQ message would carry."""
         self.queues[queue_name].put(HeadedBody(body, headers) if headers else body)
+
+
+class Redelivered(bytes):
+    """A body that comes back from a consumer that died holding it."""
+
+    redelivered = True
+
+
+Interceptor = Callable[[Message[Any], "int | None", Callable[[Message[Any], "int | None"], Message[Any]]],
+                       Message[Any]]
 
 
 class HeadedBody(bytes):

@@ -92,7 +92,7 @@ def plan_ticks(ticks: Sequence[datetime], now: datetime, catch_up: CatchUp,
         keep = 0 if on_time else 1
     else:
         keep = 0
-    run_late = set(late[len(late) - keep:]) if keep else set()
+    run_late = set(late[max(0, len(late) - keep):]) if keep else set()
     plan: list[tuple[datetime, TickOutcome]] = []
     for tick in ticks:
         if tick in run_late:

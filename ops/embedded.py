@@ -16,6 +16,7 @@ from miniflow.actors import registry as step_registry
 from miniflow.actors.guard import as_message
 from miniflow.actors.metrics import NULL, Metrics
 from miniflow.actors.middleware import TracingInstrument
+from miniflow.actors.registry import Registry
 from miniflow.coordinator import Coordinator, Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
 from miniflow.persistence import repository as repo
@@ -49,7 +50,8 @@ class EmbeddedEngine:
 
     def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
                  pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None,
-                 keys: KeyRing | None = None, auth: bool = True, metrics: Metrics = NULL) -> None:
+                 keys: KeyRing | None = None, auth: bool = True, metrics: Metrics = NULL,
+                 registry: Registry | None = None, background: bool = True) -> None:
         self.db = Database(database_url)
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -64,8 +66,9 @@ class EmbeddedEngine:
         # Without a configured data key, secret params are sealed with a key that lives as long as
         # this process: the embedded mode's runs begin and end in it.
         coordinator = Coordinator(self.names, instrument=TracingInstrument(), keys=keys or KeyRing.ephemeral())
+        self.background = background  # the relay's sweeper and the deadline loop (the test engine drives them)
         self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools, coordinator=coordinator,
-                         listener=lambda kind, data: self.events.put((kind, data)), metrics=metrics)
+                         registry=registry, listener=lambda kind, data: self.events.put((kind, data)), metrics=metrics)
         declare_topology(self.broker, self.names, pools)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
         self._started = False
@@ -73,13 +76,15 @@ class EmbeddedEngine:
     def start(self) -> EmbeddedEngine:
         self.broker.emit_after("process_boot")
         self.worker.start()
-        self.node.start_background()
+        if self.background:
+            self.node.start_background()
         self._started = True
         return self
 
     def stop(self) -> None:
         if self._started:
-            self.node.stop_background()
+            if self.background:
+                self.node.stop_background()
             self.worker.stop()
             self._started = False
         self.broker.close()

@@ -12,7 +12,8 @@
     │   ├── VersionConflict           a workflow version number already stored with another definition
     │   └── SealError                 a sealed secret param that cannot be opened (its key is missing)
     ├── CoordinatorError              coordinator/: workflows and their runs
-    │   └── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
+    │   ├── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
+    │   └── ExpressionError           an expression (coordinator.expressions) or a JSONPath that cannot be used
     ├── ActorError                    actors/: running steps
     │   ├── StepNotFound              a task name no loaded step module registers
     │   └── StepFailed                a step attempt failed, as it is recorded (.error_type, .message)
@@ -21,6 +22,7 @@
     │       ├── StepLost              no result came within its timeout and a grace (recorded as "Lost")
     │       └── OutputNotPlainData    it returned something that cannot be stored and passed on
     ├── ConfigError                   ops/: settings from the environment or the command line
+    ├── ScenarioError                 a test-engine scenario file that is not valid (.source, .line, .message)
     ├── ApiError                      an HTTP API answer other than success (.status, .code, .details),
     │                                 raised by the API (as the answer) and by miniflow.Client (from one)
     └── WaitTimedOut                  a wait for a run or a condition ran past its deadline (also a TimeoutError)

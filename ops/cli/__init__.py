@@ -40,6 +40,7 @@ from .run import run, validate
 from .runs import runs
 from .schedules import schedules
 from .start import start
+from .test import test
 from .workers import timer, worker
 
 
@@ -54,7 +55,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker, api, audit, workers_list, queues, why, stats, monitor):
+                 broker, api, audit, workers_list, queues, why, stats, monitor, test):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (
