@@ -318,6 +318,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
     parser.add_argument("--skip-ui", action="store_true", help="leave out the web UI's first render (100k runs)")
+    parser.add_argument("--skip-scenarios", action="store_true", help="leave out the test engine's suite figure")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -383,6 +384,11 @@ def main() -> int:
         from bench.ui import ui_figures
         results["ui"] = ui_figures()
         print(f"ui: {results['ui']}", flush=True)
+
+    if not args.skip_scenarios:
+        from bench.scenarios import scenario_figures
+        results["scenarios"] = scenario_figures()
+        print(f"scenarios (embedded, examples/scenarios): {results['scenarios']}", flush=True)
 
     if not args.skip_cron:
         cron_out = Path(f"/tmp/{namespace}-cron.json")
