@@ -21,7 +21,7 @@ from ..terminal import escape_controls
 from ..ui.filters import status_class
 from ..ui.graph import NODE_H, NODE_W, label, layout
 from .report import case_note, case_time, diff_of, show_value, totals, totals_line
-from .results import OUTCOMES, CaseResult, Check, StepOutcome, SuiteResult
+from .results import OUTCOMES, CaseResult, Check, StepOutcome, SuiteResult, attempt_error
 
 TEMPLATES = Path(__file__).with_name("templates")
 TIMELINE_W = 560  # the drawing width of a case's timeline, in pixels
@@ -91,7 +91,7 @@ def step_view(step: StepOutcome) -> dict[str, Any]:
     output = show_value(step.output, 2) if step.output is not None else ""
     if len(output) > OUTPUT_LIMIT:
         output = output[:OUTPUT_LIMIT] + f"\n… ({len(output) - OUTPUT_LIMIT} more characters)"
-    error = f"{last.error_type or 'Error'}: {last.error}" if last is not None and last.error else ""
+    error = attempt_error(last) if last is not None else ""
     return {"name": step.name, "status": step.status, "status_class": status_class(step.status),
             "stubbed": step.stubbed, "attempts": len(step.attempts), "node": last.node if last else None,
             "error": error, "output": output}

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..terminal import safe_text
-from .results import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, CaseResult, Check, SuiteResult
+from .results import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, CaseResult, Check, SuiteResult, attempt_error
 
 SCHEMA_VERSION = 1
 STYLE = {PASSED: "green", FAILED: "bold red", ERROR: "bold magenta", SKIPPED: "yellow"}
@@ -129,8 +129,7 @@ def failure_details(case: CaseResult, console: Console) -> None:
         last = step.attempts[-1] if step.attempts else None
         if last is not None and last.error:
             head = f"  step {step.name} attempt {last.attempt} {last.status}: "
-            console.print(Text.assemble(safe_text(head, "bold"), safe_text(f"{last.error_type or 'Error'}: "),
-                                        safe_text(last.error, "red")))
+            console.print(Text.assemble(safe_text(head, "bold"), safe_text(attempt_error(last), "red")))
     console.print()
 
 

@@ -35,6 +35,14 @@ class AttemptOutcome:
     finished_at: float | None = None
 
 
+def attempt_error(attempt: AttemptOutcome) -> str:
+    """``Type: message`` for a failed attempt (once: a step's exception text often starts with its type)."""
+    if not attempt.error:
+        return ""
+    kind = attempt.error_type or "Error"
+    return attempt.error if attempt.error.startswith(f"{kind}:") else f"{kind}: {attempt.error}"
+
+
 @dataclass
 class StepOutcome:
     name: str

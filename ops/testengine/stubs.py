@@ -3,8 +3,10 @@ any) replaces it, and the executor-killed and crash faults can act where a real 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +40,6 @@ def build_registry(scenario: Scenario, workflow: Workflow, base: Registry, clock
                    lose: Lose) -> tuple[Registry, Workflow]:
     """A registry with one task per step of the workflow (``scenario.<step>``), and the workflow
     rewritten to use them."""
-    import dataclasses
-
     registry = Registry()
     steps = {}
     for name, spec in workflow.steps.items():
@@ -60,7 +60,6 @@ def _wrap(step: str, stub: Stub | None, real: StepFn | None, timeout_s: float | 
         if clock is not None:
             clock.sleep(seconds)
         else:
-            import time
             time.sleep(seconds)
 
     def task(ctx: StepContext) -> Any:
