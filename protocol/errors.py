@@ -23,6 +23,7 @@
     │       └── OutputNotPlainData    it returned something that cannot be stored and passed on
     ├── ConfigError                   ops/: settings from the environment or the command line
     ├── ScenarioError                 a test-engine scenario file that is not valid (.source, .line, .message)
+    │   └── ScenarioFailed            a scenario case that failed, as the pytest plugin reports it (.result)
     ├── ApiError                      an HTTP API answer other than success (.status, .code, .details),
     │                                 raised by the API (as the answer) and by miniflow.Client (from one)
     └── WaitTimedOut                  a wait for a run or a condition ran past its deadline (also a TimeoutError)

@@ -4,6 +4,8 @@ virtual clock, their validation errors, and `miniflow test`'s exit codes and rep
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -187,14 +189,24 @@ def test_the_command_runs_cases_and_exits_as_pytest_does(workflow_file: Path, tm
     assert invalid.exit_code == 2 and "broken.scenario.yaml" in invalid.output
 
 
+def miniflow_test(*args: str) -> subprocess.CompletedProcess[str]:
+    """`miniflow test` in a process of its own: -j forks, and a fork of this (threaded) pytest process
+    is not what users run."""
+    command = [str(Path(sys.executable).parent / "miniflow"), "test", *args]
+    return subprocess.run(command, capture_output=True, text=True,
+                          timeout=300, cwd=Path.cwd())
+
+
 def test_fail_fast_and_parallel_runs(workflow_file: Path, tmp_path: Path) -> None:
     failing = write(tmp_path, "f.scenario.yaml", SCENARIO_FILE.replace("output: 4", "output: 5"))
     (s,) = load_file(failing)
     serial = run_scenarios([s], fail_fast=True)
     assert [c.outcome for c in serial.cases] == [FAILED, SKIPPED]
-    parallel = run_scenarios([s, s], jobs=2)
-    assert [c.outcome for c in parallel.cases] == [FAILED, PASSED, FAILED, PASSED]
-    assert parallel.exit_code == 1
+    done = miniflow_test(str(failing), str(write(tmp_path, "g.scenario.yaml", SCENARIO_FILE)), "-j", "2",
+                         "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcomes = [c["outcome"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]]
+    assert outcomes == [FAILED, PASSED, PASSED, PASSED]
 
 
 def test_json_paths_and_expressions_refuse_what_they_cannot_read() -> None:
@@ -208,15 +220,12 @@ def test_json_paths_and_expressions_refuse_what_they_cannot_read() -> None:
 
 
 def test_the_shipped_example_suite_passes_embedded() -> None:
-    result = CliRunner().invoke(cli, ["test", "examples/scenarios", "-j", "2"])
-    assert result.exit_code == 0, result.output
-    assert "10 passed" in result.output
+    done = miniflow_test("examples/scenarios", "-j", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 passed" in done.stdout
 
 
 def test_the_pytest_plugin_collects_scenario_files_and_offers_fixtures(workflow_file: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     write(tmp_path, "good.scenario.yaml", SCENARIO_FILE)
     write(tmp_path, "bad.scenario.yaml", SCENARIO_FILE.replace("output: 6", "output: 7"))
     write(tmp_path, "test_own.py", f"""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .loader import load_file
-from .model import Case, Scenario
+from .model import Case, Scenario, ScenarioError
 from .report import check_text
 from .results import ERROR, FAILED, SKIPPED, CaseResult, SuiteResult
 from .runner import run_scenarios
@@ -26,11 +26,11 @@ from .runner import run_scenarios
 SUFFIXES = (".scenario.yaml", ".scenario.yml")
 
 
-class ScenarioFailed(Exception):  # noqa: N818 - pytest shows its name next to the failure
+class ScenarioFailed(ScenarioError):
     """A case whose checks did not hold (only inside pytest; ``repr_failure`` shows its checks)."""
 
     def __init__(self, result: CaseResult) -> None:
-        super().__init__(result.id)
+        super().__init__(result.source, result.line, f"{result.id}: {result.outcome}")
         self.result = result
 
 

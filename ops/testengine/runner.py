@@ -71,6 +71,12 @@ def _not_run(item: Item) -> CaseResult:
     return _skipped(item[0], item[1], item[2], "embedded", "not run: --fail-fast after a failure")
 
 
+def _lost(item: Item) -> CaseResult:
+    lost = _skipped(item[0], item[1], item[2], "embedded", "")
+    lost.outcome, lost.reason = ERROR, "the worker process running this case died or hung (run it with -j 1)"
+    return lost
+
+
 def _serial(chosen: list[Item], workdir: Path, jobs: int, fail_fast: bool,
             progress: Progress | None) -> list[CaseResult]:
     results: list[CaseResult] = []
@@ -92,11 +98,17 @@ def _parallel(chosen: list[Item], workdir: Path, jobs: int, fail_fast: bool,
     try:
         with context.Pool(min(jobs, len(chosen))) as pool:
             pending = {i: pool.apply_async(_worker, (i, str(workdir))) for i in range(len(chosen))}
+            # A worker process that dies takes its case with it: bound the wait for each case.
+            bound = time.monotonic() + sum(item[0].timeout_s for item in chosen) + 60
             while pending and not (fail_fast and any(r.outcome in (FAILED, ERROR) for r in results.values())):
                 for i in [i for i, job in pending.items() if job.ready()]:
                     results[i] = pending.pop(i).get()
                     if progress is not None:
                         progress(results[i], len(results), len(chosen))
+                if time.monotonic() > bound:
+                    for i in list(pending):
+                        pending.pop(i)
+                        results[i] = _lost(chosen[i])
                 time.sleep(0.01)
             pool.terminate()
             for i in pending:
