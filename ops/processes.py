@@ -56,6 +56,13 @@ class MiniflowProcess:
             pass
         return float("nan")
 
+    def kill(self) -> None:
+        """SIGKILL, for a process whose work may be lost (the test engine's own executors)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)  # never leave one stopped

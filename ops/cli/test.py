@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.text import Text
 
+from miniflow.coordinator import load_file as load_workflow_file
+from miniflow.protocol.errors import ConfigError
+
 from ..testengine import junit, report
+from ..testengine.against import Item, Progress, StartedWorkers, deployed_cluster, run_against
 from ..testengine.html import write_html
 from ..testengine.loader import discover, load_file
 from ..testengine.model import Scenario, ScenarioError
@@ -38,11 +45,18 @@ MARKS = {PASSED: ("PASS", "green"), SKIPPED: ("SKIP", "yellow")}
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write a JSON report here ('-': stdout).")
 @click.option("--collect-only", is_flag=True, help="Validate and list the cases; run nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Show MiniFlow's own log lines while cases run.")
+@click.option("--against", is_flag=True, help="Run on the configured RabbitMQ and Postgres (MINIFLOW_BROKER_URL, "
+              "MINIFLOW_DATABASE_URL), in real time, on workers started in a namespace and database of their own.")
+@click.option("--cluster", is_flag=True, help="With --against: on the running cluster of MINIFLOW_NAMESPACE instead "
+              "(faults that need process control are skipped).")
 def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str | None, fail_fast: bool,
          junit_path: str | None, html_path: str | None, json_path: str | None, collect_only: bool,
-         verbose: bool) -> None:
+         verbose: bool, against: bool, cluster: bool) -> None:
     """Run the workflow scenarios in PATHS (files, or folders holding *.scenario.yaml) embedded: one
-    process, in-memory broker, SQLite, and a virtual clock, so backoffs and cron ticks take no time."""
+    process, in-memory broker, SQLite, and a virtual clock, so backoffs and cron ticks take no time.
+    With --against, on real services instead (see docs/testing.md)."""
+    if cluster and not against:
+        raise click.UsageError("--cluster goes with --against")
     scenarios = _load(paths)
     items = select(scenarios, tags=tags, keyword=keyword)
     if collect_only:
@@ -56,11 +70,51 @@ def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str 
     if not verbose:
         logging.getLogger("miniflow").setLevel(logging.CRITICAL)
         logging.getLogger("dramatiq").setLevel(logging.CRITICAL)
-    suite = run_scenarios(scenarios, jobs=jobs, fail_fast=fail_fast, progress=_progress(console.is_terminal),
-                          items=items)
+    progress = _progress(console.is_terminal)
+    if against:
+        suite = _against(items, jobs, fail_fast, progress, cluster)
+    else:
+        suite = run_scenarios(scenarios, jobs=jobs, fail_fast=fail_fast, progress=progress, items=items)
     report.summary(suite, console)
     _write_reports(suite, junit_path, html_path, json_path)
     sys.exit(suite.exit_code)
+
+
+def _against(items: list[Item], jobs: int, fail_fast: bool, progress: Progress, cluster: bool) -> SuiteResult:
+    try:
+        if cluster:
+            target = deployed_cluster(os.environ)
+            try:
+                return run_against(items, target, jobs=jobs, fail_fast=fail_fast, progress=progress)
+            finally:
+                target.close()
+        with tempfile.TemporaryDirectory(prefix="miniflow-against-") as workdir:
+            began = time.monotonic()
+            workers = StartedWorkers(os.environ, Path(workdir), steps=_modules(items), pools=_pools(items),
+                                     threads=max(8, 4 * jobs))
+            target = workers.start()
+            err.print(Text(f"workers ready in namespace {workers.namespace} ({time.monotonic() - began:.1f}s)"))
+            try:
+                return run_against(items, target, jobs=jobs, fail_fast=fail_fast, progress=progress)
+            finally:
+                workers.close()
+    except ConfigError as exc:
+        err.print(Text(f"cannot run --against: {exc}"))
+        sys.exit(2)
+
+
+def _modules(items: list[Item]) -> list[str]:
+    return sorted({module for scenario, _, _ in items for module in scenario.steps_modules})
+
+
+def _pools(items: list[Item]) -> list[str]:
+    pools: set[str] = set()
+    for path in {scenario.workflow for scenario, _, _ in items if isinstance(scenario.workflow, Path)}:
+        try:
+            pools |= {s.queue for s in load_workflow_file(path).steps.values() if s.queue}
+        except Exception:  # noqa: BLE001, S112 - a workflow that does not load fails its own cases
+            continue
+    return sorted(pools)
 
 
 def _load(paths: tuple[str, ...]) -> list[Scenario]:

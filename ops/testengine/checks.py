@@ -6,17 +6,17 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from miniflow.coordinator import Workflow
 from miniflow.coordinator.expressions import ExpressionError
+from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
 from miniflow.protocol.clock import as_utc
 from miniflow.protocol.masking import mask_values
 
-from ..embedded import EmbeddedEngine
 from .model import MISSING, Expect, Scenario, StepExpect
 from .results import AttemptOutcome, CaseResult, Check, StepOutcome
 
@@ -57,21 +57,23 @@ def _masked(value: Any, params: dict[str, Any], secrets: frozenset[str]) -> Any:
         return masked
 
 
-def collect(result: CaseResult, engine: EmbeddedEngine, workflow: Workflow, key: str | None, scenario: Scenario,
-            span: timedelta) -> None:
-    """Fill ``result`` with what the case's database holds: the run, its steps and attempts, dead
-    letters and (for a schedule) the tick ledger."""
+def collect(result: CaseResult, db: Database, workflow: Workflow, scenario: Scenario, *, key: str | None = None,
+            run_id: str | None = None, letters_after: int = 0) -> None:
+    """Fill ``result`` with what the database holds of the case: its run (by idempotency key, or by
+    id, or the first run of the database), its steps and attempts, dead letters (with an id above
+    ``letters_after``) and, for a schedule, the tick ledger."""
     secrets = workflow.secret_params()
-    with engine.db.connect() as conn:
-        runs = repo.list_runs(conn, limit=10_000)
-        run_id = repo.run_id_for_key(conn, key) if key else (runs[-1].id if runs else None)
+    with db.connect() as conn:
+        runs = repo.list_runs(conn, limit=10_000) if run_id is None else []
+        if run_id is None:
+            run_id = repo.run_id_for_key(conn, key) if key else (runs[-1].id if runs else None)
         run = repo.get_run(conn, run_id) if run_id else None
         steps = repo.get_steps(conn, run_id) if run_id else {}
         attempts = repo.get_attempts(conn, run_id) if run_id else []
-        letters = repo.list_dead_letters(conn, limit=1000)
+        letters = [d for d in repo.list_dead_letters(conn, limit=1000) if (d.id or 0) > letters_after]
         schedule = repo.schedules.get_schedule(conn, "scenario") if scenario.schedule else None
         ticks = repo.schedules.all_ticks(conn, schedule.id) if schedule else []
-    result.runs = len(runs)
+    result.runs = len(runs) if runs else int(run is not None)
     result.dead_letters = [{"code": d.code, "queue": d.queue, "detail": d.detail[:500]} for d in letters]
     if schedule is not None:
         zone = ZoneInfo(schedule.timezone)
@@ -101,7 +103,6 @@ def collect(result: CaseResult, engine: EmbeddedEngine, workflow: Workflow, key:
                 started_at=rel(a.started_at), finished_at=rel(a.finished_at)))
         outcome.attempts.sort(key=lambda a: a.attempt)
         result.steps.append(outcome)
-    del span
 
 
 def _show(value: Any) -> str:

@@ -101,6 +101,20 @@ def load_workflow(scenario: Scenario) -> Workflow:
     return load_file(scenario.workflow)
 
 
+def check_stubs(scenario: Scenario, workflow: Workflow) -> None:
+    """ScenarioError when a stub or a fault names a step the workflow does not have, or a stub
+    exceeds a timeout the step does not declare."""
+    named = set(scenario.stubs) | {f.step for f in scenario.faults if f.step}
+    unknown = sorted(named - set(workflow.steps))
+    if unknown:
+        raise ScenarioError(scenario.source, scenario.line, f"the scenario names unknown step {unknown[0]!r} "
+                            f"(the workflow's steps: {', '.join(workflow.steps)})")
+    for name, stub in scenario.stubs.items():
+        if stub.timeout and not workflow.steps[name].timeout:
+            raise ScenarioError(scenario.source, scenario.line, f"the stub of step {name!r} exceeds its "
+                                "timeout, but the step declares no timeout")
+
+
 def run_case(scenario: Scenario, case_id: str, case: Case, workdir: Path) -> CaseResult:
     result = CaseResult(id=case_id, scenario=scenario.name, case=case.name, source=scenario.source,
                         line=scenario.line, mode="embedded", tags=list(scenario.tags))
@@ -114,14 +128,7 @@ def run_case(scenario: Scenario, case_id: str, case: Case, workdir: Path) -> Cas
         shutil.copyfile(migrated_template(workdir), db_path)
         workflow = load_workflow(scenario)
         result.workflow = workflow.name
-        unknown = sorted(set(scenario.stubs) - set(workflow.steps))
-        if unknown:
-            raise ScenarioError(scenario.source, scenario.line, f"stub for unknown step {unknown[0]!r} "
-                                f"(the workflow's steps: {', '.join(workflow.steps)})")
-        for name, stub in scenario.stubs.items():
-            if stub.timeout and not workflow.steps[name].timeout:
-                raise ScenarioError(scenario.source, scenario.line, f"the stub of step {name!r} exceeds its "
-                                    "timeout, but the step declares no timeout")
+        check_stubs(scenario, workflow)
         pools = sorted({s.queue for s in workflow.steps.values() if s.queue})
         holder: dict[str, Harness] = {}
         registry, workflow = build_registry(scenario, workflow, global_registry, clock,
@@ -136,7 +143,7 @@ def run_case(scenario: Scenario, case_id: str, case: Case, workdir: Path) -> Cas
         key = None if timer is not None else engine.submit(workflow.name, case.params, version=version)
         Driver(engine, harness, clock, scenario, key, timer).drive(began)
         result.faults = list(harness.applied)
-        collect(result, engine, workflow, key, scenario, clock.now() - scenario.start_at)
+        collect(result, engine.db, workflow, scenario, key=key)
         result.checks = evaluate_checks(case.expect, result)
         result.outcome = FAILED if result.failed_checks else PASSED
     except ScenarioError as exc:

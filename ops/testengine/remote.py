@@ -1,0 +1,85 @@
+"""The scenario task for real executors (`miniflow test --against`): load it with
+``--steps miniflow.ops.testengine.remote`` and the executor can run a scenario's stubs and faults.
+
+The engine deploys a copy of the scenario's workflow in which each stubbed step, and each step with
+an executor fault, runs the task ``miniflow.scenario``; what that task does is in the step's config
+under ``__scenario__`` (the stub as plain data, the real task to call, the attempts after which the
+executor dies). Nothing else about the executor changes: the message path, signing, retries,
+timeouts and the isolation of redelivered steps are those of production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any
+
+from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from miniflow.actors.registry import StepContext, registry, step
+from miniflow.protocol.errors import ConfigError, StepFailed
+
+from .model import Stub
+from .stubs import stub_output
+
+TASK = "miniflow.scenario"
+CONFIG_KEY = "__scenario__"
+TICK_S = 0.05  # stub sleeps are cut in ticks, so that a step timeout (an async exception) lands
+PARENT = os.getpid()  # the executor; a redelivered step runs in a forked child of it
+
+
+def spec_for(stub: Stub | None, real: str | None, killed: set[int], timeout_s: float | None) -> dict[str, Any]:
+    """What goes in the step's config for :func:`scenario_task` (plain data: it travels in messages)."""
+    data: dict[str, Any] = {"real": real, "killed": sorted(killed), "timeout_s": timeout_s, "stub": None}
+    if stub is not None:
+        data["stub"] = {"output": stub.output, "expr": stub.expr, "fail_attempts": stub.fail_attempts,
+                        "error_type": stub.error_type, "error": stub.error, "duration_s": stub.duration_s,
+                        "timeout": stub.timeout, "crash": stub.crash}
+    return data
+
+
+def _sleep(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(TICK_S, left))
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@step(TASK)
+def scenario_task(ctx: StepContext) -> Any:
+    spec = ctx.config.get(CONFIG_KEY)
+    if not isinstance(spec, dict):
+        raise StepFailed(f"task {TASK} needs the step config key {CONFIG_KEY} (it is deployed by `miniflow test`)",
+                         "ScenarioConfigError")
+    message = CurrentMessage.get_current_message()
+    redelivered = bool(getattr(message, "redelivered", False)) or os.getpid() != PARENT
+    stub = Stub(**spec["stub"]) if spec.get("stub") else None
+    if stub is not None and stub.crash:
+        _die()  # the poison step: it kills whatever runs it (the executor, then its isolated child)
+    if stub is not None:
+        if stub.timeout:
+            _sleep(2 * (spec.get("timeout_s") or 0) + 5)  # the executor's time limit interrupts this
+            raise TimeLimitExceeded()
+        _sleep(stub.duration_s)
+        if ctx.attempt <= stub.fail_attempts:
+            raise StepFailed(f"{stub.error_type}: {stub.error}", stub.error_type)
+        output = stub_output(stub, ctx)
+    else:
+        output = _real(spec.get("real"), ctx)
+    if ctx.attempt in spec.get("killed", ()) and not redelivered:
+        _die()  # the executor dies after the body, before its result is sent
+    return output
+
+
+def _real(task: Any, ctx: StepContext) -> Any:
+    if not isinstance(task, str) or task not in registry:
+        raise ConfigError(f"the scenario's real task {task!r} is not registered on this executor "
+                          "(start it with the scenario's --steps modules)")
+    config = {k: v for k, v in ctx.config.items() if k != CONFIG_KEY}
+    return registry.get(task)(dataclasses.replace(ctx, config=config))
