@@ -24,6 +24,10 @@ from .errors import BrokerUnavailable
 from .messages import CancelRun, RetryRun, StartWorkflow
 from .names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, QueueNames
 
+# A connection that is gone (not a refusal): worth one more try on a new connection.
+LOST_CONNECTION = (pika.exceptions.StreamLostError, pika.exceptions.ConnectionClosed,
+                   pika.exceptions.ConnectionWrongStateError, pika.exceptions.ChannelWrongStateError)
+
 
 class Publisher:
     """Publishes start/cancel messages to a namespace's ingress queue with confirms. Every failure
@@ -77,23 +81,41 @@ class Publisher:
         """Publish one message to the ingress queue; returns its message id once confirmed."""
         body = envelope(self.names.ingress, actor_name, payload, message_id=message_id, options=options)
         packed = pack(body)
-        channel = self._open()
+        headers = self.key.headers(packed) if self.key else None
         try:
-            channel.basic_publish(
-                exchange=self.names.ingress,  # the ingress exchange: a producer's broker user may write only there
-                routing_key=self.names.ingress,
-                body=packed,
-                properties=pika.BasicProperties(delivery_mode=2, priority=priority or None,
-                                                content_type="application/x-msgpack",
-                                                headers=self.key.headers(packed) if self.key else None),
-                mandatory=True,
-            )
+            self._send(packed, headers, priority)
+        except LOST_CONNECTION:
+            # The connection died since the last publish (a broker restart, an idle cut): one more
+            # try on a new one. The same body (the same message id and idempotency key) twice is one
+            # start, cancel or retry, so a publish that did arrive unconfirmed changes nothing.
+            self.close()
+            self._publish_again(body, packed, headers, priority)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
             raise BrokerUnavailable(f"broker refused message {body['message_id']}: {type(exc).__name__}") from exc
         except pika.exceptions.AMQPError as exc:
             self.close()
             raise BrokerUnavailable(f"publish of {body['message_id']} not confirmed: {type(exc).__name__}") from exc
         return str(body["message_id"])
+
+    def _publish_again(self, body: dict[str, Any], packed: bytes, headers: dict[str, Any] | None,
+                       priority: int) -> None:
+        try:
+            self._send(packed, headers, priority)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            raise BrokerUnavailable(f"broker refused message {body['message_id']}: {type(exc).__name__}") from exc
+        except pika.exceptions.AMQPError as exc:
+            self.close()
+            raise BrokerUnavailable(f"publish of {body['message_id']} not confirmed: {type(exc).__name__}") from exc
+
+    def _send(self, packed: bytes, headers: dict[str, Any] | None, priority: int) -> None:
+        self._open().basic_publish(
+            exchange=self.names.ingress,  # the ingress exchange: a producer's broker user may write only there
+            routing_key=self.names.ingress,
+            body=packed,
+            properties=pika.BasicProperties(delivery_mode=2, priority=priority or None,
+                                            content_type="application/x-msgpack", headers=headers),
+            mandatory=True,
+        )
 
     def start_workflow(self, workflow: str, *, params: dict[str, Any] | None = None,
                        version: int | None = None, idempotency_key: str | None = None,

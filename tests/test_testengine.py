@@ -162,6 +162,7 @@ def test_a_scenario_file_with_an_unknown_key_names_its_file_and_line(workflow_fi
     ("faults:\n  - {name: meteor}\n", 6, "known name"),
     ("stubs:\n  a: {output: 1, expr: 'open(1)'}\n", 6, "only these functions"),
     ("expect:\n  order: [a then b]\n", 6, "a < b"),
+    ("faults:\n  - {name: broker_restart}\n", 6, "needs 'step'"),
 ])
 def test_invalid_parts_are_refused_with_their_line(workflow_file: Path, bad: str, line: int, words: str) -> None:
     text = SCENARIO_FILE.split("cases:")[0].replace("expect:\n  status: succeeded\n", "") + bad

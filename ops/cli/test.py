@@ -22,12 +22,13 @@ from miniflow.coordinator import load_file as load_workflow_file
 from miniflow.protocol.errors import ConfigError
 
 from ..testengine import junit, report
-from ..testengine.against import Item, Progress, StartedWorkers, deployed_cluster, run_against
+from ..testengine.against import Item, Progress, deployed_cluster, run_against
 from ..testengine.html import write_html
 from ..testengine.loader import discover, load_file
 from ..testengine.model import Scenario, ScenarioError
 from ..testengine.results import PASSED, SKIPPED, CaseResult, SuiteResult
 from ..testengine.runner import run_scenarios, select
+from ..testengine.workers import PrivateServices, StartedWorkers
 from .common import console, err
 
 MARKS = {PASSED: ("PASS", "green"), SKIPPED: ("SKIP", "yellow")}
@@ -49,14 +50,18 @@ MARKS = {PASSED: ("PASS", "green"), SKIPPED: ("SKIP", "yellow")}
               "MINIFLOW_DATABASE_URL), in real time, on workers started in a namespace and database of their own.")
 @click.option("--cluster", is_flag=True, help="With --against: on the running cluster of MINIFLOW_NAMESPACE instead "
               "(faults that need process control are skipped).")
+@click.option("--private-services", is_flag=True, help="With --against: on a RabbitMQ and a Postgres the engine "
+              "starts for the run (from the installed servers, or containers), which the restart faults restart.")
 def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str | None, fail_fast: bool,
          junit_path: str | None, html_path: str | None, json_path: str | None, collect_only: bool,
-         verbose: bool, against: bool, cluster: bool) -> None:
+         verbose: bool, against: bool, cluster: bool, private_services: bool) -> None:
     """Run the workflow scenarios in PATHS (files, or folders holding *.scenario.yaml) embedded: one
     process, in-memory broker, SQLite, and a virtual clock, so backoffs and cron ticks take no time.
     With --against, on real services instead (see docs/testing.md)."""
-    if cluster and not against:
-        raise click.UsageError("--cluster goes with --against")
+    if (cluster or private_services) and not against:
+        raise click.UsageError("--cluster and --private-services go with --against")
+    if cluster and private_services:
+        raise click.UsageError("--private-services starts workers of its own: it does not go with --cluster")
     scenarios = _load(paths)
     items = select(scenarios, tags=tags, keyword=keyword)
     if collect_only:
@@ -72,7 +77,7 @@ def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str 
         logging.getLogger("dramatiq").setLevel(logging.CRITICAL)
     progress = _progress(console.is_terminal)
     if against:
-        suite = _against(items, jobs, fail_fast, progress, cluster)
+        suite = _against(items, jobs, fail_fast, progress, cluster, private_services)
     else:
         suite = run_scenarios(scenarios, jobs=jobs, fail_fast=fail_fast, progress=progress, items=items)
     report.summary(suite, console)
@@ -80,7 +85,8 @@ def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str 
     sys.exit(suite.exit_code)
 
 
-def _against(items: list[Item], jobs: int, fail_fast: bool, progress: Progress, cluster: bool) -> SuiteResult:
+def _against(items: list[Item], jobs: int, fail_fast: bool, progress: Progress, cluster: bool,
+             private: bool) -> SuiteResult:
     try:
         if cluster:
             target = deployed_cluster(os.environ)
@@ -88,16 +94,22 @@ def _against(items: list[Item], jobs: int, fail_fast: bool, progress: Progress, 
                 return run_against(items, target, jobs=jobs, fail_fast=fail_fast, progress=progress)
             finally:
                 target.close()
-        with tempfile.TemporaryDirectory(prefix="miniflow-against-") as workdir:
-            began = time.monotonic()
-            workers = StartedWorkers(os.environ, Path(workdir), steps=_modules(items), pools=_pools(items),
-                                     threads=max(8, 4 * jobs))
-            target = workers.start()
-            err.print(Text(f"workers ready in namespace {workers.namespace} ({time.monotonic() - began:.1f}s)"))
-            try:
-                return run_against(items, target, jobs=jobs, fail_fast=fail_fast, progress=progress)
-            finally:
-                workers.close()
+        began = time.monotonic()
+        services = PrivateServices() if private else None
+        try:
+            with tempfile.TemporaryDirectory(prefix="miniflow-against-") as workdir:
+                workers = StartedWorkers(os.environ, Path(workdir), steps=_modules(items), pools=_pools(items),
+                                         threads=max(8, 4 * jobs), services=services)
+                target = workers.start()
+                err.print(Text(f"workers ready in namespace {workers.namespace}"
+                               f"{' on private services' if private else ''} ({time.monotonic() - began:.1f}s)"))
+                try:
+                    return run_against(items, target, jobs=jobs, fail_fast=fail_fast, progress=progress)
+                finally:
+                    workers.close()
+        finally:
+            if services is not None:
+                services.close()
     except ConfigError as exc:
         err.print(Text(f"cannot run --against: {exc}"))
         sys.exit(2)

@@ -17,44 +17,53 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from miniflow.coordinator import Workflow, load_file
 from miniflow.coordinator.catalog import Catalog
-from miniflow.persistence import Database
+from miniflow.persistence import Database, StepRow
 from miniflow.persistence import repository as repo
-from miniflow.persistence.sealing import new_key_line
-from miniflow.protocol.errors import ConfigError
-from miniflow.protocol.names import QueueNames
+from miniflow.protocol.errors import ConfigError, DatabaseUnavailable
 from miniflow.protocol.states import RUN_TERMINAL
 
 from ..client import Client
-from ..processes import BIN, WorkerProcess
 from .checks import collect, evaluate_checks
 from .embedded import check_stubs
-from .model import Case, Scenario, ScenarioError
-from .remote import CONFIG_KEY, TASK, spec_for
+from .model import Case, Fault, Scenario, ScenarioError, Stub
 from .results import ERROR, FAILED, PASSED, SKIPPED, CaseResult, SuiteResult
+
+if TYPE_CHECKING:
+    from .workers import PrivateServices
 
 Item = tuple[Scenario, str, Case]
 Progress = Callable[[CaseResult, int, int], None]
 PROCESS_FAULTS = {"executor_killed"}
 EMBEDDED_FAULTS = {"duplicate_step": "a duplicate delivery is made by the embedded broker (run it embedded)",
                    "duplicate_result": "a duplicate delivery is made by the embedded broker (run it embedded)"}
-# The settings a started namespace sets itself (the rest, such as TLS options, pass through).
-OWN_SETTINGS = {"MINIFLOW_NAMESPACE", "MINIFLOW_DATABASE_URL", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
-                "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE", "MINIFLOW_METRICS_PORT",
-                "MINIFLOW_API_URL"}
+
+
+# The task of remote.py (loaded on executors only with `--steps miniflow.ops.testengine.remote`,
+# never by importing this module) and where its step config lives.
+TASK = "miniflow.scenario"
+CONFIG_KEY = "__scenario__"
+
+
+def spec_for(stub: Stub | None, real: str | None, killed: set[int], timeout_s: float | None) -> dict[str, Any]:
+    """What goes in the step's config for remote.py's task (plain data: it travels in messages)."""
+    data: dict[str, Any] = {"real": real, "killed": sorted(killed), "timeout_s": timeout_s, "stub": None}
+    if stub is not None:
+        data["stub"] = {"output": stub.output, "expr": stub.expr, "fail_attempts": stub.fail_attempts,
+                        "error_type": stub.error_type, "error": stub.error, "duration_s": stub.duration_s,
+                        "timeout": stub.timeout, "crash": stub.crash}
+    return data
 
 
 @dataclasses.dataclass
@@ -66,7 +75,8 @@ class Target:
     database_url: str
     mode: str
     managed: bool
-    restarts: list[str] = dataclasses.field(default_factory=list)
+    restarts: list[str] = dataclasses.field(default_factory=list)  # what the executor watch did
+    services: PrivateServices | None = None  # the engine's own RabbitMQ and Postgres (restart faults)
 
     def __post_init__(self) -> None:
         self.db = Database(self.database_url)
@@ -86,6 +96,9 @@ def skip_reason(scenario: Scenario, target: Target) -> str | None:
     for fault in scenario.faults:
         if fault.name in EMBEDDED_FAULTS:
             return f"fault {fault.name}: {EMBEDDED_FAULTS[fault.name]}"
+    if scenario.restarts and target.services is None:
+        return f"fault {scenario.restarts[0].name}: the engine restarts only services it started (run it with " \
+               "--against --private-services)"
     if not target.managed:
         if any(f.name in PROCESS_FAULTS for f in scenario.faults) or any(s.crash for s in scenario.stubs.values()):
             return "needs process control over the executors, and a deployed cluster's are not the engine's " \
@@ -140,8 +153,9 @@ def run_case_against(target: Target, scenario: Scenario, case_id: str, case: Cas
             version, _ = Catalog().deploy(conn, copy, str(scenario.workflow))
             letters = repo.list_dead_letters(conn, limit=1)
         restarts = len(target.restarts)
-        run_id = _drive(target, scenario, copy.name, version, case, began)
-        result.faults = target.restarts[restarts:]
+        notes: list[str] = []
+        run_id = _Drive(target, scenario, notes)(copy.name, version, case, began)
+        result.faults = notes + target.restarts[restarts:]
         collect(result, target.db, copy, scenario, run_id=run_id,
                 letters_after=(letters[0].id or 0) if letters else 0)
         result.checks = evaluate_checks(case.expect, result)
@@ -154,30 +168,86 @@ def run_case_against(target: Target, scenario: Scenario, case_id: str, case: Cas
     return result
 
 
-def _drive(target: Target, scenario: Scenario, workflow: str, version: int, case: Case, began: float) -> str:
-    """Start the run, cancel it when the scenario says so, and wait for its end; its id."""
-    handle = target.client.start(workflow, case.params, version=version, key=f"scenario:{uuid.uuid4()}")
-    run_id: str | None = None
-    cancelled = False
-    while True:
-        with target.db.connect() as conn:
-            run_id = run_id or repo.run_id_for_key(conn, handle.idempotency_key)
-            run = repo.get_run(conn, run_id) if run_id else None
-            steps = repo.get_steps(conn, run_id) if run_id else {}
-        if run is not None and run.status in RUN_TERMINAL:
-            return run.id
-        after = scenario.cancel_after_step
+class _Drive:
+    """Starts the run, acts on it (a cancel, service restarts) at the scenario's points, and waits
+    for its end."""
+
+    def __init__(self, target: Target, scenario: Scenario, notes: list[str]) -> None:
+        self.target, self.scenario, self.notes = target, scenario, notes
+        self.pending: list[Fault] = list(scenario.restarts)
+        self.cancelled = scenario.cancel_after_step is None
+        self.run_id: str | None = None
+        self.started = 0.0
+
+    def __call__(self, workflow: str, version: int, case: Case, began: float) -> str:
+        handle = self.target.client.start(workflow, case.params, version=version, key=f"scenario:{uuid.uuid4()}")
+        self.started = time.monotonic()
+        run: Any = None
+        steps: dict[str, StepRow] = {}
+        while True:
+            try:
+                run, steps = self._read(handle.idempotency_key)
+            except (DBAPIError, DatabaseUnavailable):  # the database is restarting: read again
+                pass
+            if run is not None and run.status in RUN_TERMINAL:
+                if self.pending:
+                    raise ScenarioError(self.scenario.source, self.pending[0].line or self.scenario.line,
+                                        f"the run ended before fault {self._point(self.pending[0])} (a step needs to "
+                                        "run for a moment to be seen running: give its stub a duration)")
+                return str(run.id)
+            if run is not None:
+                self._act(run.id, steps)
+            if time.monotonic() - began > self.scenario.timeout_s:
+                waiting = [f"{n}: {r.note}" for n, r in steps.items() if r.note]
+                raise ScenarioError(self.scenario.source, self.scenario.line, f"the run did not end within "
+                                    f"{self.scenario.timeout_s:g}s (it is "
+                                    f"{run.status if run else 'not created: is a coordinator running?'})"
+                                    + (f"; waiting: {'; '.join(waiting)}" if waiting else ""))
+            time.sleep(0.02)
+
+    def _read(self, key: str) -> tuple[Any, dict[str, StepRow]]:
+        with self.target.db.connect() as conn:
+            self.run_id = self.run_id or repo.run_id_for_key(conn, key)
+            if self.run_id is None:
+                return None, {}
+            return repo.get_run(conn, self.run_id), repo.get_steps(conn, self.run_id)
+
+    def _act(self, run_id: str, steps: dict[str, StepRow]) -> None:
+        after = self.scenario.cancel_after_step
         row = steps.get(after) if after else None
-        if run is not None and row is not None and not cancelled and (row.running or row.attempt > 1
-                                                                      or row.status not in ("pending", "queued")):
-            target.client.cancel(run.id, "cancelled by the scenario")
-            cancelled = True
-        if time.monotonic() - began > scenario.timeout_s:
-            waiting = [f"{n}: {r.note}" for n, r in steps.items() if r.note]
-            raise ScenarioError(scenario.source, scenario.line, f"the run did not end within {scenario.timeout_s:g}s"
-                                f" (it is {run.status if run else 'not created: is a coordinator running?'})"
-                                + (f"; waiting: {'; '.join(waiting)}" if waiting else ""))
-        time.sleep(0.02)
+        if not self.cancelled and row is not None and (row.running or row.attempt > 1
+                                                       or row.status not in ("pending", "queued")):
+            self.target.client.cancel(run_id, "cancelled by the scenario")
+            self.cancelled = True
+        for fault in [f for f in self.pending if self._due(f, steps)]:
+            self.pending.remove(fault)
+            self._restart(fault)
+
+    def _due(self, fault: Fault, steps: dict[str, StepRow]) -> bool:
+        if fault.step is None:
+            return time.monotonic() - self.started >= (fault.at_s or 0)
+        row = steps.get(fault.step)
+        return row is not None and row.running and row.attempt == (fault.attempt or 1)
+
+    @staticmethod
+    def _point(fault: Fault) -> str:
+        if fault.step is None:
+            return f"{fault.name} at {fault.at_s:g}s"
+        return f"{fault.name} while step {fault.step} attempt {fault.attempt or 1} runs"
+
+    def _restart(self, fault: Fault) -> None:
+        services = self.target.services
+        assert services is not None and services.broker is not None and services.database is not None
+        began = time.monotonic()
+        if fault.name == "broker_restart":
+            services.broker.stop_app()
+            time.sleep(fault.for_s or 0)  # the outage the scenario asks for
+            services.broker.start_app()
+        else:
+            services.database.stop()
+            time.sleep(fault.for_s or 0)
+            services.database.start()
+        self.notes.append(f"{self._point(fault)}: done, down {time.monotonic() - began:.1f}s")
 
 
 def run_against(items: list[Item], target: Target, *, jobs: int = 1, fail_fast: bool = False,
@@ -210,14 +280,7 @@ def run_against(items: list[Item], target: Target, *, jobs: int = 1, fail_fast: 
     return SuiteResult([r for r in results if r is not None], time.monotonic() - began, target.mode)
 
 
-def deployed_cluster(environ: Mapping[str, str]) -> Target:
-    """The cluster MINIFLOW_BROKER_URL, MINIFLOW_DATABASE_URL and MINIFLOW_NAMESPACE name."""
-    env = dict(environ)
-    _require(env)
-    return Target(env, env["MINIFLOW_DATABASE_URL"], "cluster", managed=False)
-
-
-def _require(env: Mapping[str, str]) -> None:
+def require_services(env: Mapping[str, str]) -> None:
     if not env.get("MINIFLOW_BROKER_URL"):
         raise ConfigError("--against needs MINIFLOW_BROKER_URL (the RabbitMQ to run the scenarios on)")
     url = env.get("MINIFLOW_DATABASE_URL") or ""
@@ -225,113 +288,8 @@ def _require(env: Mapping[str, str]) -> None:
         raise ConfigError("--against needs MINIFLOW_DATABASE_URL of a Postgres server (postgresql://...)")
 
 
-class StartedWorkers:
-    """A namespace and a database of the engine's own, with a coordinator and an executor process.
-    The executor is restarted when it dies (a scenario's fault or poison step kills it)."""
-
-    def __init__(self, environ: Mapping[str, str], workdir: Path, *, steps: list[str], pools: list[str],
-                 threads: int = 8) -> None:
-        _require(environ)
-        self.workdir, self.steps, self.pools, self.threads = workdir, steps, pools, threads
-        suffix = uuid.uuid4().hex[:8]
-        self.namespace, self.dbname = f"mfscn_{suffix}", f"miniflow_scenarios_{suffix}"
-        admin = make_url(environ["MINIFLOW_DATABASE_URL"])
-        self.admin_url = admin.render_as_string(hide_password=False)
-        self.database_url = admin.set(database=self.dbname).render_as_string(hide_password=False)
-        base = {k: v for k, v in environ.items() if k not in OWN_SETTINGS}
-        pythonpath = os.pathsep.join(p for p in (os.getcwd(), environ.get("PYTHONPATH", "")) if p)
-        self.env = dict(base, MINIFLOW_NAMESPACE=self.namespace, MINIFLOW_DATABASE_URL=self.database_url,
-                        MINIFLOW_DATA_KEY=new_key_line("scenarios"), PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
-        self.executor_env: dict[str, str] = {}
-        self.coordinator: WorkerProcess | None = None
-        self.executor: WorkerProcess | None = None
-        self.target: Target | None = None
-        self._closing = threading.Event()
-        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="scenario-executor-watch")
-        self._created = False
-
-    def start(self) -> Target:
-        try:
-            self._database("CREATE DATABASE")
-            self._created = True
-            self._provision()
-            self.coordinator = WorkerProcess(self.env, ["--role", "coordinator", "--role", "results", "--threads",
-                                                        "8"], self.workdir / "coordinator.log", cwd=os.getcwd())
-            self.executor = self._executor()
-            self.coordinator.wait_ready()
-            self.executor.wait_ready()
-        except BaseException:
-            self.close()
-            raise
-        self.target = Target(self.env, self.database_url, "against", managed=True)
-        self._supervisor.start()
-        return self.target
-
-    def _database(self, verb: str) -> None:
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                suffix = " WITH (FORCE)" if verb.startswith("DROP") else ""
-                conn.execute(text(f'{verb} "{self.dbname}"{suffix}'))
-        except Exception as exc:  # noqa: BLE001 - say what it needs, without the URL (it may hold a password)
-            raise ConfigError(f"--against could not {verb.lower()} {self.dbname} on the configured Postgres "
-                              f"(the user needs CREATEDB): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-        finally:
-            engine.dispose()
-
-    def _miniflow(self, *args: str) -> str:
-        done = subprocess.run([str(BIN / "miniflow"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=120, check=False)
-        if done.returncode != 0:
-            raise ConfigError(f"`miniflow {' '.join(args)}` failed for the scenario namespace: {done.stderr[-2000:]}")
-        return done.stdout
-
-    def _provision(self) -> None:
-        """Schema, a core signing key, and keys for the executor and the engine (an operator)."""
-        self._miniflow("db", "upgrade")
-        public = json.loads(self._miniflow("keys", "core", "init", "--json"))["core_public_keys"]
-        tokens = {role: json.loads(self._miniflow("keys", "create", "--name", f"scenarios-{role}", "--role", role,
-                                                  "--json"))["token"] for role in ("executor", "operator")}
-        self.env.update(MINIFLOW_KEY=tokens["operator"], MINIFLOW_CORE_PUBLIC_KEYS=public)
-        self.executor_env = dict(self.env, MINIFLOW_KEY=tokens["executor"])
-
-    def _executor(self) -> WorkerProcess:
-        args = ["--role", "executor", "--threads", str(self.threads), "--report-running-after", "0.05"]
-        for module in ["miniflow.ops.testengine.remote", *self.steps]:
-            args += ["--steps", module]
-        for pool in self.pools:
-            args += ["--queue", pool]
-        log = self.workdir / f"executor-{len(self.target.restarts) if self.target else 0}.log"
-        return WorkerProcess(self.executor_env, args, log, cwd=os.getcwd())
-
-    def _supervise(self) -> None:
-        while not self._closing.wait(0.05):
-            current = self.executor
-            if current is None or current.proc.poll() is None:
-                continue
-            assert self.target is not None
-            code = current.proc.returncode
-            self.target.restarts.append(f"executor exited ({'killed' if code == -9 else f'code {code}'}): restarted")
-            self.executor = self._executor()
-            try:
-                self.executor.wait_ready()
-            except AssertionError as exc:  # tried again on the next pass; the cases waiting on it time out
-                self.target.restarts.append(f"executor did not restart: {str(exc)[:300]}")
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._supervisor.is_alive():
-            self._supervisor.join(timeout=90)
-        if self.executor is not None:
-            self.executor.kill()  # the engine's own: a step it still runs (a cancelled one) is not waited for
-        if self.coordinator is not None:
-            self.coordinator.stop()
-        if self.target is not None:
-            self.target.close()
-        try:
-            from miniflow.actors.broker import delete_topology
-
-            delete_topology(self.env["MINIFLOW_BROKER_URL"], QueueNames(self.namespace), self.pools)
-        finally:
-            if self._created:
-                self._database("DROP DATABASE IF EXISTS")
+def deployed_cluster(environ: Mapping[str, str]) -> Target:
+    """The cluster MINIFLOW_BROKER_URL, MINIFLOW_DATABASE_URL and MINIFLOW_NAMESPACE name."""
+    env = dict(environ)
+    require_services(env)
+    return Target(env, env["MINIFLOW_DATABASE_URL"], "cluster", managed=False)

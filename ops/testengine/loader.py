@@ -10,6 +10,7 @@ from typing import Any
 from .model import (
     EXPECT_KEYS,
     FAULTS,
+    RESTART_FAULTS,
     SCENARIO_KEYS,
     STEP_EXPECT_KEYS,
     STUB_KEYS,
@@ -217,6 +218,8 @@ def _fault(raw: Any) -> Fault:
         raise ValueError("fault timer_down needs 'at' and 'for'")
     if fault.name == "clock_moved" and (fault.at_s is None or fault.by_s is None):
         raise ValueError("fault clock_moved needs 'at' and 'by' (forward only)")
+    if fault.name in RESTART_FAULTS and not fault.step and fault.at_s is None:
+        raise ValueError(f"fault {fault.name} needs 'step' (it restarts while that step runs) or 'at'")
     return fault
 
 

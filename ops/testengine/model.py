@@ -38,7 +38,12 @@ STUB_KEYS = {"output", "expr", "fail_attempts", "error_type", "error", "duration
 FAULTS = {"duplicate_step": "a step message delivered twice", "duplicate_result": "a result delivered twice",
           "executor_killed": "the executor dies after the step's body, before its result is sent",
           "timer_down": "the timer is down from `at` for `for` (cron scenarios)",
-          "clock_moved": "the clock jumps forward by `by` at `at`"}
+          "clock_moved": "the clock jumps forward by `by` at `at`",
+          "broker_restart": "RabbitMQ restarts (down for `for`) while `step` runs, or `at` after the start "
+                            "(--against --private-services)",
+          "database_restart": "Postgres restarts (down for `for`) while `step` runs, or `at` after the start "
+                              "(--against --private-services)"}
+RESTART_FAULTS = ("broker_restart", "database_restart")
 STEP_EXPECT_KEYS = {"status", "attempts", "output", "match", "error", "max_duration", "min_duration"}
 EXPECT_KEYS = {"status", "error", "steps", "order", "max_duration", "min_duration", "dead_letters", "ledger", "runs"}
 SCENARIO_KEYS = {"scenario", "workflow", "steps", "params", "tags", "stubs", "faults", "expect", "cases",
@@ -78,7 +83,7 @@ class Fault:
     name: str
     step: str | None = None
     attempt: int | None = None
-    at_s: float | None = None  # seconds after the scenario's start (virtual)
+    at_s: float | None = None  # seconds after the scenario's start (virtual; real for a restart)
     for_s: float | None = None
     by_s: float | None = None
     line: int = 0
@@ -140,6 +145,10 @@ class Scenario:
         if not self.cases:
             return [(base, Case(None, dict(self.params), self.expect))]
         return [(f"{base}[{c.name}]", c) for c in self.cases]
+
+    @property
+    def restarts(self) -> list[Fault]:
+        return [f for f in self.faults if f.name in RESTART_FAULTS]
 
     @property
     def virtual_only(self) -> str | None:

@@ -22,23 +22,12 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from miniflow.actors.registry import StepContext, registry, step
 from miniflow.protocol.errors import ConfigError, StepFailed
 
+from .against import CONFIG_KEY, TASK
 from .model import Stub
 from .stubs import stub_output
 
-TASK = "miniflow.scenario"
-CONFIG_KEY = "__scenario__"
 TICK_S = 0.05  # stub sleeps are cut in ticks, so that a step timeout (an async exception) lands
 PARENT = os.getpid()  # the executor; a redelivered step runs in a forked child of it
-
-
-def spec_for(stub: Stub | None, real: str | None, killed: set[int], timeout_s: float | None) -> dict[str, Any]:
-    """What goes in the step's config for :func:`scenario_task` (plain data: it travels in messages)."""
-    data: dict[str, Any] = {"real": real, "killed": sorted(killed), "timeout_s": timeout_s, "stub": None}
-    if stub is not None:
-        data["stub"] = {"output": stub.output, "expr": stub.expr, "fail_attempts": stub.fail_attempts,
-                        "error_type": stub.error_type, "error": stub.error, "duration_s": stub.duration_s,
-                        "timeout": stub.timeout, "crash": stub.crash}
-    return data
 
 
 def _sleep(seconds: float) -> None:

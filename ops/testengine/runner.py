@@ -42,6 +42,9 @@ def _skipped(scenario: Scenario, case_id: str, case: Case, mode: str, reason: st
 
 def _run_one(item: Item, workdir: Path) -> CaseResult:
     scenario, case_id, case = item
+    if scenario.restarts:
+        return _skipped(scenario, case_id, case, "embedded", f"fault {scenario.restarts[0].name} restarts a real "
+                        "service: run it with --against --private-services")
     try:
         import_steps(scenario.steps_modules)
     except Exception as exc:  # noqa: BLE001 - ConfigError: a case that cannot start is an error of its own
