@@ -93,3 +93,23 @@ def test_a_database_outage_logs_a_bounded_number_of_lines(quiet_space, private_s
             == [(0,)]
     finally:
         worker.stop()
+
+
+def test_a_client_whose_connection_a_broker_restart_cut_publishes_its_next_start_on_a_new_one(
+        quiet_space, private_services, tmp_path: Path):
+    from miniflow.ops.client import Client
+
+    broker: Broker = private_services[0]
+    worker = WorkerProcess(quiet_space, ALL_ROLES, tmp_path / "worker.log")
+    client = Client.from_env(quiet_space)
+    try:
+        worker.wait_ready()
+        first = client.start("diamond", {"x": 1})
+        broker.stop_app()
+        broker.start_app()
+        second = client.start("diamond", {"x": 2})  # on the connection the restart cut: no error, a new one
+        for handle in (first, second):
+            assert handle.wait(timeout=120).status == "succeeded"
+    finally:
+        client.close()
+        worker.stop()
