@@ -37,6 +37,7 @@ import psycopg2
 
 from bench.api import api_figures
 from bench.harness import (
+    ADMIN_DSN,
     BROKER_URL,
     ROOT,
     Worker,
@@ -386,9 +387,12 @@ def main() -> int:
         print(f"ui: {results['ui']}", flush=True)
 
     if not args.skip_scenarios:
-        from bench.scenarios import scenario_figures
+        from bench.scenarios import against_figures, scenario_figures
         results["scenarios"] = scenario_figures()
         print(f"scenarios (embedded, examples/scenarios): {results['scenarios']}", flush=True)
+        results["scenarios_against"] = against_figures(BROKER_URL, ADMIN_DSN.replace("postgresql:",
+                                                                                     "postgresql+psycopg2:"))
+        print(f"scenarios (--against, examples/scenarios): {results['scenarios_against']}", flush=True)
 
     if not args.skip_cron:
         cron_out = Path(f"/tmp/{namespace}-cron.json")
