@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # where this environment's `miniflow` command is
@@ -20,12 +21,13 @@ class MiniflowProcess:
     COMMAND = "worker"
 
     def __init__(self, env: dict[str, str], args: list[str], log: Path, prefix: list[str] | None = None,
-                 cwd: Path | str | None = None) -> None:
+                 cwd: Path | str | None = None, preexec: Callable[[], None] | None = None) -> None:
         self.log_path = log
         self._log = log.open("w")
-        # prefix: run it through another command, e.g. `ip netns exec <ns>` for a node of its own
+        # prefix: run it through another command, e.g. `ip netns exec <ns>` for a node of its own;
+        # preexec: run in the child before the command (e.g. to die with its parent)
         self.proc = subprocess.Popen([*(prefix or []), str(BIN / "miniflow"), self.COMMAND, *args], cwd=cwd, env=env,
-                                     stdout=self._log, stderr=subprocess.PIPE, text=True)
+                                     stdout=self._log, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
         self.ready = threading.Event()
         self.lines: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()

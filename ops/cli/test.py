@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +87,14 @@ def test(paths: tuple[str, ...], jobs: int, tags: tuple[str, ...], keyword: str 
     sys.exit(suite.exit_code)
 
 
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")  # so that the workers, the namespace and the database are removed
+
+
 def _against(items: list[Item], jobs: int, fail_fast: bool, progress: Progress, cluster: bool,
              private: bool) -> SuiteResult:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)
     try:
         if cluster:
             target = deployed_cluster(os.environ)

@@ -57,7 +57,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = START_TI
         time.sleep(0.1)
 
 
-def _die_with_parent(user: str | None = None) -> Callable[[], None]:
+def die_with_parent(user: str | None = None) -> Callable[[], None]:
     """A preexec_fn: become ``user`` (when given), then ask the kernel for SIGTERM when we die."""
     def setup() -> None:
         if user is not None:
@@ -140,7 +140,7 @@ class PrivatePostgres:
         self.proc: subprocess.Popen[bytes] | None = None
         subprocess.run([str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
                         "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120,
-                       preexec_fn=_die_with_parent(self.user))
+                       preexec_fn=die_with_parent(self.user))
         self.options: list[str] = []
         if tls is not None:  # the server reads its key as the postgres user, and only if nobody else can
             for name, source in (("server.pem", tls.cert), ("server.key", tls.key)):
@@ -163,7 +163,7 @@ class PrivatePostgres:
             self.proc = _popen(
                 [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port), "-k", str(self.dir),
                  "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200", *self.options],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(self.user))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(self.user))
         wait_for(self._answers, f"the private Postgres on port {self.port}")
 
     def _answers(self) -> bool:
@@ -236,7 +236,7 @@ class PrivateRabbitMQ:
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         with (self.dir / "server.log").open("ab") as log:
             self.proc = _popen([server], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, f"the private RabbitMQ node {self.node}")
         if self.proc.poll() is not None:
             raise RuntimeError(f"the private RabbitMQ node exited: {(self.dir / 'server.log').read_text()[-2000:]}")

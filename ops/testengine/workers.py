@@ -21,7 +21,7 @@ from miniflow.protocol.names import QueueNames
 
 from ..processes import BIN, WorkerProcess
 from .against import Target, require_services
-from .services import Broker, Database, start_broker, start_database
+from .services import Broker, Database, die_with_parent, start_broker, start_database
 
 # The settings a started namespace sets itself (the rest, such as TLS options, pass through).
 OWN_SETTINGS = {"MINIFLOW_NAMESPACE", "MINIFLOW_DATABASE_URL", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
@@ -87,7 +87,8 @@ class StartedWorkers:
             self._created = True
             self._provision()
             self.coordinator = WorkerProcess(self.env, ["--role", "coordinator", "--role", "results", "--threads",
-                                                        "8"], self.workdir / "coordinator.log", cwd=os.getcwd())
+                                                        "8"], self.workdir / "coordinator.log", cwd=os.getcwd(),
+                                             preexec=die_with_parent())
             self.executor = self._executor()
             self.coordinator.wait_ready()
             self.executor.wait_ready()
@@ -133,7 +134,8 @@ class StartedWorkers:
         for pool in self.pools:
             args += ["--queue", pool]
         log = self.workdir / f"executor-{len(self.target.restarts) if self.target else 0}.log"
-        return WorkerProcess(self.executor_env, args, log, cwd=os.getcwd())
+        # die_with_parent: with the thread that started it, which lives until close()
+        return WorkerProcess(self.executor_env, args, log, cwd=os.getcwd(), preexec=die_with_parent())
 
     def _supervise(self) -> None:
         while not self._closing.wait(0.05):

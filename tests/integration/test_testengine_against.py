@@ -15,7 +15,7 @@ from typing import Any
 import pika
 import pytest
 
-from .conftest import ADMIN_DB_URL, BIN, BROKER_URL, ROOT, _base_env, query
+from .conftest import ADMIN_DB_URL, BIN, BROKER_URL, ROOT, _base_env, poll, query
 
 DATA = ROOT / "tests" / "data" / "scenarios"
 
@@ -135,3 +135,46 @@ def test_on_a_deployed_cluster_process_faults_are_skipped_and_a_missing_stub_tas
     assert "process control" in cases["an executor killed"]["reason"]
     missing = cases["a stub the cluster's executors cannot run"]
     assert missing["outcome"] == "error" and "miniflow.scenario" in missing["reason"], missing
+
+
+def processes_of(namespace: str) -> list[int]:
+    """Processes whose environment names this namespace."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"MINIFLOW_NAMESPACE={namespace}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_sigterm_mid_suite_removes_the_workers_the_namespace_and_the_database(services: None, tmp_path: Path) -> None:
+    (tmp_path / "slow.scenario.yaml").write_text(textwrap.dedent(f"""\
+        scenario: an hour-long step
+        workflow: {DATA / 'pair.yaml'}
+        steps: [examples.steps]
+        params: {{x: 1}}
+        timeout: 2h
+        stubs: {{a: {{duration: 1h, output: 1}}}}
+        """))
+    proc = subprocess.Popen([str(BIN / "miniflow"), "test", str(tmp_path), "--against"], cwd=ROOT,
+                            env=configured(services), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"workers ready in namespace (\w+)", line)
+        assert found, line
+        namespace = found.group(1)
+        poll(lambda: query(ADMIN_DB_URL.rsplit("/", 1)[0] + f"/miniflow_scenarios_{namespace[6:]}",
+                           "select count(*) from run_steps where running_attempt = 1") == [(1,)],
+             timeout=60, what="step a to be running")
+        assert len(processes_of(namespace)) >= 2  # the coordinator and the executor
+        proc.terminate()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=90) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_left_nothing(line + rest)
+    assert processes_of(namespace) == []
