@@ -16,6 +16,10 @@ import examples.steps  # noqa: E402,F401  (registers the example steps)
 import tests.steps_for_tests  # noqa: E402,F401  (registers the test steps)
 from miniflow.ops.embedded import EmbeddedEngine  # noqa: E402
 
+# tests/data holds scenario files the tests run with `miniflow test` (one fails on purpose, some need
+# private services): the pytest plugin is not to collect them as tests of their own.
+collect_ignore = ["data"]
+
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[EmbeddedEngine]:

@@ -1,7 +1,7 @@
 """`miniflow test --against`: scenario cases on the configured RabbitMQ and Postgres, in real time.
 
 Two targets:
-- :class:`StartedWorkers` (``--against``): the engine makes a namespace and a database of its own on
+- ``workers.StartedWorkers`` (``--against``): the engine makes a namespace and a database of its own on
   the configured services, provisions keys as an operator would, starts a coordinator process and an
   executor process (restarted whenever a fault kills it), and removes all of it at the end;
 - :func:`deployed_cluster` (``--against --cluster``): the cluster of MINIFLOW_NAMESPACE as it runs;
