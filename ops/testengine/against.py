@@ -35,10 +35,10 @@ from miniflow.protocol.errors import ConfigError, DatabaseUnavailable
 from miniflow.protocol.states import RUN_TERMINAL
 
 from ..client import Client
-from .checks import collect, evaluate_checks
+from .checks import broke, collect, judge
 from .embedded import check_stubs
 from .model import Case, Fault, Scenario, ScenarioError, Stub
-from .results import ERROR, FAILED, PASSED, SKIPPED, CaseResult, SuiteResult
+from .results import ERROR, FAILED, SKIPPED, CaseResult, SuiteResult
 
 if TYPE_CHECKING:
     from .workers import PrivateServices
@@ -158,12 +158,9 @@ def run_case_against(target: Target, scenario: Scenario, case_id: str, case: Cas
         result.faults = notes + target.restarts[restarts:]
         collect(result, target.db, copy, scenario, run_id=run_id,
                 letters_after=(letters[0].id or 0) if letters else 0)
-        result.checks = evaluate_checks(case.expect, result)
-        result.outcome = FAILED if result.failed_checks else PASSED
-    except ScenarioError as exc:
-        result.outcome, result.reason = ERROR, exc.message if exc.source == scenario.source else str(exc)
+        judge(result, case.expect)
     except Exception as exc:  # noqa: BLE001 - a case that breaks is reported as an error; the suite goes on
-        result.outcome, result.reason = ERROR, f"{type(exc).__name__}: {exc}"
+        broke(result, scenario, exc)
     result.wall_s = time.monotonic() - began
     return result
 

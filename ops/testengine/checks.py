@@ -17,8 +17,8 @@ from miniflow.persistence import repository as repo
 from miniflow.protocol.clock import as_utc
 from miniflow.protocol.masking import mask_values
 
-from .model import MISSING, Expect, Scenario, StepExpect
-from .results import AttemptOutcome, CaseResult, Check, StepOutcome
+from .model import MISSING, Expect, Scenario, ScenarioError, StepExpect
+from .results import ERROR, FAILED, PASSED, AttemptOutcome, CaseResult, Check, StepOutcome
 
 _PATH_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(-?\d+)\]|\[(?:'([^']*)'|\"([^\"]*)\")\]")
 
@@ -103,6 +103,20 @@ def collect(result: CaseResult, db: Database, workflow: Workflow, scenario: Scen
                 started_at=rel(a.started_at), finished_at=rel(a.finished_at)))
         outcome.attempts.sort(key=lambda a: a.attempt)
         result.steps.append(outcome)
+
+
+def judge(result: CaseResult, expect: Expect) -> None:
+    """Check what the case found against what it expects: passed, or failed with the checks."""
+    result.checks = evaluate_checks(expect, result)
+    result.outcome = FAILED if result.failed_checks else PASSED
+
+
+def broke(result: CaseResult, scenario: Scenario, exc: Exception) -> None:
+    """A case that could not run is an error: a ScenarioError says why in the scenario's terms."""
+    if isinstance(exc, ScenarioError):
+        result.outcome, result.reason = ERROR, exc.message if exc.source == scenario.source else str(exc)
+    else:
+        result.outcome, result.reason = ERROR, f"{type(exc).__name__}: {exc}"
 
 
 def _show(value: Any) -> str:

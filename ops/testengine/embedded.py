@@ -24,10 +24,10 @@ from miniflow.protocol.names import EXECUTE_STEP, RECORD_RESULT
 from miniflow.protocol.states import RUN_TERMINAL
 
 from ..embedded import EmbeddedEngine
-from .checks import collect, evaluate_checks
+from .checks import broke, collect, judge
 from .clock import VirtualClock
 from .model import Case, Fault, Scenario, ScenarioError
-from .results import ERROR, FAILED, PASSED, CaseResult
+from .results import CaseResult
 from .stubs import build_registry
 
 NO_WAKE_S = 1e8
@@ -144,12 +144,9 @@ def run_case(scenario: Scenario, case_id: str, case: Case, workdir: Path) -> Cas
         Driver(engine, harness, clock, scenario, key, timer).drive(began)
         result.faults = list(harness.applied)
         collect(result, engine.db, workflow, scenario, key=key)
-        result.checks = evaluate_checks(case.expect, result)
-        result.outcome = FAILED if result.failed_checks else PASSED
-    except ScenarioError as exc:
-        result.outcome, result.reason = ERROR, exc.message if exc.source == scenario.source else str(exc)
+        judge(result, case.expect)
     except Exception as exc:  # noqa: BLE001 - a case that breaks is reported as an error; the suite goes on
-        result.outcome, result.reason = ERROR, f"{type(exc).__name__}: {exc}"
+        broke(result, scenario, exc)
     finally:
         clock.close()
         if engine is not None:

@@ -17,14 +17,13 @@ import time
 from typing import Any
 
 from dramatiq.middleware import CurrentMessage
-from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from miniflow.actors.registry import StepContext, registry, step
 from miniflow.protocol.errors import ConfigError, StepFailed
 
 from .against import CONFIG_KEY, TASK
 from .model import Stub
-from .stubs import stub_output
+from .stubs import play
 
 TICK_S = 0.05  # stub sleeps are cut in ticks, so that a step timeout (an async exception) lands
 PARENT = os.getpid()  # the executor; a redelivered step runs in a forked child of it
@@ -51,14 +50,8 @@ def scenario_task(ctx: StepContext) -> Any:
     stub = Stub(**spec["stub"]) if spec.get("stub") else None
     if stub is not None and stub.crash:
         _die()  # the poison step: it kills whatever runs it (the executor, then its isolated child)
-    if stub is not None:
-        if stub.timeout:
-            _sleep(2 * (spec.get("timeout_s") or 0) + 5)  # the executor's time limit interrupts this
-            raise TimeLimitExceeded()
-        _sleep(stub.duration_s)
-        if ctx.attempt <= stub.fail_attempts:
-            raise StepFailed(f"{stub.error_type}: {stub.error}", stub.error_type)
-        output = stub_output(stub, ctx)
+    if stub is not None:  # past a timeout: the executor's time limit interrupts the sleep
+        output = play(stub, ctx, _sleep, 2 * (spec.get("timeout_s") or 0) + 5)
     else:
         output = _real(spec.get("real"), ctx)
     if ctx.attempt in spec.get("killed", ()) and not redelivered:

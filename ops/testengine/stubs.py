@@ -36,6 +36,18 @@ def stub_output(stub: Stub, ctx: StepContext) -> Any:
     return stub.output
 
 
+def play(stub: Stub, ctx: StepContext, sleep: Callable[[float], None], timeout_s: float) -> Any:
+    """What a stub does for an attempt (all but ``crash``): sleep past the step's timeout (``timeout_s``
+    is how long to sleep for that), or sleep its duration, then fail or give its output."""
+    if stub.timeout:
+        sleep(timeout_s)
+        raise TimeLimitExceeded()
+    sleep(stub.duration_s)
+    if ctx.attempt <= stub.fail_attempts:
+        raise StepFailed(f"{stub.error_type}: {stub.error}", stub.error_type)
+    return stub_output(stub, ctx)
+
+
 def build_registry(scenario: Scenario, workflow: Workflow, base: Registry, clock: VirtualClock | None,
                    lose: Lose) -> tuple[Registry, Workflow]:
     """A registry with one task per step of the workflow (``scenario.<step>``), and the workflow
@@ -71,13 +83,7 @@ def _wrap(step: str, stub: Stub | None, real: StepFn | None, timeout_s: float | 
             lose(ctx.run_id, step, ctx.attempt, message)  # embedded: this executor "died" holding it
             return None
         if stub is not None:
-            if stub.timeout:
-                sleep(timeout_s or 0)
-                raise TimeLimitExceeded()
-            sleep(stub.duration_s)
-            if ctx.attempt <= stub.fail_attempts:
-                raise StepFailed(f"{stub.error_type}: {stub.error}", stub.error_type)
-            output = stub_output(stub, ctx)
+            output = play(stub, ctx, sleep, timeout_s or 0)
         else:
             assert real is not None
             output = real(ctx)
