@@ -54,8 +54,9 @@ def assert_left_nothing(stderr: str) -> None:
             connection.close()
 
 
-def test_the_shipped_scenarios_pass_on_real_workers_and_the_virtual_clock_ones_are_skipped(services: None) -> None:
-    code, report, stderr = miniflow_test(configured(services), "examples/scenarios", "--against")
+def test_the_shipped_scenarios_pass_on_real_workers_two_at_a_time_and_the_virtual_clock_ones_are_skipped(
+        services: None) -> None:
+    code, report, stderr = miniflow_test(configured(services), "examples/scenarios", "--against", "-j", "2")
     cases = report["cases"]
     assert code == 0, json.dumps(cases, indent=1)[-4000:]
     assert [c["mode"] for c in cases] == ["against"] * 10
