@@ -7,6 +7,8 @@ Measures (full persistence in Postgres, workers as separate processes):
   chain-10      ten sequential steps, one run at a time: ms per step (median, p99)
   start latency publish of a start -> first step running (median, p99)
   fan-out-100   one run of 100 parallel no-op steps: publish to run finished (median of FANOUT_RUNS)
+  wide runs     the growth curve: one run of 100 / 300 / 1,000 parallel steps, and 1,000 with a join,
+                as seconds and steps/s next to diamond-10's steps/s (the cost per result must not grow)
   scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
@@ -54,6 +56,18 @@ DIAMOND = "name: bench-diamond\nsteps:\n  - {name: first, task: bench.noop}\n" +
     f"  - {{name: p{i}, task: bench.noop, needs: [first]}}\n" for i in range(8)) + \
     "  - {name: last, task: bench.noop, needs: [" + ", ".join(f"p{i}" for i in range(8)) + "]}\n"
 FANOUT = "name: bench-fanout\nsteps:\n" + "".join(f"  - {{name: f{i}, task: bench.noop}}\n" for i in range(100))
+FANOUT_WIDTHS = (100, 300, 1000)  # the growth curve: one run of that many parallel steps at a time
+
+
+def fanout_workflow(width: int, join: bool = False) -> str:
+    """``width`` parallel no-op steps (and, with ``join``, one step that needs them all)."""
+    name = f"bench-fanout-{width}" + ("-join" if join else "")
+    text = f"name: {name}\nsteps:\n" + "".join(f"  - {{name: f{i}, task: bench.noop}}\n" for i in range(width))
+    if join:
+        text += f"  - {{name: join, task: bench.noop, needs: [{', '.join(f'f{i}' for i in range(width))}]}}\n"
+    return text
+
+
 SLEEP_S = 0.1
 SLEEPY = DIAMOND.replace("bench-diamond", "bench-diamond-io").replace(
     "task: bench.noop", f"task: bench.sleep, config: {{seconds: {SLEEP_S}}}")
@@ -136,8 +150,8 @@ def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> 
             "runs_per_s": round(runs / elapsed, 1)}
 
 
-def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
-    """One run of 100 parallel steps at a time: seconds from publish to the run's end."""
+def one_at_a_time(env: dict[str, str], workflow: str, runs: int) -> list[float]:
+    """Seconds from publish to the end of each of ``runs`` runs of ``workflow``, one at a time."""
     from miniflow.protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"]
@@ -148,10 +162,31 @@ def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
                 cur.execute("select count(*) from runs where status in ('succeeded','failed','cancelled')")
                 before = cur.fetchone()[0]
             start = time.monotonic()
-            pub.start_workflow("bench-fanout", idempotency_key=str(uuid.uuid4()))
+            pub.start_workflow(workflow, idempotency_key=str(uuid.uuid4()))
             times.append(wait_terminal(dsn, before + 1) - start)
+    return times
+
+
+def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
+    """One run of 100 parallel steps at a time: seconds from publish to the run's end."""
+    times = one_at_a_time(env, "bench-fanout", runs)
     return {"fanout100_s_median": round(statistics.median(times), 3), "fanout100_s_max": round(max(times), 3),
             "fanout100_steps_per_s": round(100 / statistics.median(times), 1)}
+
+
+def wide_runs(env: dict[str, str], diamond_steps_per_s: float) -> dict[str, Any]:
+    """The growth curve: one run of 100, 300 and 1,000 parallel steps (and 1,000 with a join), each
+    as seconds and steps/s (median of 3, or of 2 for 1,000), next to diamond-10's steps/s."""
+    curve: dict[str, Any] = {}
+    for width, join in [(w, False) for w in FANOUT_WIDTHS] + [(FANOUT_WIDTHS[-1], True)]:
+        name = f"bench-fanout-{width}" + ("-join" if join else "")
+        times = one_at_a_time(env, name, 2 if width >= 1000 else 3)
+        steps = width + int(join)
+        median = statistics.median(times)
+        curve[name.removeprefix("bench-")] = {"s_median": round(median, 3), "steps_per_s": round(steps / median, 1),
+                                              "vs_diamond10": round(steps / median / diamond_steps_per_s, 2)}
+        print(f"{name}: {curve[name.removeprefix('bench-')]}", flush=True)
+    return curve
 
 
 def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]:
@@ -320,6 +355,8 @@ def main() -> int:
     parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
     parser.add_argument("--skip-ui", action="store_true", help="leave out the web UI's first render (100k runs)")
     parser.add_argument("--skip-scenarios", action="store_true", help="leave out the test engine's suite figure")
+    parser.add_argument("--only-wide", action="store_true",
+                        help="only the baseline, diamond-10 and the wide runs' growth curve (a quick check)")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -339,7 +376,9 @@ def main() -> int:
         env = bench_env(namespace, db)
         try:
             env = provision(env)
-            for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY)):
+            wide = [(f"fanout{w}", fanout_workflow(w)) for w in FANOUT_WIDTHS]
+            wide.append((f"fanout{FANOUT_WIDTHS[-1]}join", fanout_workflow(FANOUT_WIDTHS[-1], join=True)))
+            for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), *wide):
                 path = Path(f"/tmp/{namespace}-{name}.yaml")
                 path.write_text(text)
                 miniflow(env, "deploy", str(path))
@@ -349,9 +388,14 @@ def main() -> int:
                 results["diamond10"] = diamond(env, args.runs)
                 print(f"diamond-10: {results['diamond10']}", flush=True)
                 results["rss_mb"] = cluster.rss()
+                if args.only_wide:
+                    results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
+                    print(json.dumps(results, indent=2), flush=True)
+                    return 0
                 results.update(chain_and_start_latency(env, args.chain_runs))
                 results.update(fanout(env, FANOUT_RUNS))
                 print(f"fan-out-100: {results['fanout100_s_median']} s", flush=True)
+                results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
                 results.update(api_figures(env, args.chain_runs))
                 print(f"api: start latency {results['api_start_latency_ms_median']} ms, GET /runs/{{id}} "
                       f"{results['api_get_run_per_s_1_clients']} / {results['api_get_run_per_s_4_clients']} per s",

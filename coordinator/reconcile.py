@@ -36,8 +36,7 @@ class Reconciler:
         """Advance a run past an attempt that was recorded but whose step_finished never arrived;
         None when there is nothing to do any more (another coordinator, or the message itself, got
         there first)."""
-        run, steps = repo.lock_run_with_steps(conn, run_id)
-        row = steps.get(step)
+        run, row = repo.lock_run_with_step(conn, run_id, step)
         if run is None or run.status != RunStatus.RUNNING or row is None or row.status != StepStatus.QUEUED \
                 or row.attempt != attempt:
             return None
@@ -46,7 +45,7 @@ class Reconciler:
             return None
         logger.warning("run %s step %s attempt %d was recorded but the run never advanced: advancing it now",
                        run_id, step, attempt)
-        return self.coordinator.advance(conn, run, steps, recorded)
+        return self.coordinator.advance(conn, run, row, recorded)
 
     def overdue(self, conn: Connection, run_id: str, step: str, attempt: int) -> list[Outgoing] | None:
         """Record a queued attempt whose result is overdue as lost (failed), then advance the run:
@@ -54,10 +53,9 @@ class Reconciler:
         arriving later is a duplicate of this attempt and is fenced. None when there is nothing
         to do any more."""
         coordinator = self.coordinator
-        run, steps = repo.lock_run_with_steps(conn, run_id)
+        run, row = repo.lock_run_with_step(conn, run_id, step)
         if run is None or run.status != RunStatus.RUNNING:
             return None
-        row = steps.get(step)
         now = coordinator.clock()
         if row is None or row.status != StepStatus.QUEUED or row.attempt != attempt or row.result_due_at is None \
                 or row.result_due_at > now:

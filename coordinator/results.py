@@ -50,10 +50,11 @@ class Results:
             duration_ms=max(0.0, (result.finished_at - result.started_at) * 1000), recorded_at=now,
             output=result.output, error=result.error, error_type=result.error_type, node=result.node,
             traceback=result.traceback)
+        row = None
         if advance:  # lock, record and read in one round trip on Postgres
-            run, steps, inserted = repo.record_and_lock(conn, attempt)
+            run, row, inserted = repo.record_and_lock(conn, attempt)
         else:
-            run, steps = repo.get_run(conn, result.run_id), {}
+            run = repo.get_run(conn, result.run_id)
             inserted = run is not None and repo.insert_attempt(conn, attempt)
         if run is None:
             raise MessageRejected(Reason.UNKNOWN_RUN, f"run {result.run_id!r} does not exist", "run_id")
@@ -62,7 +63,7 @@ class Results:
                         result.run_id, result.step, result.attempt)
             return []
         if advance:
-            return self.coordinator.advance(conn, run, steps, attempt)
+            return self.coordinator.advance(conn, run, row, attempt)
         event = StepFinished(result.run_id, result.step, result.attempt)
         outbox = Outbox(conn, now, self.coordinator.instrument)
         outbox.add(self.coordinator.names.coordinator, STEP_FINISHED, event.to_payload(),

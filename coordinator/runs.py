@@ -1,8 +1,10 @@
 """The coordinator: given a transaction and an event, record the change of a run and queue the
 messages it implies in the outbox (same transaction). The caller publishes them after commit.
 
-The coordinator is the only writer of run and step state. What follows from a finished attempt is
-decided by the pure ``state.decide``; this module applies it. Recording results is the results
+The coordinator is the only writer of run and step state. What follows from a finished attempt
+follows the rules of the pure ``state`` module; this module applies them, reading no step of the
+run but the attempt's own (the counters of ``repository.counters`` say what is ready and when the
+run is done). Recording results is the results
 service's job (``results``), repairing what lost messages left behind the reconciler's
 (``reconcile``).
 """
@@ -34,7 +36,7 @@ from .catalog import Catalog
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params
-from .state import Decision, decide, ready_steps
+from .state import Decision, decide_failure, ready_steps
 from .workflow import Workflow
 
 logger = logging.getLogger("miniflow.coordinator")
@@ -107,7 +109,8 @@ class Coordinator:
         run = RunRow(id=str(uuid.uuid4()), workflow=workflow.name, version=workflow.version,
                      status=RunStatus.RUNNING, params=params, idempotency_key=key, priority=start.priority,
                      created_at=now, trace_id=trace_id, started_at=now,
-                     deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+                     deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None,
+                     open_steps=len(workflow.steps))
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
@@ -116,8 +119,9 @@ class Coordinator:
             {name: (attempt, due) for (attempt, due), names in plan.items() for name in names}
         repo.insert_steps(conn, [
             StepRow(run.id, name, StepStatus.QUEUED, attempt=queued[name][0], queued_at=now,
-                    result_due_at=queued[name][1]) if name in queued else StepRow(run.id, name, StepStatus.PENDING)
-            for name in workflow.steps])
+                    result_due_at=queued[name][1], waiting=0) if name in queued
+            else StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
+            for name, spec in workflow.steps.items()])
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
         return StartOutcome(run.id, True, outbox.flush())
@@ -199,18 +203,18 @@ class Coordinator:
     # -- advance ----------------------------------------------------------------------------------
     def step_finished(self, conn: Connection, event: StepFinished) -> list[Outgoing]:
         """Advance the run after a recorded attempt; stale or duplicate events are fenced."""
-        run, steps = repo.lock_run_with_steps(conn, event.run_id)
+        run, row = repo.lock_run_with_step(conn, event.run_id, event.step)
         if run is None:
             raise MessageRejected(Reason.UNKNOWN_RUN, f"run {event.run_id!r} does not exist", "run_id")
         attempt = repo.get_attempt(conn, event.run_id, event.step, event.attempt)
         if attempt is None:
             raise MessageRejected(Reason.UNKNOWN_STEP, f"run {event.run_id} has no recorded attempt "
                                   f"{event.attempt} of step {event.step!r}", "step")
-        return self.advance(conn, run, steps, attempt)
+        return self.advance(conn, run, row, attempt)
 
-    def advance(self, conn: Connection, run: RunRow, steps: dict[str, StepRow], attempt: AttemptRow) -> list[Outgoing]:
-        """Apply a recorded attempt to its run (locked by the caller, ``steps`` read under the lock)."""
-        row = steps.get(attempt.step)
+    def advance(self, conn: Connection, run: RunRow, row: StepRow | None, attempt: AttemptRow) -> list[Outgoing]:
+        """Apply a recorded attempt to its run (locked by the caller; ``row``: the attempt's step,
+        read under the lock). Reads no other step of the run (see ``repository.counters``)."""
         if row is None:
             raise MessageRejected(Reason.UNKNOWN_STEP, f"run {run.id} has no step {attempt.step!r}", "step")
         if run.status in RUN_TERMINAL:
@@ -224,36 +228,57 @@ class Coordinator:
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
-        statuses = {name: r.status for name, r in steps.items()}
-        # Attempts count from the step's current budget (a run retry starts a new one).
-        used = attempt.attempt - (row.first_attempt or 1) + 1
-        decision = decide(workflow, statuses, attempt.step, used, attempt.ok, attempt.error, self.rng)
+        if run.open_steps is None:  # a run from before the counters, or just retried: count it once
+            self._count(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
-            return self._apply(conn, run, workflow, steps, attempt, decision)
+            if attempt.ok:
+                return self._succeeded(conn, run, workflow, attempt)
+            # Attempts count from the step's current budget (a run retry starts a new one).
+            used = attempt.attempt - (row.first_attempt or 1) + 1
+            return self._failed(conn, run, workflow, attempt, decide_failure(workflow, attempt.step, used,
+                                                                              attempt.error, self.rng))
 
-    def _apply(self, conn: Connection, run: RunRow, workflow: Workflow, steps: dict[str, StepRow],
-               attempt: AttemptRow, decision: Decision) -> list[Outgoing]:
+    def _succeeded(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow) -> list[Outgoing]:
         now = self.clock()
         outbox = Outbox(conn, now, self.instrument)
-        outputs = {name: r.output for name, r in steps.items()}
+        repo.update_step(conn, run.id, attempt.step, status=StepStatus.SUCCEEDED, output=attempt.output,
+                         error=attempt.error, node=attempt.node, started_at=attempt.started_at,
+                         finished_at=attempt.finished_at, result_due_at=None)
+        counted = repo.step_succeeded(conn, run.id, workflow.dependents(attempt.step),
+                                      workflow.needs_of_dependents.get(attempt.step, []))
+        if counted.open_steps <= 0:
+            repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=now)
+            self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
+            return outbox.flush()
+        ready = sorted(counted.ready, key=lambda item: workflow.order[item[0]])
+        self._dispatch(conn, outbox, run, workflow, [(step, current + 1) for step, current in ready],
+                       counted.outputs, None)
+        return outbox.flush()
+
+    def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,
+                decision: Decision) -> list[Outgoing]:
+        outbox = Outbox(conn, self.clock(), self.instrument)
         if decision.retry_delay is not None:
             repo.update_step(conn, run.id, attempt.step, error=attempt.error, node=attempt.node)
+            outputs = repo.get_outputs(conn, run.id, workflow.steps[attempt.step].needs)
             self._dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)], outputs,
                            decision.retry_delay)
             return outbox.flush()
-        repo.update_step(conn, run.id, attempt.step, status=decision.step_status, output=attempt.output,
-                         error=attempt.error, node=attempt.node, started_at=attempt.started_at,
-                         finished_at=attempt.finished_at, result_due_at=None)
-        outputs[attempt.step] = attempt.output
-        if not self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1)
-                                                             for step in decision.dispatch], outputs, None):
-            return outbox.flush()
-        repo.update_steps(conn, run.id, decision.skip, status=StepStatus.SKIPPED)
-        repo.update_steps(conn, run.id, decision.cancel, status=StepStatus.CANCELLED, result_due_at=None)
-        if decision.run_status:
-            repo.update_run(conn, run.id, status=decision.run_status, error=decision.run_error, finished_at=now)
-            self._finished(conn, run.id, workflow.name, decision.run_status, decision.run_error)
+        repo.update_step(conn, run.id, attempt.step, status=StepStatus.FAILED, error=attempt.error,
+                         node=attempt.node, started_at=attempt.started_at, finished_at=attempt.finished_at,
+                         result_due_at=None)
+        # The run fails now; steps still out on other branches are cancelled: their late results are
+        # recorded as attempts but change nothing.
+        self.end_run(conn, run, RunStatus.FAILED, decision.run_error or f"step {attempt.step!r} failed")
         return outbox.flush()
+
+    def _count(self, conn: Connection, run_id: str, workflow: Workflow) -> None:
+        """Set a run's counters from its steps as they stand (the one read of every step)."""
+        steps = repo.get_steps(conn, run_id)
+        done = {name for name, row in steps.items() if row.status == StepStatus.SUCCEEDED}
+        waiting = {name: sum(need not in done for need in spec.needs) for name, spec in workflow.steps.items()
+                   if name in steps}
+        repo.set_counters(conn, run_id, len(steps) - len(done), waiting)
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
         """Mark the run's end for the instrument once the transaction that ends it has committed."""
@@ -272,11 +297,8 @@ class Coordinator:
     def end_run(self, conn: Connection, run: RunRow, status: RunStatus, reason: str) -> None:
         """End a run early: pending steps are skipped, queued ones cancelled (their late results
         are recorded as attempts and change nothing)."""
-        steps = repo.get_steps(conn, run.id)
-        repo.update_steps(conn, run.id, [s for s, r in steps.items() if r.status == StepStatus.PENDING],
-                          status=StepStatus.SKIPPED)
-        repo.update_steps(conn, run.id, [s for s, r in steps.items() if r.status == StepStatus.QUEUED],
-                          status=StepStatus.CANCELLED, result_due_at=None)
+        repo.update_steps_in_status(conn, run.id, StepStatus.PENDING, status=StepStatus.SKIPPED)
+        repo.update_steps_in_status(conn, run.id, StepStatus.QUEUED, status=StepStatus.CANCELLED, result_due_at=None)
         repo.update_run(conn, run.id, status=status, error=reason, finished_at=self.clock())
         self._finished(conn, run.id, run.workflow, status, reason)
 
@@ -318,6 +340,7 @@ class Coordinator:
                                  first_attempt=row.attempt + 1, finished_at=None)
         repo.update_run(conn, request.run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
                         deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+        self._count(conn, request.run_id, workflow)
         steps = repo.get_steps(conn, request.run_id)
         statuses = {name: r.status for name, r in steps.items()}
         outputs = {name: r.output for name, r in steps.items()}

@@ -8,14 +8,17 @@ Step: pending -> queued (attempt n) -> succeeded
       queued -> cancelled           (the run ended while the step was out; a late result is
                                      recorded as an attempt but changes nothing)
 
-The states themselves are the enums of ``protocol.states``. ``decide`` takes what the coordinator
-knows (the workflow, every step's status, which attempt just finished and how) and returns a
-:class:`Decision`: what the step becomes, what to dispatch, and whether the run ends. The
-coordinator (``runs``) applies it in one transaction.
+The states themselves are the enums of ``protocol.states``. ``decide`` takes the workflow, every
+step's status and the attempt that just finished, and returns a :class:`Decision`: what the step
+becomes, what to dispatch, and whether the run ends. It is the state machine's reference; the
+coordinator (``runs``) applies the same rules without reading every step: ``decide_failure`` for a
+failed attempt, and for a success the counters of ``persistence.repository.counters`` (a step is
+ready when its needs' counter reaches 0, the run succeeds when its open steps do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -60,7 +63,6 @@ def backoff_delay(policy: Backoff, attempt: int, rng: random.Random | None = Non
 def decide(workflow: Workflow, statuses: dict[str, StepStatus], step: str, attempt: int, ok: bool,
            error: str | None = None, rng: random.Random | None = None) -> Decision:
     """What follows from attempt ``attempt`` of ``step`` finishing (``ok`` or not)."""
-    spec = workflow.steps[step]
     after = dict(statuses)
     if ok:
         after[step] = StepStatus.SUCCEEDED
@@ -68,14 +70,24 @@ def decide(workflow: Workflow, statuses: dict[str, StepStatus], step: str, attem
         if all(after[s] == StepStatus.SUCCEEDED for s in workflow.steps):
             return Decision(StepStatus.SUCCEEDED, run_status=RunStatus.SUCCEEDED)
         return Decision(StepStatus.SUCCEEDED, dispatch=ready)
-    if attempt < spec.max_attempts:
-        return Decision(StepStatus.QUEUED, retry_delay=backoff_delay(spec.backoff, attempt, rng))
+    failure = decide_failure(workflow, step, attempt, error, rng)
+    if failure.retry_delay is not None:
+        return failure
     after[step] = StepStatus.FAILED
     skip = tuple(s for s, st in after.items() if st == StepStatus.PENDING)
     cancel = tuple(s for s, st in after.items() if st == StepStatus.QUEUED)
+    return dataclasses.replace(failure, skip=skip, cancel=cancel)
+
+
+def decide_failure(workflow: Workflow, step: str, attempt: int, error: str | None = None,
+                   rng: random.Random | None = None) -> Decision:
+    """What follows from attempt ``attempt`` of ``step`` failing: another attempt after a backoff
+    while attempts remain, else the run fails (its pending steps are then skipped and its queued
+    ones cancelled: their late results are recorded as attempts but change nothing)."""
+    spec = workflow.steps[step]
+    if attempt < spec.max_attempts:
+        return Decision(StepStatus.QUEUED, retry_delay=backoff_delay(spec.backoff, attempt, rng))
     reason = f"step {step!r} failed after {attempt} attempt{'s' if attempt > 1 else ''}"
     if error:
         reason += f": {error}"
-    # The run fails now; steps still out on other branches are cancelled: their late results are
-    # recorded as attempts but change nothing.
-    return Decision(StepStatus.FAILED, skip=skip, cancel=cancel, run_status=RunStatus.FAILED, run_error=reason)
+    return Decision(StepStatus.FAILED, run_status=RunStatus.FAILED, run_error=reason)

@@ -59,7 +59,26 @@ class Workflow:
     timeout: float | None = None
 
     def dependents(self, step: str) -> list[str]:
-        return [s.name for s in self.steps.values() if step in s.needs]
+        """The steps that need ``step``, in definition order (computed once per workflow)."""
+        return self._dependents.get(step, [])
+
+    @functools.cached_property
+    def _dependents(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for spec in self.steps.values():
+            for need in spec.needs:
+                found.setdefault(need, []).append(spec.name)
+        return found
+
+    @functools.cached_property
+    def needs_of_dependents(self) -> dict[str, list[str]]:
+        """Per step: every step its dependents need (whose outputs they get), sorted."""
+        return {step: sorted({n for d in deps for n in self.steps[d].needs}) for step, deps in self._dependents.items()}
+
+    @functools.cached_property
+    def order(self) -> dict[str, int]:
+        """Each step's place in the definition (dispatch follows it)."""
+        return {name: i for i, name in enumerate(self.steps)}
 
     def roots(self) -> list[str]:
         return [s.name for s in self.steps.values() if not s.needs]

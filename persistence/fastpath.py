@@ -6,8 +6,8 @@ Two techniques, both Postgres-only (SQLite runs the plain queries of the reposit
   one advance are collected and sent together in one round trip when the block ends, or earlier,
   as soon as any other repository query runs (each calls :func:`flush` first, so nothing is read
   stale or reordered).
-- **Prepared statements.** Locking a run, recording an attempt and reading the run with its steps
-  is one call of two server-side prepared statements (:func:`record_and_read`). Parsing and
+- **Prepared statements.** Locking a run, recording an attempt and reading the run with the
+  attempt's step is one call of two server-side prepared statements (:func:`record_and_read`). Parsing and
   planning were half of that call's time; they are prepared once per database session.
 """
 
@@ -55,6 +55,19 @@ def flush(conn: Connection) -> None:
         statements.clear()
         params.clear()
         conn.exec_driver_sql(sql, bound)
+
+
+def query_after_batch(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    """Send the writes collected so far and then ``sql`` (a Postgres statement with ``%(name)s``
+    parameters, named apart from the batch's ``w``/``o`` ones) in one round trip; its rows."""
+    batch = conn.info.get(_BATCH)
+    if batch and batch[0]:
+        statements, bound = batch
+        sql = "; ".join([*statements, sql])
+        params = {**bound, **params}
+        statements.clear()
+        bound.clear()
+    return list(conn.exec_driver_sql(sql, params).mappings())
 
 
 def batch_update(conn: Connection, table: Table, run_id: str, steps: Sequence[str] | None,
@@ -112,27 +125,28 @@ _RECORD = (
     "SELECT (SELECT count(*) FROM ins) AS inserted, "
     + ", ".join(f"r.{c.name} AS r_{c.name}" for c in runs.c) + ", "
     + ", ".join(f"s.{c.name} AS s_{c.name}" for c in run_steps.c)
-    + " FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id WHERE r.id = $1")
+    + " FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id AND s.step = $"
+    + str(_ATTEMPT_COLUMNS.index("step") + 1) + " WHERE r.id = $1")
 _PARAM_TYPES = {"run_id": "varchar", "step": "varchar", "attempt": "integer", "ok": "boolean", "output": "text",
                 "error": "text", "error_type": "varchar", "node": "varchar", "traceback": "text",
                 "started_at": "timestamptz", "finished_at": "timestamptz", "duration_ms": "double precision",
                 "recorded_at": "timestamptz"}
 _PREPARE = {
     "miniflow_lock_run": f"PREPARE miniflow_lock_run (varchar) AS {_LOCK}",
-    # v2: with the traceback column (a session prepared by older code keeps its own name)
-    "miniflow_record_attempt_v2": "PREPARE miniflow_record_attempt_v2 ("
+    # v3: reads only the attempt's step (v2, prepared by older code in its sessions, read them all)
+    "miniflow_record_attempt_v3": "PREPARE miniflow_record_attempt_v3 ("
     + ", ".join(_PARAM_TYPES[c] for c in _ATTEMPT_COLUMNS) + f") AS {_RECORD}",
 }
 # The lock, then (a statement of its own, so that it reads after the lock is granted, not from a
 # snapshot taken before) the insert and the read.
-_EXECUTE = ("EXECUTE miniflow_lock_run(%(a_run_id)s); EXECUTE miniflow_record_attempt_v2("
+_EXECUTE = ("EXECUTE miniflow_lock_run(%(a_run_id)s); EXECUTE miniflow_record_attempt_v3("
             + ", ".join(f"%(a_{c})s" for c in _ATTEMPT_COLUMNS) + ")")
 
 
 def record_and_read(conn: Connection, attempt: dict[str, Any]
                     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
-    """Lock the attempt's run, record the attempt once and read the run with its steps, in one round
-    trip: (run columns or None, step columns, whether this call recorded the attempt)."""
+    """Lock the attempt's run, record the attempt once and read the run with the attempt's step, in
+    one round trip: (run columns or None, [step columns] or [], whether this call recorded it)."""
     flush(conn)
     params = {f"a_{k}": (json.dumps(v) if k == "output" else v) for k, v in attempt.items()}
     _prepare(conn, _PREPARE)

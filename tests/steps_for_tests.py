@@ -96,3 +96,15 @@ def secret_length(ctx: StepContext) -> dict[str, Any]:
 @step("test.timeout_error")
 def timeout_error(ctx: StepContext) -> None:
     raise TimeoutError("step exceeded its deadline in this timeout test")
+
+
+GATES: dict[str, threading.Event] = {}
+
+
+@step("test.gate")
+def gate(ctx: StepContext) -> dict[str, Any]:
+    """Waits (up to a minute) until the test sets ``GATES[config.gate]``: holds a run mid-step."""
+    with _lock:
+        opened = GATES.setdefault(str(ctx.config.get("gate")), threading.Event())
+    opened.wait(60)
+    return {"gate": ctx.config.get("gate")}

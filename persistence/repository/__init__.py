@@ -2,6 +2,7 @@
 
     definitions    stored workflow versions (immutable)
     runs           runs and their steps; the run row is the lock of its state
+    counters       a run's open steps and each step's waiting needs (a result reads no other step)
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
     dead_letters   the archive of rejected messages
@@ -21,19 +22,22 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 from ..fastpath import batched_writes
 from . import keys, schedules, sessions, workers
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
+from .counters import Counted, set_counters, step_succeeded
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
 from .requests import mark_handled, prune_handled, request_handled
 from .runs import (
     find_run,
+    get_outputs,
     get_run,
+    get_step,
     get_steps,
     insert_run,
     insert_steps,
     list_runs,
     lock_run,
-    lock_run_with_steps,
+    lock_run_with_step,
     mark_queued_attempt,
     overdue_results,
     overdue_run_ids,
@@ -44,14 +48,16 @@ from .runs import (
     update_run,
     update_step,
     update_steps,
+    update_steps_in_status,
 )
 
 __all__ = [
+    "Counted", "get_outputs", "get_step", "set_counters", "step_succeeded", "update_steps_in_status",
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "keys", "latest_version", "list_dead_letters",
     "list_definitions",
-    "list_runs", "lock_run", "lock_run_with_steps", "mark_handled", "mark_queued_attempt", "overdue_results",
+    "list_runs", "lock_run", "lock_run_with_step", "mark_handled", "mark_queued_attempt", "overdue_results",
     "overdue_run_ids", "page_runs", "prune_dead_letters", "prune_handled", "record_and_lock", "request_handled",
     "run_id_for_key", "runs_after", "save_definition", "schedules", "sessions",
     "spec_checksum", "unadvanced_attempts", "update_run", "update_step", "update_steps", "workers",

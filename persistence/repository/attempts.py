@@ -9,7 +9,7 @@ from .. import fastpath
 from ..models import step_attempts
 from ..rows import AttemptRow, RunRow, StepRow, from_mapping, values_of
 from ._common import insert_ignore
-from .runs import get_steps, lock_run
+from .runs import get_step, lock_run
 
 
 def insert_attempt(conn: Connection, attempt: AttemptRow) -> bool:
@@ -17,20 +17,20 @@ def insert_attempt(conn: Connection, attempt: AttemptRow) -> bool:
     return insert_ignore(conn, step_attempts, values_of(attempt)) == 1
 
 
-def record_and_lock(conn: Connection, attempt: AttemptRow) -> tuple[RunRow | None, dict[str, StepRow], bool]:
-    """Lock the attempt's run, record the attempt once, read the run and its steps: returns
-    (run or None, steps by name, whether this call recorded the attempt). An attempt of a run that
-    does not exist is not recorded. On Postgres it is one round trip (see ``fastpath``)."""
+def record_and_lock(conn: Connection, attempt: AttemptRow) -> tuple[RunRow | None, StepRow | None, bool]:
+    """Lock the attempt's run, record the attempt once, read the run and the attempt's step:
+    returns (run or None, step or None, whether this call recorded the attempt). An attempt of a
+    run that does not exist is not recorded. On Postgres it is one round trip (see ``fastpath``)."""
     if conn.dialect.name != "postgresql":
         locked = lock_run(conn, attempt.run_id)
         if locked is None:
-            return None, {}, False
+            return None, None, False
         recorded = insert_attempt(conn, attempt)
-        return locked, get_steps(conn, attempt.run_id), recorded
+        return locked, get_step(conn, attempt.run_id, attempt.step), recorded
     run, steps, inserted = fastpath.record_and_read(conn, values_of(attempt))
     if run is None:
-        return None, {}, False
-    return from_mapping(RunRow, run), {s["step"]: from_mapping(StepRow, s) for s in steps}, inserted
+        return None, None, False
+    return from_mapping(RunRow, run), (from_mapping(StepRow, steps[0]) if steps else None), inserted
 
 
 def get_attempt(conn: Connection, run_id: str, step: str, attempt: int) -> AttemptRow | None:

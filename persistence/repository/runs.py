@@ -24,6 +24,9 @@ _SELECT_RUN = select(runs).where(runs.c.id == RUN_ID)
 _LOCK_RUN = _SELECT_RUN.with_for_update()
 _RUN_FOR_KEY = select(runs.c.id).where(runs.c.idempotency_key == bindparam("p_key"))
 _SELECT_STEPS = select(run_steps).where(run_steps.c.run_id == RUN_ID)
+_SELECT_STEP = select(run_steps).where(run_steps.c.run_id == RUN_ID, run_steps.c.step == bindparam("p_step"))
+_SELECT_OUTPUTS = select(run_steps.c.step, run_steps.c.output).where(
+    run_steps.c.run_id == RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True)))
 _INSERT_STEPS = insert(run_steps)
 
 
@@ -52,14 +55,14 @@ def lock_run(conn: Connection, run_id: str) -> RunRow | None:
     return from_mapping(RunRow, row) if row is not None else None
 
 
-def lock_run_with_steps(conn: Connection, run_id: str) -> tuple[RunRow | None, dict[str, StepRow]]:
-    """The run row, locked until the transaction ends, then its steps by name.
+def lock_run_with_step(conn: Connection, run_id: str, step: str) -> tuple[RunRow | None, StepRow | None]:
+    """The run row, locked until the transaction ends, then one of its steps.
 
     Two statements on purpose: on Postgres a join locked FOR UPDATE OF runs would, after waiting
-    for a concurrent transaction of the same run, re-check the run row but keep the step rows of
-    its original snapshot, stale. Read after the lock, the steps are current (READ COMMITTED)."""
+    for a concurrent transaction of the same run, re-check the run row but keep the step row of
+    its original snapshot, stale. Read after the lock, the step is current (READ COMMITTED)."""
     run = lock_run(conn, run_id)
-    return run, (get_steps(conn, run_id) if run is not None else {})
+    return run, (get_step(conn, run_id, step) if run is not None else None)
 
 
 def update_run(conn: Connection, run_id: str, **values: Any) -> None:
@@ -140,6 +143,29 @@ def get_steps(conn: Connection, run_id: str) -> dict[str, StepRow]:
     flush(conn)
     rows = conn.execute(_SELECT_STEPS, {"p_run_id": run_id}).mappings()
     return {row["step"]: from_mapping(StepRow, row) for row in rows}
+
+
+def get_step(conn: Connection, run_id: str, step: str) -> StepRow | None:
+    flush(conn)
+    row = conn.execute(_SELECT_STEP, {"p_run_id": run_id, "p_step": step}).mappings().first()
+    return from_mapping(StepRow, row) if row is not None else None
+
+
+def get_outputs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, Any]:
+    """The outputs of some steps of a run, by name (what a step about to be dispatched needs)."""
+    names = list(steps)
+    if not names:
+        return {}
+    flush(conn)
+    rows = conn.execute(_SELECT_OUTPUTS, {"p_run_id": run_id, "p_steps": names})
+    return {str(step): output for step, output in rows}
+
+
+def update_steps_in_status(conn: Connection, run_id: str, current: StepStatus, **values: Any) -> None:
+    """Set columns of every step of a run that is in status ``current`` (no need to know their names)."""
+    flush(conn)
+    conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.status == current)
+                 .values(**values))
 
 
 def update_step(conn: Connection, run_id: str, step: str, **values: Any) -> None:
