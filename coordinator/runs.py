@@ -251,8 +251,9 @@ class Coordinator:
             self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
             return outbox.flush()
         ready = sorted(counted.ready, key=lambda item: workflow.order[item[0]])
-        self._dispatch(conn, outbox, run, workflow, [(step, current + 1) for step, current in ready],
-                       counted.outputs, None)
+        outputs = counted.outputs if counted.with_outputs else repo.get_outputs(
+            conn, run.id, sorted({need for step, _ in ready for need in workflow.steps[step].needs}))
+        self._dispatch(conn, outbox, run, workflow, [(step, current + 1) for step, current in ready], outputs, None)
         return outbox.flush()
 
     def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,

@@ -36,23 +36,31 @@ UNION ALL SELECT 'output', s.step, NULL, NULL, NULL, s.output FROM run_steps s
     AND EXISTS (SELECT 1 FROM d WHERE d.waiting = 0 AND d.status = 'pending')"""
 
 
+# Up to this many needs are read in the same statement; more (the join of a wide run, whose needs
+# every one of its needs' results would otherwise send) are read once, when the join is ready.
+INLINE_NEEDS = 32
+
+
 @dataclass
 class Counted:
     """What one success leaves: the run's open steps, the dependents now ready (step, current
-    attempt), and the outputs of the steps those need."""
+    attempt), and (``with_outputs``) the outputs of the steps those need."""
 
     open_steps: int
     ready: list[tuple[str, int]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    with_outputs: bool = True
 
 
 def step_succeeded(conn: Connection, run_id: str, dependents: Sequence[str], needs: Sequence[str]) -> Counted:
     """Count the success of a step whose dependents are ``dependents`` (``needs``: every step they
-    need, whose outputs are read when one of them is ready)."""
+    need, whose outputs are read here when one of them is ready, unless there are more than
+    INLINE_NEEDS: ``with_outputs`` is then False and the caller reads the outputs it needs)."""
+    inline = len(needs) <= INLINE_NEEDS
     if conn.dialect.name == "postgresql":
         rows = query_after_batch(conn, _SUCCEEDED, {"c_run": run_id, "c_deps": list(dependents),
-                                                   "c_needs": list(needs)})
-        counted = Counted(open_steps=0)
+                                                   "c_needs": list(needs) if inline else []})
+        counted = Counted(open_steps=0, with_outputs=inline)
         for row in rows:
             if row["kind"] == "run":
                 counted.open_steps = int(row["n"])
@@ -65,12 +73,13 @@ def step_succeeded(conn: Connection, run_id: str, dependents: Sequence[str], nee
     conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(dependents)))
                  .values(waiting=run_steps.c.waiting - 1))
     conn.execute(update(runs).where(runs.c.id == run_id).values(open_steps=runs.c.open_steps - 1))
-    counted = Counted(open_steps=int(conn.execute(select(runs.c.open_steps).where(runs.c.id == run_id)).scalar_one()))
+    counted = Counted(open_steps=int(conn.execute(select(runs.c.open_steps).where(runs.c.id == run_id)).scalar_one()),
+                      with_outputs=inline)
     now = conn.execute(select(run_steps.c.step, run_steps.c.waiting, run_steps.c.status, run_steps.c.attempt)
                        .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(dependents))))
     counted.ready = [(str(step), int(attempt)) for step, waiting, status, attempt in now
                      if waiting == 0 and status == StepStatus.PENDING]
-    if counted.ready:
+    if counted.ready and inline:
         found = conn.execute(select(run_steps.c.step, run_steps.c.output)
                              .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(needs))))
         counted.outputs = {str(step): output for step, output in found}
