@@ -21,18 +21,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("open_steps", sa.Integer(), nullable=True))
     with op.batch_alter_table("run_steps") as batch:
         batch.add_column(sa.Column("waiting", sa.Integer(), nullable=True))
-    if op.get_bind().dialect.name == "postgresql":
-        # Room on each page for the new version of a row updated in place: a counter updated by
-        # every result of a wide run (its join step's, its run's) then stays one short HOT chain,
-        # instead of a new index entry per update that every later lookup of the row walks past.
-        op.execute("ALTER TABLE run_steps SET (fillfactor = 80)")
-        op.execute("ALTER TABLE runs SET (fillfactor = 80)")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("ALTER TABLE run_steps RESET (fillfactor)")
-        op.execute("ALTER TABLE runs RESET (fillfactor)")
     with op.batch_alter_table("run_steps") as batch:
         batch.drop_column("waiting")
     with op.batch_alter_table("runs") as batch:

@@ -1,0 +1,34 @@
+"""A wide run on real RabbitMQ and Postgres, across a coordinator and two executors: its results race
+on the counters of its join and of the run (persistence/repository/counters.py, one statement on
+Postgres), and the run still ends exactly once with every output, each step recorded once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import miniflow, query
+
+WIDTH = 300
+
+
+def test_a_run_of_300_parallel_steps_and_a_join_ends_with_every_output_each_step_recorded_once(
+        cluster: dict[str, str], tmp_path: Path) -> None:
+    lines = ["name: wide-sum", "params: {x: {default: 1}}", "steps:", "  - {name: a, task: diamond.source}"]
+    lines += [f"  - {{name: w{i}, task: diamond.double, needs: [a]}}" for i in range(WIDTH)]
+    lines.append(f"  - {{name: join, task: diamond.sum, needs: [{', '.join(f'w{i}' for i in range(WIDTH))}]}}")
+    path = tmp_path / "wide.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    deployed = miniflow(cluster, "deploy", str(path))
+    assert deployed.returncode == 0, deployed.stderr
+    result = miniflow(cluster, "start", "wide-sum", "-p", "x=7", "--wait", "--timeout", "180", "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    detail = json.loads(result.stdout)
+    assert detail["status"] == "succeeded"
+    outputs = {s["step"]: s["output"] for s in detail["steps"]}
+    assert outputs["join"] == WIDTH * 14 and all(outputs[f"w{i}"] == 14 for i in range(WIDTH))
+    db = cluster["MINIFLOW_DATABASE_URL"]
+    assert query(db, "select count(*), count(distinct step) from step_attempts where run_id = %s",
+                 detail["id"]) == [(WIDTH + 2, WIDTH + 2)]
+    assert query(db, "select open_steps from runs where id = %s", detail["id"]) == [(0,)]
+    assert query(db, "select waiting from run_steps where run_id = %s and step = 'join'", detail["id"]) == [(0,)]
