@@ -244,8 +244,15 @@ class Coordinator:
         repo.update_step(conn, run.id, attempt.step, status=StepStatus.SUCCEEDED, output=attempt.output,
                          error=attempt.error, node=attempt.node, started_at=attempt.started_at,
                          finished_at=attempt.finished_at, result_due_at=None)
-        counted = repo.step_succeeded(conn, run.id, workflow.dependents(attempt.step),
-                                      workflow.needs_of_dependents.get(attempt.step, []))
+        dependents = workflow.dependents(attempt.step)
+        # A step made ready by a need's success has never been dispatched (all its needs would have
+        # succeeded before, and a succeeded step stays so): its next attempt is 1.
+        if dependents and all(len(workflow.steps[d].needs) == 1 for d in dependents):
+            repo.count_success(conn, run.id, dependents)  # each is ready, and the run goes on
+            self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in dependents],
+                           {attempt.step: attempt.output}, None)
+            return outbox.flush()
+        counted = repo.step_succeeded(conn, run.id, dependents, workflow.needs_of_dependents.get(attempt.step, []))
         if counted.open_steps <= 0:
             repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=now)
             self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
@@ -253,7 +260,7 @@ class Coordinator:
         ready = sorted(counted.ready, key=lambda item: workflow.order[item[0]])
         outputs = counted.outputs if counted.with_outputs else repo.get_outputs(
             conn, run.id, sorted({need for step, _ in ready for need in workflow.steps[step].needs}))
-        self._dispatch(conn, outbox, run, workflow, [(step, current + 1) for step, current in ready], outputs, None)
+        self._dispatch(conn, outbox, run, workflow, [(step, 1) for step, _ in ready], outputs, None)
         return outbox.flush()
 
     def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,
