@@ -110,7 +110,7 @@ class Coordinator:
                      status=RunStatus.RUNNING, params=params, idempotency_key=key, priority=start.priority,
                      created_at=now, trace_id=trace_id, started_at=now,
                      deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None,
-                     open_steps=len(workflow.steps))
+                     open_ends=len(workflow.ends))
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
@@ -228,7 +228,7 @@ class Coordinator:
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
-        if run.open_steps is None:  # a run from before the counters, or just retried: count it once
+        if run.open_ends is None:  # a run from before the counters: count it once
             self._count(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
             if attempt.ok:
@@ -245,22 +245,24 @@ class Coordinator:
                          error=attempt.error, node=attempt.node, started_at=attempt.started_at,
                          finished_at=attempt.finished_at, result_due_at=None)
         dependents = workflow.dependents(attempt.step)
-        # A step made ready by a need's success has never been dispatched (all its needs would have
-        # succeeded before, and a succeeded step stays so): its next attempt is 1.
-        if dependents and all(len(workflow.steps[d].needs) == 1 for d in dependents):
-            repo.count_success(conn, run.id, dependents)  # each is ready, and the run goes on
-            self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in dependents],
-                           {attempt.step: attempt.output}, None)
-            return outbox.flush()
-        counted = repo.step_succeeded(conn, run.id, dependents, workflow.needs_of_dependents.get(attempt.step, []))
-        if counted.open_steps <= 0:
-            repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=now)
-            self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
-            return outbox.flush()
-        ready = sorted(counted.ready, key=lambda item: workflow.order[item[0]])
-        outputs = counted.outputs if counted.with_outputs else repo.get_outputs(
-            conn, run.id, sorted({need for step, _ in ready for need in workflow.steps[step].needs}))
-        self._dispatch(conn, outbox, run, workflow, [(step, 1) for step, _ in ready], outputs, None)
+        joins = [d for d in dependents if len(workflow.steps[d].needs) > 1]
+        # A dependent with this step as its only need is ready now. Any step made ready by a need's
+        # success has never been dispatched (all its needs would have succeeded before, and a
+        # succeeded step stays so): its next attempt is 1.
+        ready = [d for d in dependents if len(workflow.steps[d].needs) == 1]
+        outputs = {attempt.step: attempt.output}
+        if joins or not dependents:  # a join may be ready now, or an end may finish the run
+            counted = repo.step_succeeded(conn, run.id, joins, workflow.needs_of_joins.get(attempt.step, []),
+                                          end=not dependents)
+            if counted.open_ends is not None and counted.open_ends <= 0:
+                repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=now)
+                self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
+                return outbox.flush()
+            ready += counted.ready
+            outputs.update(counted.outputs if counted.with_outputs else repo.get_outputs(
+                conn, run.id, sorted({need for step in counted.ready for need in workflow.steps[step].needs})))
+        self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in sorted(ready, key=workflow.order.__getitem__)],
+                       outputs, None)
         return outbox.flush()
 
     def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,
@@ -286,7 +288,7 @@ class Coordinator:
         done = {name for name, row in steps.items() if row.status == StepStatus.SUCCEEDED}
         waiting = {name: sum(need not in done for need in spec.needs) for name, spec in workflow.steps.items()
                    if name in steps}
-        repo.set_counters(conn, run_id, len(steps) - len(done), waiting)
+        repo.set_counters(conn, run_id, sum(end not in done for end in workflow.ends), waiting)
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
         """Mark the run's end for the instrument once the transaction that ends it has committed."""

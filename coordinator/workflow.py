@@ -71,9 +71,15 @@ class Workflow:
         return found
 
     @functools.cached_property
-    def needs_of_dependents(self) -> dict[str, list[str]]:
-        """Per step: every step its dependents need (whose outputs they get), sorted."""
-        return {step: sorted({n for d in deps for n in self.steps[d].needs}) for step, deps in self._dependents.items()}
+    def needs_of_joins(self) -> dict[str, list[str]]:
+        """Per step: every step needed by its dependents that have more than one need, sorted."""
+        return {step: sorted({n for d in deps if len(self.steps[d].needs) > 1 for n in self.steps[d].needs})
+                for step, deps in self._dependents.items()}
+
+    @functools.cached_property
+    def ends(self) -> list[str]:
+        """The steps nothing needs: the run has succeeded when they have."""
+        return [name for name in self.steps if name not in self._dependents]
 
     @functools.cached_property
     def order(self) -> dict[str, int]:

@@ -70,21 +70,6 @@ def query_after_batch(conn: Connection, sql: str, params: dict[str, Any]) -> lis
     return list(conn.exec_driver_sql(sql, params).mappings())
 
 
-def batch_statement(conn: Connection, sql: str, params: dict[str, Any]) -> None:
-    """Add statements to the open batch: ``sql`` names its parameters ``%(c{n}_name)s`` (``{n}`` is
-    made unique in the batch) and ``params`` gives them by ``name``. Without a batch (only opened on
-    Postgres) the statements run at once."""
-    batch = conn.info.get(_BATCH)
-    n = len(batch[0]) if batch is not None else 0
-    bound = {f"c{n}_{name}": value for name, value in params.items()}
-    sql = sql.replace("{n}", str(n))
-    if batch is None:
-        conn.exec_driver_sql(sql, bound)
-        return
-    batch[0].append(sql)
-    batch[1].update(bound)
-
-
 def batch_update(conn: Connection, table: Table, run_id: str, steps: Sequence[str] | None,
                  values: dict[str, Any]) -> bool:
     """Collect an UPDATE of a run (``runs``) or of some steps of a run (``run_steps``); False when

@@ -77,9 +77,9 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     deadline_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    # steps not yet succeeded: a result brings it down by one, the run succeeds at 0 (NULL: a run
-    # from before migration 0010 or being retried; the coordinator counts it again)
-    open_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # ends (steps nothing needs) not yet succeeded: an end's success brings it down by one, the run
+    # succeeds at 0 (NULL: a run from before migration 0010; the coordinator counts it)
+    open_ends: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RunStep(Base):
@@ -103,7 +103,8 @@ class RunStep(Base):
     # the attempt an executor reported running (the step shows "running" while it is the current one)
     running_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why a queued step waits
-    # needs not yet succeeded: each success of a need brings it down by one, the step is ready at 0
+    # needs not yet succeeded, kept for steps with more than one need: each success of a need brings
+    # it down by one, the step is ready at 0
     waiting: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 

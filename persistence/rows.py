@@ -33,7 +33,7 @@ class RunRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
-    open_steps: int | None = None  # steps not yet succeeded (None: to be counted)
+    open_ends: int | None = None  # ends (steps nothing needs) not yet succeeded (None: to be counted)
 
     @property
     def duration_ms(self) -> float | None:
@@ -56,7 +56,7 @@ class StepRow:
     result_due_at: datetime | None = None  # a queued attempt of a step with a timeout: when its result is overdue
     running_attempt: int | None = None  # the attempt an executor reported running
     note: str | None = None  # why a queued step waits
-    waiting: int | None = None  # needs not yet succeeded (None: to be counted)
+    waiting: int | None = None  # needs not yet succeeded, for a step with several (None: to be counted)
 
     @property
     def running(self) -> bool:

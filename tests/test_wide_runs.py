@@ -76,7 +76,7 @@ def test_a_run_without_counters_is_counted_once_and_ends(engine):
     key = engine.submit("wide", {})
     run_id = poll_until(lambda: run_id_of(engine, key), timeout=30)
     with engine.db.transaction() as conn:  # while a is held: as if the run predated the counters
-        conn.execute(text("UPDATE runs SET open_steps = NULL WHERE id = :r"), {"r": run_id})
+        conn.execute(text("UPDATE runs SET open_ends = NULL WHERE id = :r"), {"r": run_id})
         conn.execute(text("UPDATE run_steps SET waiting = NULL WHERE run_id = :r"), {"r": run_id})
     GATES.setdefault(gate, threading.Event()).set()
     run = engine.wait(key, timeout=60)
@@ -84,7 +84,7 @@ def test_a_run_without_counters_is_counted_once_and_ends(engine):
     assert [a.step for a in run.attempts if a.step == "join"] == ["join"]
     with engine.db.connect() as conn:
         counted = repo.get_run(conn, run_id)
-    assert counted is not None and counted.open_steps == 0
+    assert counted is not None and counted.open_ends == 0
 
 
 def run_id_of(engine, key: str) -> str | None:

@@ -2,7 +2,7 @@
 
     definitions    stored workflow versions (immutable)
     runs           runs and their steps; the run row is the lock of its state
-    counters       a run's open steps and each step's waiting needs (a result reads no other step)
+    counters       a run's open ends and each join's waiting needs (a result reads no other step)
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
     dead_letters   the archive of rejected messages
@@ -22,7 +22,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 from ..fastpath import batched_writes
 from . import keys, schedules, sessions, workers
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
-from .counters import Counted, count_success, set_counters, step_succeeded
+from .counters import Counted, set_counters, step_succeeded
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
@@ -52,7 +52,7 @@ from .runs import (
 )
 
 __all__ = [
-    "Counted", "count_success", "get_outputs", "get_step", "set_counters", "step_succeeded", "update_steps_in_status",
+    "Counted", "get_outputs", "get_step", "set_counters", "step_succeeded", "update_steps_in_status",
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "keys", "latest_version", "list_dead_letters",

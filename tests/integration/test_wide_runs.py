@@ -30,5 +30,5 @@ def test_a_run_of_300_parallel_steps_and_a_join_ends_with_every_output_each_step
     db = cluster["MINIFLOW_DATABASE_URL"]
     assert query(db, "select count(*), count(distinct step) from step_attempts where run_id = %s",
                  detail["id"]) == [(WIDTH + 2, WIDTH + 2)]
-    assert query(db, "select open_steps from runs where id = %s", detail["id"]) == [(0,)]
+    assert query(db, "select open_ends from runs where id = %s", detail["id"]) == [(0,)]
     assert query(db, "select waiting from run_steps where run_id = %s and step = 'join'", detail["id"]) == [(0,)]
