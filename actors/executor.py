@@ -60,6 +60,12 @@ MAX_TRACEBACK_LEN = 8000  # characters of a failed attempt's traceback kept (its
 Emit = Callable[..., None]
 
 
+def step_priority(message: Any) -> int:
+    """The priority a step message came with (its run's, 0-9; 0 when absent or not a small int)."""
+    value = (getattr(message, "options", None) or {}).get("broker_priority") if message is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9 else 0
+
+
 class Executor:
     """The ``execute_step`` handler of one node."""
 
@@ -113,7 +119,7 @@ class Executor:
                             output=None if failure else output, error=error,
                             error_type=failure.error_type if failure else None, node=self.node,
                             started_at=started, finished_at=finished, traceback=trace, cap=task.cap)
-        self.report(result)
+        self.report(result, priority=step_priority(message))
         if self.metrics.enabled:
             wait = queue_wait_s(message, started)
             self.metrics.step_executed(task.workflow, task.step, task.attempt, failure is None, finished - started,
@@ -155,7 +161,7 @@ class Executor:
             return None, StepFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__, traceback.format_exc())
         return output, None
 
-    def report(self, result: StepResult) -> None:
+    def report(self, result: StepResult, *, priority: int = 0) -> None:
         """Send a step's result, riding out a broker that is out of reach.
 
         A result is the only copy of work already done, so an executor cut off from the broker
@@ -165,7 +171,9 @@ class Executor:
         results role (the first recorded attempt wins). A stopping worker gives up at once; its
         step message was not acked, so it is redelivered."""
         self._end_time_limit()
-        message = envelope(self.names.results, RECORD_RESULT, result.to_payload())
+        # The result goes first on a busy results queue as its step did on its pool (the run's priority).
+        message = envelope(self.names.results, RECORD_RESULT, result.to_payload(),
+                           options={"broker_priority": priority} if priority else None)
         deadline = time.monotonic() + RESULT_RESEND_S
         delay, failures = 0.5, 0
         while True:
