@@ -68,6 +68,13 @@ def compile_expression(source: str) -> ast.expr:
     return tree.body
 
 
+def names_in(tree: ast.expr) -> set[str]:
+    """The names an expression reads (not its functions, nor True/False/None)."""
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called
+            and n.id not in ("True", "False", "None")}
+
+
 def evaluate(source: str, names: Mapping[str, Any]) -> Any:
     """Compile and run ``source`` with ``names`` bound."""
     return run(compile_expression(source), names)

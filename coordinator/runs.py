@@ -33,6 +33,7 @@ from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
 
 from .catalog import Catalog
+from .completion import Settle, Settled, recount
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params
@@ -114,6 +115,12 @@ class Coordinator:
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
+        if workflow.conditional_roots:  # the roots' conditions decide first: every step starts pending
+            repo.insert_steps(conn, [StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
+                                     for name, spec in workflow.steps.items()])
+            self._go_on(conn, outbox, run, workflow, Settle(conn, run.id, workflow, lambda: open_params(
+                run.params, self.keys))(candidates=workflow.roots()))
+            return StartOutcome(run.id, True, outbox.flush())
         plan = self._prepare(outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
         queued = {} if isinstance(plan, Undispatchable) else \
             {name: (attempt, due) for (attempt, due), names in plan.items() for name in names}
@@ -229,7 +236,7 @@ class Coordinator:
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
         if run.open_ends is None:  # a run from before the counters: count it once
-            self._count(conn, run.id, workflow)
+            recount(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
             if attempt.ok:
                 return self._succeeded(conn, run, workflow, attempt)
@@ -239,31 +246,25 @@ class Coordinator:
                                                                               attempt.error, self.rng))
 
     def _succeeded(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow) -> list[Outgoing]:
-        now = self.clock()
-        outbox = Outbox(conn, now, self.instrument)
+        outbox = Outbox(conn, self.clock(), self.instrument)
         repo.update_step(conn, run.id, attempt.step, status=StepStatus.SUCCEEDED, output=attempt.output,
                          error=attempt.error, node=attempt.node, started_at=attempt.started_at,
                          finished_at=attempt.finished_at, result_due_at=None)
-        dependents = workflow.dependents(attempt.step)
-        joins = [d for d in dependents if len(workflow.steps[d].needs) > 1]
-        # A dependent with this step as its only need is ready now. Any step made ready by a need's
-        # success has never been dispatched (all its needs would have succeeded before, and a
-        # succeeded step stays so): its next attempt is 1.
-        ready = [d for d in dependents if len(workflow.steps[d].needs) == 1]
-        outputs = {attempt.step: attempt.output}
-        if joins or not dependents:  # a join may be ready now, or an end may finish the run
-            counted = repo.step_succeeded(conn, run.id, joins, workflow.needs_of_joins.get(attempt.step, []),
-                                          end=not dependents)
-            if counted.open_ends is not None and counted.open_ends <= 0:
-                repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=now)
-                self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
-                return outbox.flush()
-            ready += counted.ready
-            outputs.update(counted.outputs if counted.with_outputs else repo.get_outputs(
-                conn, run.id, sorted({need for step in counted.ready for need in workflow.steps[step].needs})))
-        self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in sorted(ready, key=workflow.order.__getitem__)],
-                       outputs, None)
+        settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(
+            succeeded=(attempt.step, attempt.output))
+        self._go_on(conn, outbox, run, workflow, settled)
         return outbox.flush()
+
+    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled) -> None:
+        """Dispatch what ``settled`` made ready (a step made ready by its needs has never been
+        dispatched, so at attempt 1), or end the run as it says."""
+        if settled.failure is not None:
+            self._fail_undispatchable(conn, run, Undispatchable(*settled.failure))
+        elif settled.run_succeeded:
+            repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=outbox.now)
+            self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
+        else:
+            self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in settled.ready], settled.outputs, None)
 
     def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,
                 decision: Decision) -> list[Outgoing]:
@@ -281,14 +282,6 @@ class Coordinator:
         # recorded as attempts but change nothing.
         self.end_run(conn, run, RunStatus.FAILED, decision.run_error or f"step {attempt.step!r} failed")
         return outbox.flush()
-
-    def _count(self, conn: Connection, run_id: str, workflow: Workflow) -> None:
-        """Set a run's counters from its steps as they stand (the one read of every step)."""
-        steps = repo.get_steps(conn, run_id)
-        done = {name for name, row in steps.items() if row.status == StepStatus.SUCCEEDED}
-        waiting = {name: sum(need not in done for need in spec.needs) for name, spec in workflow.steps.items()
-                   if name in steps}
-        repo.set_counters(conn, run_id, sum(end not in done for end in workflow.ends), waiting)
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
         """Mark the run's end for the instrument once the transaction that ends it has committed."""
@@ -350,11 +343,16 @@ class Coordinator:
                                  first_attempt=row.attempt + 1, finished_at=None)
         repo.update_run(conn, request.run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
                         deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
-        self._count(conn, request.run_id, workflow)
+        recount(conn, request.run_id, workflow)
         steps = repo.get_steps(conn, request.run_id)
         statuses = {name: r.status for name, r in steps.items()}
-        outputs = {name: r.output for name, r in steps.items()}
         outbox = Outbox(conn, now, self.instrument)
-        self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1)
-                                                     for step in ready_steps(workflow, statuses)], outputs, None)
+        settle = Settle(conn, request.run_id, workflow, lambda: open_params(run.params, self.keys))
+        settle.settled.outputs.update({name: r.output for name, r in steps.items()})
+        settled = settle(candidates=ready_steps(workflow, statuses))
+        if settled.failure is not None or settled.run_succeeded:
+            self._go_on(conn, outbox, run, workflow, settled)
+        else:  # a step that ran before goes on counting its attempts
+            self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],
+                           settled.outputs, None)
         return outbox.flush()

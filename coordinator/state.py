@@ -4,7 +4,8 @@ Run:  running -> succeeded | failed | cancelled
 Step: pending -> queued (attempt n) -> succeeded
                                     -> queued (attempt n+1, after a backoff) while attempts remain
                                     -> failed
-      pending -> skipped            (the run ended before the step could start)
+      pending -> skipped            (the run ended before the step could start, its condition was
+                                     false, or it needs a skipped step)
       queued -> cancelled           (the run ended while the step was out; a late result is
                                      recorded as an attempt but changes nothing)
 
@@ -13,7 +14,8 @@ step's status and the attempt that just finished, and returns a :class:`Decision
 becomes, what to dispatch, and whether the run ends. It is the state machine's reference; the
 coordinator (``runs``) applies the same rules without reading every step: ``decide_failure`` for a
 failed attempt, and for a success the counters of ``persistence.repository.counters`` (a step is
-ready when its needs' counter reaches 0, the run succeeds when its open steps do).
+ready when its needs' counter reaches 0, the run succeeds when its open ends do) and the
+conditions of ``completion`` (a step whose ``when`` is false is skipped, and so is what needs it).
 """
 
 from __future__ import annotations

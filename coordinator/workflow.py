@@ -32,6 +32,7 @@ class StepSpec:
     retries: int = 0
     backoff: Backoff = Backoff()
     timeout: float | None = None
+    when: str | None = None  # a condition over params and inputs: false skips the step and what needs it
 
     @property
     def max_attempts(self) -> int:
@@ -76,6 +77,21 @@ class Workflow:
         return {step: sorted({n for d in deps if len(self.steps[d].needs) > 1 for n in self.steps[d].needs})
                 for step, deps in self._dependents.items()}
 
+    def descendants(self, steps: list[str]) -> list[str]:
+        """``steps`` and every step that needs one of them, directly or not, in definition order."""
+        found, todo = set(steps), list(steps)
+        while todo:
+            for dependent in self.dependents(todo.pop()):
+                if dependent not in found:
+                    found.add(dependent)
+                    todo.append(dependent)
+        return [name for name in self.steps if name in found]
+
+    @functools.cached_property
+    def conditional_roots(self) -> bool:
+        """Whether a step that needs nothing has a condition (a start then decides it first)."""
+        return any(self.steps[name].when is not None for name in self.roots())
+
     @functools.cached_property
     def ends(self) -> list[str]:
         """The steps nothing needs: the run has succeeded when they have."""
@@ -109,6 +125,8 @@ class Workflow:
                 "queue": s.queue, "retries": s.retries, "timeout": s.timeout,
                 "backoff": {"initial": s.backoff.initial, "max": s.backoff.max,
                             "multiplier": s.backoff.multiplier, "jitter": s.backoff.jitter},
+                # only when set, so that a workflow without conditions keeps its checksum
+                **({"when": s.when} if s.when is not None else {}),
             } for s in self.steps.values()],
         }
 

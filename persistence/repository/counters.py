@@ -31,7 +31,7 @@ _JOINS = """d AS (
     RETURNING step, waiting, status)"""
 _END = "r AS (UPDATE runs SET open_ends = open_ends - 1 WHERE id = %(c_run)s RETURNING open_ends)"
 _ROWS = """SELECT 'step' AS kind, step, waiting AS n, status, NULL::jsonb AS output FROM d
-UNION ALL SELECT 'output', s.step, NULL, NULL, s.output FROM run_steps s
+UNION ALL SELECT 'output', s.step, NULL, s.status, s.output FROM run_steps s
     WHERE s.run_id = %(c_run)s AND s.step = ANY(%(c_needs)s::varchar[])
     AND EXISTS (SELECT 1 FROM d WHERE d.waiting = 0 AND d.status = 'pending')"""
 _SUCCEEDED = {
@@ -51,42 +51,51 @@ class Counted:
     open_ends: int | None = None
     ready: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)  # of those steps, the ones skipped
     with_outputs: bool = True
 
 
 def step_succeeded(conn: Connection, run_id: str, joins: Sequence[str], needs: Sequence[str], *,
                    end: bool) -> Counted:
-    """Count the success of a step: ``joins`` are its dependents with more than one need and
-    ``needs`` every step those need (their outputs are read here when a join is ready, unless there
-    are more than INLINE_NEEDS: ``with_outputs`` is then False and the caller reads what it needs);
-    ``end``: nothing needs the step."""
+    """Count the success (or the skip) of a step: ``joins`` are its dependents with more than one
+    need and ``needs`` every step those need (their outputs and statuses are read here when a join
+    is ready, unless there are more than INLINE_NEEDS: ``with_outputs`` is then False and the
+    caller reads what it needs); ``end``: nothing needs the step."""
     inline = len(needs) <= INLINE_NEEDS
-    counted = Counted(with_outputs=inline)
     if conn.dialect.name == "postgresql":
-        rows = query_after_batch(conn, _SUCCEEDED[end], {"c_run": run_id, "c_joins": list(joins),
-                                                        "c_needs": list(needs) if inline else []})
-        for row in rows:
-            if row["kind"] == "run":
-                counted.open_ends = int(row["n"])
-            elif row["kind"] == "step" and row["n"] == 0 and row["status"] == StepStatus.PENDING:
-                counted.ready.append(str(row["step"]))
-            elif row["kind"] == "output":
-                counted.outputs[str(row["step"])] = row["output"]
-        return counted
+        found = query_after_batch(conn, _SUCCEEDED[end], {"c_run": run_id, "c_joins": list(joins),
+                                                         "c_needs": list(needs) if inline else []})
+        return _counted(found, inline)
     flush(conn)
+    rows: list[dict[str, Any]] = []
     if joins:
         conn.execute(update(run_steps).where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(joins)))
                      .values(waiting=run_steps.c.waiting - 1))
-        now = conn.execute(select(run_steps.c.step, run_steps.c.waiting, run_steps.c.status)
-                           .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(joins))))
-        counted.ready = [str(step) for step, waiting, status in now if waiting == 0 and status == StepStatus.PENDING]
+        rows += [{"kind": "step", "step": step, "n": waiting, "status": status} for step, waiting, status in
+                 conn.execute(select(run_steps.c.step, run_steps.c.waiting, run_steps.c.status)
+                              .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(joins))))]
     if end:
         conn.execute(update(runs).where(runs.c.id == run_id).values(open_ends=runs.c.open_ends - 1))
-        counted.open_ends = int(conn.execute(select(runs.c.open_ends).where(runs.c.id == run_id)).scalar_one())
-    if counted.ready and inline:
-        found = conn.execute(select(run_steps.c.step, run_steps.c.output)
-                             .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(needs))))
-        counted.outputs = {str(step): output for step, output in found}
+        left = conn.execute(select(runs.c.open_ends).where(runs.c.id == run_id)).scalar_one()
+        rows.append({"kind": "run", "n": left})
+    if inline and any(r["kind"] == "step" and r["n"] == 0 and r["status"] == StepStatus.PENDING for r in rows):
+        rows += [{"kind": "output", "step": step, "status": status, "output": output} for step, status, output in
+                 conn.execute(select(run_steps.c.step, run_steps.c.status, run_steps.c.output)
+                              .where(run_steps.c.run_id == run_id, run_steps.c.step.in_(list(needs))))]
+    return _counted(rows, inline)
+
+
+def _counted(rows: Sequence[Mapping[str, Any]], inline: bool) -> Counted:
+    counted = Counted(with_outputs=inline)
+    for row in rows:
+        if row["kind"] == "run":
+            counted.open_ends = int(row["n"])
+        elif row["kind"] == "step" and row["n"] == 0 and row["status"] == StepStatus.PENDING:
+            counted.ready.append(str(row["step"]))
+        elif row["kind"] == "output":
+            counted.outputs[str(row["step"])] = row["output"]
+            if row["status"] == StepStatus.SKIPPED:
+                counted.skipped.add(str(row["step"]))
     return counted
 
 

@@ -27,6 +27,8 @@ _SELECT_STEPS = select(run_steps).where(run_steps.c.run_id == RUN_ID)
 _SELECT_STEP = select(run_steps).where(run_steps.c.run_id == RUN_ID, run_steps.c.step == bindparam("p_step"))
 _SELECT_OUTPUTS = select(run_steps.c.step, run_steps.c.output).where(
     run_steps.c.run_id == RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True)))
+_SELECT_NEEDS = select(run_steps.c.step, run_steps.c.status, run_steps.c.output).where(
+    run_steps.c.run_id == RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True)))
 _INSERT_STEPS = insert(run_steps)
 
 
@@ -159,6 +161,16 @@ def get_outputs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str
     flush(conn)
     rows = conn.execute(_SELECT_OUTPUTS, {"p_run_id": run_id, "p_steps": names})
     return {str(step): output for step, output in rows}
+
+
+def get_needs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, tuple[StepStatus, Any]]:
+    """The status and output of some steps of a run, by name (the needs of a step now ready)."""
+    names = list(steps)
+    if not names:
+        return {}
+    flush(conn)
+    rows = conn.execute(_SELECT_NEEDS, {"p_run_id": run_id, "p_steps": names})
+    return {str(step): (StepStatus(status), output) for step, status, output in rows}
 
 
 def update_steps_in_status(conn: Connection, run_id: str, current: StepStatus, **values: Any) -> None:

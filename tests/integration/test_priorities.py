@@ -27,9 +27,9 @@ def test_priority_9_steps_overtake_a_backlog_of_priority_0_steps_on_a_busy_pool(
         pool.wait_ready()
         with Client.from_env(cluster) as client:
             low = [client.start("prio-nap", key=f"{tmp_path.name}-low-{i}", priority=0) for i in range(LOW)]
-            poll(lambda: query(db, "select count(*) from run_steps s join runs r on r.id = s.run_id where "
-                               "r.workflow = 'prio-nap' and s.running_attempt = 1")[0][0] > 0,
-                 timeout=60, what="the first low-priority step to run")
+            poll(lambda: query(db, "select count(*) from step_attempts a join runs r on r.id = a.run_id where "
+                               "r.idempotency_key like %s", f"{tmp_path.name}-low-%")[0][0] > 0,
+                 timeout=60, what="the first low-priority step to finish (the rest wait: a backlog)")
             high = [client.start("prio-nap", key=f"{tmp_path.name}-high-{i}", priority=9) for i in range(HIGH)]
             ended = {h.idempotency_key: h.wait(timeout=120) for h in low + high}
         assert all(r.status == "succeeded" for r in ended.values())

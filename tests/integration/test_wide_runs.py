@@ -32,3 +32,29 @@ def test_a_run_of_300_parallel_steps_and_a_join_ends_with_every_output_each_step
                  detail["id"]) == [(WIDTH + 2, WIDTH + 2)]
     assert query(db, "select open_ends from runs where id = %s", detail["id"]) == [(0,)]
     assert query(db, "select waiting from run_steps where run_id = %s and step = 'join'", detail["id"]) == [(0,)]
+
+
+def test_false_conditions_cut_branches_and_the_run_succeeds_across_processes(cluster: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    """On Postgres the skips go through the counters' statement: a join with a skipped need is
+    skipped once its other needs have run; a branch with a true condition runs."""
+    (tmp_path / "cond.yaml").write_text(
+        "name: cond-branches\nparams: {x: {default: 3}}\nsteps:\n"
+        "  - {name: a, task: diamond.source}\n"
+        "  - {name: big, task: diamond.double, needs: [a], when: \"inputs.a > 10\"}\n"
+        "  - {name: small, task: diamond.square, needs: [a], when: \"inputs.a <= 10\"}\n"
+        "  - {name: other, task: diamond.double, needs: [a]}\n"
+        "  - {name: join, task: diamond.sum, needs: [big, small, other]}\n"
+        "  - {name: after_small, task: diamond.sum, needs: [small, other]}\n")
+    assert miniflow(cluster, "deploy", str(tmp_path / "cond.yaml")).returncode == 0
+    result = miniflow(cluster, "start", "cond-branches", "-p", "x=3", "--wait", "--timeout", "60", "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    detail = json.loads(result.stdout)
+    steps = {s["step"]: s for s in detail["steps"]}
+    assert detail["status"] == "succeeded"
+    assert {name: s["status"] for name, s in steps.items()} == {
+        "a": "succeeded", "big": "skipped", "small": "succeeded", "other": "succeeded", "join": "skipped",
+        "after_small": "succeeded"}
+    assert steps["after_small"]["output"] == 9 + 6
+    assert query(cluster["MINIFLOW_DATABASE_URL"], "select note from run_steps where run_id = %s and step = 'join'",
+                 detail["id"]) == [("skipped: it needs 'big', which was skipped",)]
