@@ -271,7 +271,8 @@ class Coordinator:
         outbox = Outbox(conn, self.clock(), self.instrument)
         if decision.retry_delay is not None:
             repo.update_step(conn, run.id, attempt.step, error=attempt.error, node=attempt.node)
-            outputs = repo.get_outputs(conn, run.id, workflow.steps[attempt.step].needs)
+            needs = repo.get_needs(conn, run.id, workflow.steps[attempt.step].needs)
+            outputs = {name: output for name, (_, output) in needs.items()}
             self._dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)], outputs,
                            decision.retry_delay)
             return outbox.flush()

@@ -25,8 +25,6 @@ _LOCK_RUN = _SELECT_RUN.with_for_update()
 _RUN_FOR_KEY = select(runs.c.id).where(runs.c.idempotency_key == bindparam("p_key"))
 _SELECT_STEPS = select(run_steps).where(run_steps.c.run_id == RUN_ID)
 _SELECT_STEP = select(run_steps).where(run_steps.c.run_id == RUN_ID, run_steps.c.step == bindparam("p_step"))
-_SELECT_OUTPUTS = select(run_steps.c.step, run_steps.c.output).where(
-    run_steps.c.run_id == RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True)))
 _SELECT_NEEDS = select(run_steps.c.step, run_steps.c.status, run_steps.c.output).where(
     run_steps.c.run_id == RUN_ID, run_steps.c.step.in_(bindparam("p_steps", expanding=True)))
 _INSERT_STEPS = insert(run_steps)
@@ -153,18 +151,8 @@ def get_step(conn: Connection, run_id: str, step: str) -> StepRow | None:
     return from_mapping(StepRow, row) if row is not None else None
 
 
-def get_outputs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, Any]:
-    """The outputs of some steps of a run, by name (what a step about to be dispatched needs)."""
-    names = list(steps)
-    if not names:
-        return {}
-    flush(conn)
-    rows = conn.execute(_SELECT_OUTPUTS, {"p_run_id": run_id, "p_steps": names})
-    return {str(step): output for step, output in rows}
-
-
 def get_needs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, tuple[StepStatus, Any]]:
-    """The status and output of some steps of a run, by name (the needs of a step now ready)."""
+    """The status and output of some steps of a run, by name (the needs of a step to dispatch)."""
     names = list(steps)
     if not names:
         return {}
