@@ -143,9 +143,15 @@ def test_each_overlap_policy_with_a_slow_workflow(cluster, start_timers, tmp_pat
          what="8 ticks of every schedule")
     for policy in ids:
         pause(cluster, f"ov-{policy}-{suffix}")
-    # let the last runs end, then check
-    poll(lambda: not query(db, "select 1 from runs where workflow = 'timer-slow' and status = 'running'"),
-         timeout=60, interval=0.5, what="the slow runs to end")
+    # let the last runs end, and the buffered tick start (a timer pass, up to a second after the run
+    # it waited for ended) and end too, then check
+    def settled() -> bool:
+        running = query(db, "select 1 from runs where workflow = 'timer-slow' and status = 'running'")
+        held = query(db, "select 1 from schedule_ticks where schedule_id = %s and outcome = 'buffered'",
+                     ids["buffer_one"])
+        return not running and not held
+
+    poll(settled, timeout=60, interval=0.5, what="the slow runs to end and the buffered tick to start")
     for policy, sid in ids.items():
         outcomes = Counter(r[1] for r in ticks(db, sid))
         runs = sorted(assert_one_run_per_started_tick(db, sid), key=lambda r: r[3])
