@@ -8,6 +8,8 @@ import threading
 from sqlalchemy.engine import Connection
 
 from miniflow.persistence import repository as repo
+from miniflow.protocol.codes import Reason
+from miniflow.protocol.errors import MessageRejected
 
 from .workflow import Workflow
 
@@ -22,6 +24,15 @@ class Catalog:
     def deploy(self, conn: Connection, workflow: Workflow, source: str | None = None) -> tuple[int, bool]:
         """Store a workflow as a new version unless the latest is identical: (version, created)."""
         return repo.save_definition(conn, workflow.name, workflow.to_spec(), source, workflow.version)
+
+    def to_start(self, conn: Connection, name: str, version: int | None) -> Workflow:
+        """The version a start asks for; MessageRejected naming what is not deployed."""
+        workflow = self.workflow(conn, name, version)
+        if workflow is not None:
+            return workflow
+        if version is not None and self.exists(conn, name):
+            raise MessageRejected(Reason.UNKNOWN_VERSION, f"workflow {name!r} has no version {version}", "version")
+        raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {name!r} is not deployed", "workflow")
 
     def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
         """A deployed version (the latest when ``version`` is None), or None."""

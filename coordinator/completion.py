@@ -1,27 +1,33 @@
-"""What a step's success, or a skip, sets off in its run: the steps it makes ready, the conditions
-(``when``) of those, and the skips that follow from a false condition.
+"""What a step's end sets off in its run: the steps it makes ready, their trigger rules and
+conditions (``when``), and the skips that follow.
 
-A step whose condition is false is skipped, and so, in turn, is every step that needs a skipped
-step (a step runs only when all its needs succeeded). A skip counts as a settled need, like a
-success, for the counters of ``repository.counters``: a join is ready when all its needs have
-settled, and then runs if none of them was skipped, or is skipped itself. An end that is skipped
-counts towards the run's end like one that succeeded, so a run in which the false conditions cut
-off whole branches still succeeds, once everything that does run has.
+A step ends by succeeding, by being skipped (its condition was false, or its trigger rule was not
+met) or, in a workflow with trigger rules, by failing (without them a failure ends the run at
+once, in ``runs``). Each end counts as an ended need in the counters of ``repository.counters``:
+a step is ready to be judged when all its needs have ended. Its trigger rule
+(``state.trigger_verdict``) then says whether it runs (and its condition, if any, decides), or is
+skipped, or is ``upstream_failed``; that is an end too, and the pass goes on from it. Ends that
+are skipped count towards the run's end like ones that succeeded: a run whose false conditions
+cut off whole branches still succeeds once everything that does run has. When every end has
+ended the pass says so (``run_ended``); the caller knows whether anything failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from miniflow.persistence import StepRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol.errors import SealError
-from miniflow.protocol.states import StepStatus
+from miniflow.protocol.states import RunStatus, StepStatus
 
 from .expressions import ExpressionError, evaluate
+from .state import trigger_verdict
 from .workflow import Workflow
 
 Params = Callable[[], dict[str, Any]]  # the run's params, opened (called only if a condition needs them)
@@ -30,74 +36,79 @@ Params = Callable[[], dict[str, Any]]  # the run's params, opened (called only i
 @dataclass
 class Settled:
     """The steps to dispatch now (each at attempt 1, in definition order) and the outputs of their
-    needs; or that the run has succeeded; or a condition that could not be evaluated (step, reason)."""
+    needs; or that every end of the run has ended; or a condition that could not be evaluated
+    (step, reason)."""
 
     ready: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
-    run_succeeded: bool = False
+    run_ended: bool = False
     failure: tuple[str, str] | None = None
 
 
 class Settle:
-    """One pass over a run from settled steps (succeeded, or skipped) to the steps they make ready."""
+    """One pass over a run from ended steps to the steps they make ready."""
 
     def __init__(self, conn: Connection, run_id: str, workflow: Workflow, params: Params) -> None:
         self.conn, self.run_id, self.workflow, self._params = conn, run_id, workflow, params
         self.settled = Settled()
         self._opened: dict[str, Any] | None = None
-        self._skipped: list[str] = []  # settled by a skip, their dependents still to see
+        self._ended: list[tuple[str, StepStatus]] = []  # ended here (skipped, ...), their dependents still to see
 
-    def __call__(self, *, succeeded: tuple[str, Any] | None = None, candidates: Sequence[str] = ()) -> Settled:
-        """From ``succeeded`` (a step and its output) and/or steps whose needs have all succeeded."""
+    def __call__(self, *, succeeded: tuple[str, Any] | None = None, failed: str | None = None,
+                 candidates: Sequence[str] = ()) -> Settled:
+        """From ``succeeded`` (a step and its output), ``failed`` (a step that failed for good, in a
+        workflow with trigger rules) and/or ``candidates`` (steps whose needs have all succeeded)."""
         if succeeded is not None:
             step, output = succeeded
             self.settled.outputs[step] = output
-            if not self._done(step, skipped=False):
-                return self.settled
+            self._ended.append((step, StepStatus.SUCCEEDED))
+        if failed is not None:
+            self._ended.append((failed, StepStatus.FAILED))
         for name in candidates:
-            if not self._consider(name):
+            if not self._judge(name, dict.fromkeys(self.workflow.steps[name].needs, StepStatus.SUCCEEDED)):
                 return self.settled
-        while self._skipped:
-            if not self._done(self._skipped.pop(), skipped=True):
+        while self._ended:
+            if not self._done(*self._ended.pop()):
                 return self.settled
         self.settled.ready.sort(key=self.workflow.order.__getitem__)
         return self.settled
 
-    def _done(self, step: str, *, skipped: bool) -> bool:
-        """Count ``step`` settled; False when that ends the pass (the run succeeded, or a condition broke)."""
+    def _done(self, step: str, outcome: StepStatus) -> bool:
+        """Count ``step`` ended; False when that ends the pass (the run is over, or a condition broke)."""
         workflow = self.workflow
         dependents = workflow.dependents(step)
         joins = [d for d in dependents if len(workflow.steps[d].needs) > 1]
-        ready = [d for d in dependents if len(workflow.steps[d].needs) == 1]
+        singles = [d for d in dependents if len(workflow.steps[d].needs) == 1]
         if joins or not dependents:
             counted = repo.step_succeeded(self.conn, self.run_id, joins, workflow.needs_of_joins.get(step, []),
                                           end=not dependents)
             if counted.open_ends is not None and counted.open_ends <= 0:
-                self.settled = Settled(run_succeeded=True)
+                self.settled = Settled(run_ended=True)
                 return False
-            outputs, cut = counted.outputs, counted.skipped
+            outputs, statuses = counted.outputs, counted.statuses
             if counted.ready and not counted.with_outputs:
                 found = repo.get_needs(self.conn, self.run_id,
                                        sorted({n for j in counted.ready for n in workflow.steps[j].needs}))
                 outputs = {name: output for name, (_, output) in found.items()}
-                cut = {name for name, (status, _) in found.items() if status == StepStatus.SKIPPED}
+                statuses = {name: status for name, (status, _) in found.items()}
             self.settled.outputs.update(outputs)
             for join in counted.ready:
-                skipped_needs = [n for n in workflow.steps[join].needs if n in cut]
-                if skipped_needs:
-                    self._skip(join, f"skipped: it needs {skipped_needs[0]!r}, which was skipped")
-                else:
-                    ready.append(join)
-        for name in ready:
-            if skipped:
-                self._skip(name, f"skipped: it needs {step!r}, which was skipped")
-            elif not self._consider(name):
-                return False
+                if not self._judge(join, {need: statuses.get(need) for need in workflow.steps[join].needs}):
+                    return False
+        return all(self._judge(name, {step: outcome}) for name in singles)
+
+    def _judge(self, name: str, needs: dict[str, StepStatus | None]) -> bool:
+        """A step whose needs have all ended: its trigger rule, then its condition; False when the
+        pass ends (its condition broke)."""
+        instead = trigger_verdict(self.workflow.steps[name].trigger, needs)
+        if instead is None:
+            return self._consider(name)
+        self._end(name, *instead)
         return True
 
     def _consider(self, name: str) -> bool:
-        """A step whose needs have all succeeded: ready, or skipped by its condition; False when its
-        condition cannot be evaluated (the pass ends with that failure)."""
+        """A step to run if its condition allows: ready, or skipped by it; False when its condition
+        cannot be evaluated (the pass ends with that failure)."""
         spec = self.workflow.steps[name]
         if spec.when is None:
             self.settled.ready.append(name)
@@ -118,12 +129,12 @@ class Settle:
         if go:
             self.settled.ready.append(name)
         else:
-            self._skip(name, f"skipped: its condition `{spec.when}` was false")
+            self._end(name, StepStatus.SKIPPED, f"skipped: its condition `{spec.when}` was false")
         return True
 
-    def _skip(self, name: str, why: str) -> None:
-        repo.update_step(self.conn, self.run_id, name, status=StepStatus.SKIPPED, note=why[:2000])
-        self._skipped.append(name)
+    def _end(self, name: str, status: StepStatus, why: str) -> None:
+        repo.update_step(self.conn, self.run_id, name, status=status, note=why[:2000])
+        self._ended.append((name, status))
 
 
 def recount(conn: Connection, run_id: str, workflow: Workflow) -> None:
@@ -134,3 +145,20 @@ def recount(conn: Connection, run_id: str, workflow: Workflow) -> None:
     waiting = {name: sum(need not in settled for need in spec.needs) for name, spec in workflow.steps.items()
                if name in steps}
     repo.set_counters(conn, run_id, sum(end not in settled for end in workflow.ends), waiting)
+
+
+def reopen(conn: Connection, run_id: str, workflow: Workflow, now: datetime) -> dict[str, StepRow]:
+    """Re-open an ended run for a retry: its steps that did not succeed are pending again, and so is
+    every step that needs one of them (a step that ran after a failure, by its trigger rule, is
+    judged again), each with a fresh attempt budget (its attempt numbers go on counting). The run
+    is running with a new deadline, its counters counted afresh. Returns the steps as they now are."""
+    steps = repo.get_steps(conn, run_id)
+    unfinished = [name for name, row in steps.items() if row.status != StepStatus.SUCCEEDED]
+    for name in workflow.descendants(unfinished):
+        if name in steps:
+            repo.update_step(conn, run_id, name, status=StepStatus.PENDING, error=None, note=None,
+                             first_attempt=steps[name].attempt + 1, finished_at=None)
+    repo.update_run(conn, run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
+                    deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+    recount(conn, run_id, workflow)
+    return repo.get_steps(conn, run_id)

@@ -21,8 +21,8 @@ import yaml
 
 from miniflow.protocol.errors import DefinitionError
 
-from .expressions import ExpressionError, compile_expression, names_in
-from .workflow import Backoff, ParamSpec, StepSpec, Workflow, find_cycle
+from .step_options import parse_trigger, parse_when
+from .workflow import Backoff, ParamSpec, StepSpec, TriggerRule, Workflow, find_cycle
 
 MAX_STEPS = 1000
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -33,8 +33,8 @@ MAX_STEP_TIMEOUT_S = 24 * 3600.0  # a step's time limit travels in its message, 
 MAX_BACKOFF_S = 24 * 3600.0  # delayed messages are held by workers: a day at the most
 
 _WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules"}
-_STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description", "when"}
-WHEN_NAMES = ("params", "inputs")  # what a step's condition may read
+_STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description", "when",
+              "trigger"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
 _PARAM_KEYS = {"default", "required", "description", "secret"}
 T = TypeVar("T")
@@ -254,28 +254,12 @@ def _parse_step(raw: Any, index: int, source: str, problems: _Problems) -> StepS
     retries = problems.take(lambda: _parse_retries(raw.get("retries", 0), source, name), 0)
     timeout = problems.take(lambda: _parse_timeout(raw.get("timeout"), source, name), None)
     backoff = problems.take(lambda: _parse_backoff(raw.get("backoff"), source, name), Backoff())
-    when = problems.take(lambda: _parse_when(raw.get("when"), source, name), None)
+    when = problems.take(lambda: parse_when(raw.get("when"), source, name), None)
+    trigger = problems.take(lambda: parse_trigger(raw.get("trigger"), source, name, needs), TriggerRule.ALL_SUCCEEDED)
     if len(problems.found) > before:
         return None
     return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue, retries=retries,
-                    backoff=backoff, timeout=timeout, when=when)
-
-
-def _parse_when(raw: Any, source: str, step: str) -> str | None:
-    """A condition: an expression (coordinator/expressions.py) over ``params`` and ``inputs``."""
-    if raw is None:
-        return None
-    if isinstance(raw, bool):
-        raw = str(raw)
-    try:
-        tree = compile_expression(raw)
-    except ExpressionError as exc:
-        raise DefinitionError(source, f"'when': {exc}", step) from None
-    unknown = sorted(names_in(tree) - set(WHEN_NAMES))
-    if unknown:
-        raise DefinitionError(source, f"'when' reads {unknown[0]!r}; a condition reads only "
-                              f"{' and '.join(WHEN_NAMES)} (the outputs of the steps it needs)", step)
-    return str(raw).strip()
+                    backoff=backoff, timeout=timeout, when=when, trigger=trigger)
 
 
 def _parse_task(task: Any, source: str, step: str) -> str:

@@ -1,7 +1,8 @@
 """A small, safe expression language over plain data: no Python is evaluated.
 
 An expression is parsed with Python's grammar (``ast``) and then interpreted node by node; only these
-forms are allowed: literals (numbers, strings, True/False/None, lists, dicts, tuples), names bound by
+forms are allowed: literals (numbers, strings, True/False/None, also spelt true/false/null as in YAML
+and JSON, lists, dicts, tuples), names bound by
 the caller (e.g. ``params``, ``inputs``, ``attempt``), ``a.b`` and ``a["b"]`` / ``a[0]`` lookups in
 mappings and lists, arithmetic (``+ - * / // %``), comparisons (including ``in``), ``and``/``or``/
 ``not``, ``x if c else y``, and calls of the functions in ``FUNCTIONS``. No attribute of a Python
@@ -23,6 +24,7 @@ from miniflow.protocol.errors import CoordinatorError
 MAX_SOURCE = 2000
 MAX_NODES = 200
 MAX_VALUE = 100_000  # length of a string or list an expression may build
+CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": len, "str": str, "int": int, "float": float, "bool": bool, "abs": abs, "round": round,
@@ -72,7 +74,7 @@ def names_in(tree: ast.expr) -> set[str]:
     """The names an expression reads (not its functions, nor True/False/None)."""
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called
-            and n.id not in ("True", "False", "None")}
+            and n.id not in CONSTANTS}
 
 
 def evaluate(source: str, names: Mapping[str, Any]) -> Any:
@@ -98,8 +100,8 @@ def _eval(node: ast.expr, names: Mapping[str, Any]) -> Any:
 
 
 def _name(node: Any, names: Mapping[str, Any]) -> Any:
-    if node.id in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[node.id]
+    if node.id in CONSTANTS:
+        return CONSTANTS[node.id]
     if node.id not in names:
         raise ExpressionError(f"unknown name {node.id!r} (known: {', '.join(sorted(names))})")
     return names[node.id]

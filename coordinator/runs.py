@@ -1,16 +1,16 @@
 """The coordinator: given a transaction and an event, record the change of a run and queue the
 messages it implies in the outbox (same transaction). The caller publishes them after commit.
 
-The coordinator is the only writer of run and step state. What follows from a finished attempt
-follows the rules of the pure ``state`` module; this module applies them, reading no step of the
-run but the attempt's own (the counters of ``repository.counters`` say what is ready and when the
-run is done). Recording results is the results
-service's job (``results``), repairing what lost messages left behind the reconciler's
-(``reconcile``).
+The coordinator is the only writer of run and step state. It applies the rules of the pure
+``state`` module reading no step of the run but the attempt's own (the counters of
+``repository.counters`` say what is ready and when the run is done; ``completion`` what follows).
+Recording results is the results service's job (``results``), repairing what lost messages left
+behind the reconciler's (``reconcile``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import uuid
@@ -33,7 +33,7 @@ from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
 
 from .catalog import Catalog
-from .completion import Settle, Settled, recount
+from .completion import Settle, Settled, recount, reopen
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params
@@ -97,7 +97,7 @@ class Coordinator:
         the steps are inserted with the roots already queued: five statements in all."""
         key = start.idempotency_key or f"message:{message_id}"
         try:
-            workflow = self._workflow_to_start(conn, start)
+            workflow = self.catalog.to_start(conn, start.workflow, start.version)
             params = self._sealed(workflow, resolve_params(workflow, start.params))
         except MessageRejected:
             # A re-sent start whose run exists is a duplicate, even if a later deploy would reject it.
@@ -140,15 +140,6 @@ class Coordinator:
                                   "coordinator has no data key to store them sealed (MINIFLOW_DATA_KEY or "
                                   "MINIFLOW_DATA_KEY_FILE)", "params")
         return seal_params(params, secrets, self.keys)
-
-    def _workflow_to_start(self, conn: Connection, start: StartWorkflow) -> Workflow:
-        workflow = self.catalog.workflow(conn, start.workflow, start.version)
-        if workflow is not None:
-            return workflow
-        if start.version is not None and self.catalog.exists(conn, start.workflow):
-            raise MessageRejected(Reason.UNKNOWN_VERSION, f"workflow {start.workflow!r} has no version "
-                                  f"{start.version}", "version")
-        raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {start.workflow!r} is not deployed", "workflow")
 
     # -- dispatch ---------------------------------------------------------------------------------
     def _dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
@@ -255,14 +246,22 @@ class Coordinator:
         self._go_on(conn, outbox, run, workflow, settled)
         return outbox.flush()
 
-    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled) -> None:
+    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled,
+               failed: str | None = None) -> None:
         """Dispatch what ``settled`` made ready (a step made ready by its needs has never been
-        dispatched, so at attempt 1), or end the run as it says."""
+        dispatched, so at attempt 1, but with trigger rules), or end the run as it says: failed if a step of it failed
+        (``failed`` now, or ``run.error`` recorded before: a workflow with trigger rules), else succeeded."""
         if settled.failure is not None:
             self._fail_undispatchable(conn, run, Undispatchable(*settled.failure))
-        elif settled.run_succeeded:
-            repo.update_run(conn, run.id, status=RunStatus.SUCCEEDED, error=None, finished_at=outbox.now)
-            self._finished(conn, run.id, workflow.name, RunStatus.SUCCEEDED, None)
+        elif settled.run_ended:
+            error = run.error or failed
+            status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
+            repo.update_run(conn, run.id, status=status, error=error, finished_at=outbox.now)
+            self._finished(conn, run.id, workflow.name, status, error)
+        elif workflow.tolerates_failure:  # a retried run may judge again a step that ran after a failure
+            attempts = repo.next_attempts(conn, run.id, settled.ready)
+            self._dispatch(conn, outbox, run, workflow, [(d, attempts.get(d, 1)) for d in settled.ready],
+                           settled.outputs, None)
         else:
             self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in settled.ready], settled.outputs, None)
 
@@ -279,9 +278,16 @@ class Coordinator:
         repo.update_step(conn, run.id, attempt.step, status=StepStatus.FAILED, error=attempt.error,
                          node=attempt.node, started_at=attempt.started_at, finished_at=attempt.finished_at,
                          result_due_at=None)
+        reason = decision.run_error or f"step {attempt.step!r} failed"
+        if workflow.tolerates_failure:  # the steps that run after failures run; the run fails when all have ended
+            if run.error is None:  # the first failure is the run's error (shown while it goes on)
+                repo.update_run(conn, run.id, error=reason)
+            settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(failed=attempt.step)
+            self._go_on(conn, outbox, run, workflow, settled, failed=reason)
+            return outbox.flush()
         # The run fails now; steps still out on other branches are cancelled: their late results are
         # recorded as attempts but change nothing.
-        self.end_run(conn, run, RunStatus.FAILED, decision.run_error or f"step {attempt.step!r} failed")
+        self.end_run(conn, run, RunStatus.FAILED, reason)
         return outbox.flush()
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
@@ -318,10 +324,8 @@ class Coordinator:
 
     # -- retry ------------------------------------------------------------------------------------
     def retry(self, conn: Connection, request: RetryRun, message_id: str = "") -> list[Outgoing] | None:
-        """Re-run a failed or cancelled run from its unfinished steps; succeeded outputs are kept.
-
-        Each re-run step gets a fresh retry budget; attempt numbers keep counting up, so every
-        attempt stays unique. Returns None (and logs why) when the run is not failed or cancelled,
+        """Re-run a failed or cancelled run from its unfinished steps (``reopen``); succeeded outputs
+        are kept. Returns None (and logs why) when the run is not failed or cancelled,
         or when this request message (``message_id``) was already acted on: a redelivered retry
         must not re-run a run whose re-run has failed again."""
         run = repo.lock_run(conn, request.run_id)
@@ -338,20 +342,14 @@ class Coordinator:
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
-        for name, row in repo.get_steps(conn, request.run_id).items():
-            if row.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
-                repo.update_step(conn, request.run_id, name, status=StepStatus.PENDING, error=None,
-                                 first_attempt=row.attempt + 1, finished_at=None)
-        repo.update_run(conn, request.run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
-                        deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
-        recount(conn, request.run_id, workflow)
-        steps = repo.get_steps(conn, request.run_id)
+        steps = reopen(conn, request.run_id, workflow, now)
+        run = dataclasses.replace(run, status=RunStatus.RUNNING, error=None)
         statuses = {name: r.status for name, r in steps.items()}
         outbox = Outbox(conn, now, self.instrument)
         settle = Settle(conn, request.run_id, workflow, lambda: open_params(run.params, self.keys))
         settle.settled.outputs.update({name: r.output for name, r in steps.items()})
         settled = settle(candidates=ready_steps(workflow, statuses))
-        if settled.failure is not None or settled.run_succeeded:
+        if settled.failure is not None or settled.run_ended:
             self._go_on(conn, outbox, run, workflow, settled)
         else:  # a step that ran before goes on counting its attempts
             self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],

@@ -5,7 +5,8 @@ Step: pending -> queued (attempt n) -> succeeded
                                     -> queued (attempt n+1, after a backoff) while attempts remain
                                     -> failed
       pending -> skipped            (the run ended before the step could start, its condition was
-                                     false, or it needs a skipped step)
+                                     false, or its trigger rule was not met: a need was skipped)
+      pending -> upstream_failed    (a need failed, and its trigger rule asks for successes)
       queued -> cancelled           (the run ended while the step was out; a late result is
                                      recorded as an attempt but changes nothing)
 
@@ -16,6 +17,9 @@ coordinator (``runs``) applies the same rules without reading every step: ``deci
 failed attempt, and for a success the counters of ``persistence.repository.counters`` (a step is
 ready when its needs' counter reaches 0, the run succeeds when its open ends do) and the
 conditions of ``completion`` (a step whose ``when`` is false is skipped, and so is what needs it).
+``trigger_verdict`` applies a step's trigger rule once all its needs have ended. In a workflow
+without trigger rules a failed step ends its run at once (``decide`` shows that); with one, the
+failure settles its dependents by their rules instead and the run fails once every step has ended.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from miniflow.protocol.states import RunStatus, StepStatus
+from miniflow.protocol.states import FAILED_OUTCOMES, RunStatus, StepStatus
 
-from .workflow import Backoff, Workflow
+from .workflow import Backoff, TriggerRule, Workflow
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,24 @@ def ready_steps(workflow: Workflow, statuses: dict[str, StepStatus]) -> list[str
         if statuses.get(s.name) == StepStatus.PENDING
         and all(statuses.get(n) == StepStatus.SUCCEEDED for n in s.needs)
     ]
+
+
+def trigger_verdict(rule: TriggerRule, needs: dict[str, StepStatus | None]) -> tuple[StepStatus, str] | None:
+    """Once all of a step's ``needs`` have ended (name -> how): None when the step is to run (its
+    condition then decides), else the status it takes instead and why."""
+    failed = next((name for name, status in needs.items() if status in FAILED_OUTCOMES), None)
+    skipped = next((name for name, status in needs.items() if status == StepStatus.SKIPPED), None)
+    if rule == TriggerRule.ALL_DONE:
+        return None
+    if rule == TriggerRule.ANY_FAILED:
+        return None if failed is not None else (StepStatus.SKIPPED, "skipped: its trigger is any_failed, and none "
+                                                                    "of the steps it needs failed")
+    if failed is not None:
+        return StepStatus.UPSTREAM_FAILED, f"not run: it needs {failed!r}, which " + (
+            "failed" if needs[failed] == StepStatus.FAILED else "did not run because of a failure")
+    if skipped is not None and rule == TriggerRule.ALL_SUCCEEDED:
+        return StepStatus.SKIPPED, f"skipped: it needs {skipped!r}, which was skipped"
+    return None
 
 
 def backoff_delay(policy: Backoff, attempt: int, rng: random.Random | None = None) -> float:

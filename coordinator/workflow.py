@@ -9,8 +9,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
+
+class TriggerRule(StrEnum):
+    """When a step runs, given how its needs ended (``coordinator.state.trigger_verdict``)."""
+
+    ALL_SUCCEEDED = "all_succeeded"  # every need succeeded (the default)
+    ALL_DONE = "all_done"  # every need ended, however it ended
+    ANY_FAILED = "any_failed"  # every need ended, and at least one failed (or was not run for a failure)
+    NONE_FAILED = "none_failed"  # every need ended, succeeded or skipped: none failed
 
 @dataclass(frozen=True)
 class Backoff:
@@ -33,6 +42,7 @@ class StepSpec:
     backoff: Backoff = Backoff()
     timeout: float | None = None
     when: str | None = None  # a condition over params and inputs: false skips the step and what needs it
+    trigger: TriggerRule = TriggerRule.ALL_SUCCEEDED  # how the step's needs must have ended for it to run
 
     @property
     def max_attempts(self) -> int:
@@ -93,6 +103,12 @@ class Workflow:
         return any(self.steps[name].when is not None for name in self.roots())
 
     @functools.cached_property
+    def tolerates_failure(self) -> bool:
+        """Whether a step runs whatever its needs did (a trigger rule other than all_succeeded): then a
+        failed step does not end its run at once; the run goes on until every step has ended, and fails."""
+        return any(spec.trigger != TriggerRule.ALL_SUCCEEDED for spec in self.steps.values())
+
+    @functools.cached_property
     def ends(self) -> list[str]:
         """The steps nothing needs: the run has succeeded when they have."""
         return [name for name in self.steps if name not in self._dependents]
@@ -127,6 +143,7 @@ class Workflow:
                             "multiplier": s.backoff.multiplier, "jitter": s.backoff.jitter},
                 # only when set, so that a workflow without conditions keeps its checksum
                 **({"when": s.when} if s.when is not None else {}),
+                **({"trigger": str(s.trigger)} if s.trigger != TriggerRule.ALL_SUCCEEDED else {}),
             } for s in self.steps.values()],
         }
 

@@ -21,7 +21,7 @@ from .terminal import safe_text
 
 STATUS_STYLE = {RunStatus.SUCCEEDED: "green", RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow",
                 RunStatus.RUNNING: "cyan", StepStatus.QUEUED: "cyan", StepStatus.PENDING: "dim",
-                StepStatus.SKIPPED: "dim"}
+                StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "magenta"}
 _catalog = Catalog()  # a cache of immutable definitions, for the names of secret params
 
 

@@ -4,7 +4,8 @@ in ``coordinator.state``.
 
     run:  running -> succeeded | failed | cancelled
     step: pending -> queued (attempt n) -> succeeded | failed | queued (attempt n+1, a retry)
-          pending -> skipped;  queued -> cancelled
+          pending -> skipped | upstream_failed (a need failed, and the step's trigger rule asks for
+                     successes);  queued -> cancelled
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"  # not run: a step it needs failed (or did not run for that reason)
     CANCELLED = "cancelled"
 
 
 RUN_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+# A step in one of these did not succeed because something failed: trigger rules count it as failed.
+FAILED_OUTCOMES = frozenset({StepStatus.FAILED, StepStatus.UPSTREAM_FAILED})
 RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})  # a run retry re-opens only these

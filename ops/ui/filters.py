@@ -14,8 +14,8 @@ from jinja2 import Environment
 from ..views import fmt_ms, short
 
 _CLASS = re.compile(r"[^a-z_]")
-KNOWN_STATUS = frozenset({"pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped", "alive",
-                          "late", "gone", "stopped", "fired", "missed"})
+KNOWN_STATUS = frozenset({"pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped",
+                          "upstream_failed", "alive", "late", "gone", "stopped", "fired", "missed"})
 
 
 def when(value: Any, tz: str | None = None) -> str:

@@ -39,6 +39,7 @@ from .runs import (
     lock_run,
     lock_run_with_step,
     mark_queued_attempt,
+    next_attempts,
     overdue_results,
     overdue_run_ids,
     page_runs,
@@ -52,7 +53,7 @@ from .runs import (
 )
 
 __all__ = [
-    "Counted", "get_needs", "get_step", "set_counters", "step_succeeded", "update_steps_in_status",
+    "Counted", "get_needs", "get_step", "next_attempts", "set_counters", "step_succeeded", "update_steps_in_status",
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",
     "insert_dead_letter", "insert_run", "insert_steps", "keys", "latest_version", "list_dead_letters",

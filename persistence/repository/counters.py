@@ -1,8 +1,9 @@
 """The counters that keep a result's cost independent of the width of its run.
 
-``run_steps.waiting`` is the number of a step's needs not yet succeeded, and ``runs.open_ends`` the
-number of the run's ends (steps nothing needs) not yet succeeded: every step is an end or needed
-by one, so the run has succeeded when its ends have. A success takes one off the counter of each
+``run_steps.waiting`` is the number of a step's needs not yet ended, and ``runs.open_ends`` the
+number of the run's ends (steps nothing needs) not yet ended: every step is an end or needed
+by one, so the run is over when its ends are. A step's end (a success, a skip, or in a workflow
+with trigger rules a failure) takes one off the counter of each
 dependent with more than one need (those are ready at 0; a dependent with one need is ready at
 once and its counter is not kept up) and, for an end, one off the run's. No result reads the other
 steps of its run, and a chain step touches no counter at all. The caller holds the run's lock (the
@@ -51,16 +52,17 @@ class Counted:
     open_ends: int | None = None
     ready: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
-    skipped: set[str] = field(default_factory=set)  # of those steps, the ones skipped
+    statuses: dict[str, StepStatus] = field(default_factory=dict)  # how those steps ended
     with_outputs: bool = True
 
 
 def step_succeeded(conn: Connection, run_id: str, joins: Sequence[str], needs: Sequence[str], *,
                    end: bool) -> Counted:
-    """Count the success (or the skip) of a step: ``joins`` are its dependents with more than one
-    need and ``needs`` every step those need (their outputs and statuses are read here when a join
-    is ready, unless there are more than INLINE_NEEDS: ``with_outputs`` is then False and the
-    caller reads what it needs); ``end``: nothing needs the step."""
+    """Count the end of a step (a success, a skip, a failure that does not end the run): ``joins``
+    are its dependents with more than one need and ``needs`` every step those need (their outputs
+    and statuses are read here when a join is ready, unless there are more than INLINE_NEEDS:
+    ``with_outputs`` is then False and the caller reads what it needs); ``end``: nothing needs the
+    step."""
     inline = len(needs) <= INLINE_NEEDS
     if conn.dialect.name == "postgresql":
         found = query_after_batch(conn, _SUCCEEDED[end], {"c_run": run_id, "c_joins": list(joins),
@@ -94,8 +96,7 @@ def _counted(rows: Sequence[Mapping[str, Any]], inline: bool) -> Counted:
             counted.ready.append(str(row["step"]))
         elif row["kind"] == "output":
             counted.outputs[str(row["step"])] = row["output"]
-            if row["status"] == StepStatus.SKIPPED:
-                counted.skipped.add(str(row["step"]))
+            counted.statuses[str(row["step"])] = StepStatus(row["status"])
     return counted
 
 

@@ -161,6 +161,17 @@ def get_needs(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, 
     return {str(step): (StepStatus(status), output) for step, status, output in rows}
 
 
+def next_attempts(conn: Connection, run_id: str, steps: Iterable[str]) -> dict[str, int]:
+    """The number of the next attempt of each of some steps of a run (1 for a step never dispatched)."""
+    names = list(steps)
+    if not names:
+        return {}
+    flush(conn)
+    rows = conn.execute(select(run_steps.c.step, run_steps.c.attempt).where(
+        run_steps.c.run_id == run_id, run_steps.c.step.in_(names)))
+    return {str(step): int(attempt or 0) + 1 for step, attempt in rows}
+
+
 def update_steps_in_status(conn: Connection, run_id: str, current: StepStatus, **values: Any) -> None:
     """Set columns of every step of a run that is in status ``current`` (no need to know their names)."""
     flush(conn)

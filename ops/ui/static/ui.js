@@ -3,7 +3,7 @@
 // escaped, by the server.
 "use strict";
 
-const KNOWN = new Set(["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped"]);
+const KNOWN = new Set(["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped", "upstream_failed"]);
 
 function statusClass(status) {
   return KNOWN.has(status) ? "st-" + status : "st-other";
