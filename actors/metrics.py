@@ -29,7 +29,7 @@ are never labels.
     miniflow_queue_consumers               gauge      queue                       coordinator, api
     miniflow_workers                       gauge      state (alive, late, gone,   coordinator, api
                                                       stopped)
-    miniflow_runs_active                   gauge      status (pending, running)   coordinator, api
+    miniflow_runs_active                   gauge      status (queued, running)    coordinator, api
     miniflow_oldest_active_run_seconds     gauge                                  coordinator, api
 """
 

@@ -107,6 +107,7 @@ class Node:
             if db is None:
                 raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
             self.relay = Relay(broker, db, faults=faults, metrics=metrics, namespace=names.namespace)
+            self.coordinator.publish = self.relay.publish  # what a run's end admits, published at once
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
                                          faults=faults, emit=self._emit, caps=self.caps, metrics=metrics)
             if RESULTS in self.roles:

@@ -92,6 +92,11 @@ class ReconcileLoop:
                         return repaired
                     logger.warning("could not reconcile run %s step %s attempt %d: %s", run_id, step, attempt,
                                    type(exc).__name__)
+        with self.db.connect() as conn:
+            waiting = repo.workflows_with_queued_runs(conn)
+        for workflow in waiting:
+            with self.db.transaction() as conn:
+                self.relay.publish(self.reconciler.admit_queued(conn, workflow))
         with self.db.transaction() as conn:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
             pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from miniflow.persistence import StepRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol.errors import SealError
 from miniflow.protocol.states import RunStatus, StepStatus
@@ -147,18 +145,17 @@ def recount(conn: Connection, run_id: str, workflow: Workflow) -> None:
     repo.set_counters(conn, run_id, sum(end not in settled for end in workflow.ends), waiting)
 
 
-def reopen(conn: Connection, run_id: str, workflow: Workflow, now: datetime) -> dict[str, StepRow]:
+def reopen(conn: Connection, run_id: str, workflow: Workflow) -> None:
     """Re-open an ended run for a retry: its steps that did not succeed are pending again, and so is
     every step that needs one of them (a step that ran after a failure, by its trigger rule, is
     judged again), each with a fresh attempt budget (its attempt numbers go on counting). The run
-    is running with a new deadline, its counters counted afresh. Returns the steps as they now are."""
+    is ``queued`` (the coordinator then begins it, or it waits for a slot), its counters counted
+    afresh."""
     steps = repo.get_steps(conn, run_id)
     unfinished = [name for name, row in steps.items() if row.status != StepStatus.SUCCEEDED]
     for name in workflow.descendants(unfinished):
         if name in steps:
             repo.update_step(conn, run_id, name, status=StepStatus.PENDING, error=None, note=None,
                              first_attempt=steps[name].attempt + 1, finished_at=None)
-    repo.update_run(conn, run_id, status=RunStatus.RUNNING, error=None, finished_at=None,
-                    deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+    repo.update_run(conn, run_id, status=RunStatus.QUEUED, error=None, finished_at=None, deadline_at=None)
     recount(conn, run_id, workflow)
-    return repo.get_steps(conn, run_id)

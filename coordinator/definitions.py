@@ -21,6 +21,7 @@ import yaml
 
 from miniflow.protocol.errors import DefinitionError
 
+from .concurrency import parse_concurrency
 from .step_options import parse_trigger, parse_when
 from .workflow import Backoff, ParamSpec, StepSpec, TriggerRule, Workflow, find_cycle
 
@@ -32,7 +33,7 @@ MAX_RETRIES = 100
 MAX_STEP_TIMEOUT_S = 24 * 3600.0  # a step's time limit travels in its message, capped there at a day
 MAX_BACKOFF_S = 24 * 3600.0  # delayed messages are held by workers: a day at the most
 
-_WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules"}
+_WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules", "concurrency"}
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description", "when",
               "trigger"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
@@ -136,6 +137,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     timeout = problems.take(lambda: _parse_timeout(data.get("timeout"), source, None), None)
     params: dict[str, ParamSpec] = problems.take(lambda: _parse_params(data.get("params"), source), {})
     steps = _parse_steps(data.get("steps"), source, problems)
+    concurrency = problems.take(lambda: parse_concurrency(data.get("concurrency"), source, params), None)
     description = data.get("description") or ""
     if not isinstance(description, str):
         problems.found.append(DefinitionError(source, "'description' must be text"))
@@ -149,7 +151,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
         problems.found.append(DefinitionError(source, "'schedules' must be a list of schedules"))
     problems.raise_any()
     return Workflow(name=name, steps=steps, params=params, description=description, version=version,
-                    timeout=timeout)
+                    timeout=timeout, concurrency=concurrency)
 
 
 def _parse_name(name: Any, source: str) -> str:

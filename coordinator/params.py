@@ -1,9 +1,11 @@
-"""A run's params: the workflow's declared defaults overlaid with the ones a start gives."""
+"""A run's params: the workflow's declared defaults overlaid with the ones a start gives, and the
+secret ones sealed for the database."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from miniflow.persistence.sealing import KeyRing, seal_params
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import MessageRejected
 
@@ -24,3 +26,14 @@ def resolve_params(workflow: Workflow, given: dict[str, Any]) -> dict[str, Any]:
         raise MessageRejected(Reason.INVALID_PARAMS, f"workflow {workflow.name!r} needs param(s) {missing}",
                               "params")
     return params
+
+
+def sealed(workflow: Workflow, params: dict[str, Any], keys: KeyRing | None) -> dict[str, Any]:
+    """The params as they are stored: secret ones sealed with ``keys``; MessageRejected (no_data_key)
+    when some are given and there is no key."""
+    secrets = workflow.secret_params()
+    if keys is None and any(params.get(name) is not None for name in secrets):
+        raise MessageRejected(Reason.NO_DATA_KEY, f"workflow {workflow.name!r} has secret params, and this "
+                              "coordinator has no data key to store them sealed (MINIFLOW_DATA_KEY or "
+                              "MINIFLOW_DATA_KEY_FILE)", "params")
+    return seal_params(params, secrets, keys)

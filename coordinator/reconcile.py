@@ -7,7 +7,9 @@ coordinator racing the real message (or another coordinator) changes nothing twi
   outage longer than the retries): the run is advanced now;
 - a queued attempt past its result deadline with no result (its step message or result was
   lost): recorded as a lost attempt, then retried or failed by the step's policy;
-- a running run past its workflow timeout: failed.
+- a running run past its workflow timeout: failed;
+- queued runs of a workflow with concurrency limits while it has room (room every run's end
+  looks for at once; this finds room that opened otherwise, like a deploy raising a limit).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from miniflow.protocol.errors import StepLost
 from miniflow.protocol.messages import StepFinished
 from miniflow.protocol.states import RunStatus, StepStatus
 
-from .outbox import Outgoing
+from .concurrency import admit_queued
+from .outbox import Outbox, Outgoing
 from .runs import Coordinator
 
 logger = logging.getLogger("miniflow.coordinator")
@@ -87,3 +90,13 @@ class Reconciler:
             coordinator.end_run(conn, run, RunStatus.FAILED, f"workflow timeout{bound}: the run did not finish in time")
             expired.append(run_id)
         return expired
+
+    def admit_queued(self, conn: Connection, workflow: str) -> list[Outgoing]:
+        """Begin the queued runs of ``workflow`` that have room now."""
+        coordinator = self.coordinator
+        outbox = Outbox(conn, coordinator.clock(), coordinator.instrument)
+        admitted = admit_queued(conn, coordinator.catalog, workflow, outbox.now,
+                                lambda run, version: coordinator.begin(conn, outbox, run, version))
+        if admitted:
+            logger.info("began %d queued run(s) of %s that had room", len(admitted), workflow)
+        return outbox.flush()

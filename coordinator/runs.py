@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,20 +23,22 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, RunRow, StepRow, after_commit
 from miniflow.persistence import repository as repo
-from miniflow.persistence.sealing import KeyRing, open_params, seal_params
+from miniflow.persistence.sealing import KeyRing, open_params
 from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.codes import Reason
 from miniflow.protocol.errors import EncodeFailed, MessageRejected, SealError
 from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepProgress, StepTask
 from miniflow.protocol.names import EXECUTE_STEP, QueueNames
-from miniflow.protocol.states import RETRYABLE, RUN_TERMINAL, RunStatus, StepStatus
+from miniflow.protocol.states import RUN_TERMINAL, RunStatus, StepStatus
 
+from . import requests
 from .catalog import Catalog
-from .completion import Settle, Settled, recount, reopen
+from .completion import Settle, Settled, recount
+from .concurrency import admit_queued, may_begin, run_key
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
-from .params import resolve_params
+from .params import resolve_params, sealed
 from .state import Decision, decide_failure, ready_steps
 from .workflow import Workflow
 
@@ -46,7 +48,6 @@ logger = logging.getLogger("miniflow.coordinator")
 # Counted from the dispatch, so it also covers the time the message waits in the queue: an hour,
 # like the infrastructure retries, so that only a real loss (not a backlog) trips it.
 RESULT_GRACE_S = 3600.0
-PROGRESS_RUNNING = "running"
 
 Groups = dict[tuple[int, datetime | None], list[str]]  # (attempt, result deadline) -> step names
 
@@ -81,6 +82,8 @@ class Coordinator:
         self.catalog = catalog or Catalog()
         self.keys = keys  # seals secret params at rest (None: a start that gives some is rejected)
         self.caps = caps  # issues each dispatched attempt's capability (None: message authentication off)
+        # publishes committed outbox messages at once (the node's relay; without it the sweeper does)
+        self.publish: Callable[[list[Outgoing]], None] | None = None
 
     def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
         return self.catalog.workflow(conn, name, version)
@@ -98,7 +101,9 @@ class Coordinator:
         key = start.idempotency_key or f"message:{message_id}"
         try:
             workflow = self.catalog.to_start(conn, start.workflow, start.version)
-            params = self._sealed(workflow, resolve_params(workflow, start.params))
+            resolved = resolve_params(workflow, start.params)
+            concurrency_key = run_key(workflow, resolved)
+            params = sealed(workflow, resolved, self.keys)
         except MessageRejected:
             # A re-sent start whose run exists is a duplicate, even if a later deploy would reject it.
             existing = repo.run_id_for_key(conn, key)
@@ -107,19 +112,22 @@ class Coordinator:
             raise
         now = self.clock()
         assert workflow.version is not None  # the catalog's workflows are stored versions
+        limited = workflow.concurrency is not None  # queued, then begun if there is room
         run = RunRow(id=str(uuid.uuid4()), workflow=workflow.name, version=workflow.version,
-                     status=RunStatus.RUNNING, params=params, idempotency_key=key, priority=start.priority,
-                     created_at=now, trace_id=trace_id, started_at=now,
-                     deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout else None,
-                     open_ends=len(workflow.ends))
+                     status=RunStatus.QUEUED if limited else RunStatus.RUNNING, params=params, idempotency_key=key,
+                     priority=start.priority, created_at=now, trace_id=trace_id, started_at=None if limited else now,
+                     deadline_at=now + timedelta(seconds=workflow.timeout) if workflow.timeout and not limited
+                     else None, open_ends=len(workflow.ends), concurrency_key=concurrency_key)
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
-        if workflow.conditional_roots:  # the roots' conditions decide first: every step starts pending
+        if limited or workflow.conditional_roots:  # every step starts pending: the roots are judged first
             repo.insert_steps(conn, [StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
                                      for name, spec in workflow.steps.items()])
-            self._go_on(conn, outbox, run, workflow, Settle(conn, run.id, workflow, lambda: open_params(
-                run.params, self.keys))(candidates=workflow.roots()))
+            if not limited or may_begin(conn, workflow, concurrency_key, now):
+                self.begin(conn, outbox, run, workflow)
+            else:
+                logger.info("run %s of %s queued: no room under its concurrency limits", run.id, workflow.name)
             return StartOutcome(run.id, True, outbox.flush())
         plan = self._prepare(outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
         queued = {} if isinstance(plan, Undispatchable) else \
@@ -132,14 +140,6 @@ class Coordinator:
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
         return StartOutcome(run.id, True, outbox.flush())
-
-    def _sealed(self, workflow: Workflow, params: dict[str, Any]) -> dict[str, Any]:
-        secrets = workflow.secret_params()
-        if self.keys is None and any(params.get(name) is not None for name in secrets):
-            raise MessageRejected(Reason.NO_DATA_KEY, f"workflow {workflow.name!r} has secret params, and this "
-                                  "coordinator has no data key to store them sealed (MINIFLOW_DATA_KEY or "
-                                  "MINIFLOW_DATA_KEY_FILE)", "params")
-        return seal_params(params, secrets, self.keys)
 
     # -- dispatch ---------------------------------------------------------------------------------
     def _dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
@@ -246,6 +246,44 @@ class Coordinator:
         self._go_on(conn, outbox, run, workflow, settled)
         return outbox.flush()
 
+    def begin(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow) -> None:
+        """A run begins (again): a queued one admitted to a slot, a new one whose roots have
+        conditions, a retried one. It is running from now (its deadline counts from now); its steps
+        whose needs have all succeeded are judged, and dispatched at their next attempt."""
+        fresh = run.started_at is None or run.status == RunStatus.RUNNING  # nothing of it has run yet
+        began = self.clock() if run.started_at is None else run.started_at  # read after the gate, if any
+        repo.update_run(conn, run.id, status=RunStatus.RUNNING, error=None, finished_at=None, started_at=began,
+                        deadline_at=self.clock() + timedelta(seconds=workflow.timeout) if workflow.timeout else None)
+        run = dataclasses.replace(run, status=RunStatus.RUNNING, error=None)
+        settle = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))
+        if fresh:
+            self._go_on(conn, outbox, run, workflow, settle(candidates=workflow.roots()))
+            return
+        steps = repo.get_steps(conn, run.id)
+        settle.settled.outputs.update({name: r.output for name, r in steps.items()})
+        settled = settle(candidates=ready_steps(workflow, {name: r.status for name, r in steps.items()}))
+        if settled.failure is not None or settled.run_ended:
+            self._go_on(conn, outbox, run, workflow, settled)
+        else:  # a step that ran before goes on counting its attempts
+            self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],
+                           settled.outputs, None)
+
+    def _release(self, conn: Connection, run: RunRow, outbox: Outbox | None) -> None:
+        """A run has ended: if it held a slot of its workflow's limits, begin the queued runs that now
+        have room, in this transaction (their messages go into ``outbox``, or are published after
+        the commit when there is none)."""
+        workflow = self.catalog.workflow(conn, run.workflow, run.version)
+        if run.status != RunStatus.RUNNING or workflow is None or workflow.concurrency is None:
+            return
+        box = outbox or Outbox(conn, self.clock(), self.instrument)
+        admit_queued(conn, self.catalog, run.workflow, box.now, lambda queued, version: self.begin(
+            conn, box, queued, version))
+        publish = self.publish
+        if outbox is None and box.items:
+            sent = box.flush()
+            if publish is not None:
+                after_commit(conn, lambda: publish(sent))
+
     def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled,
                failed: str | None = None) -> None:
         """Dispatch what ``settled`` made ready (a step made ready by its needs has never been
@@ -258,6 +296,7 @@ class Coordinator:
             status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
             repo.update_run(conn, run.id, status=status, error=error, finished_at=outbox.now)
             self._finished(conn, run.id, workflow.name, status, error)
+            self._release(conn, run, outbox)
         elif workflow.tolerates_failure:  # a retried run may judge again a step that ran after a failure
             attempts = repo.next_attempts(conn, run.id, settled.ready)
             self._dispatch(conn, outbox, run, workflow, [(d, attempts.get(d, 1)) for d in settled.ready],
@@ -287,7 +326,7 @@ class Coordinator:
             return outbox.flush()
         # The run fails now; steps still out on other branches are cancelled: their late results are
         # recorded as attempts but change nothing.
-        self.end_run(conn, run, RunStatus.FAILED, reason)
+        self.end_run(conn, run, RunStatus.FAILED, reason, outbox)
         return outbox.flush()
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
@@ -295,63 +334,24 @@ class Coordinator:
         after_commit(conn, lambda: self.instrument.run_finished(run_id, workflow, status, error))
 
     def progress(self, conn: Connection, event: StepProgress) -> bool:
-        """Show an executor's progress on a queued attempt: running (and where), or handed back by a
-        node without its task (the note says why the step waits). A stale event changes nothing."""
-        if event.state == PROGRESS_RUNNING:
-            return repo.mark_queued_attempt(conn, event.run_id, event.step, event.attempt,
-                                            running_attempt=event.attempt, node=event.node or None,
-                                            started_at=self.clock(), note=None)
-        return repo.mark_queued_attempt(conn, event.run_id, event.step, event.attempt, note=event.detail[:2000])
+        """Show an executor's progress on a queued attempt (``requests.progress``)."""
+        return requests.progress(self, conn, event)
 
     # -- end early: cancel, timeouts ---------------------------------------------------------------
-    def end_run(self, conn: Connection, run: RunRow, status: RunStatus, reason: str) -> None:
+    def end_run(self, conn: Connection, run: RunRow, status: RunStatus, reason: str,
+                outbox: Outbox | None = None) -> None:
         """End a run early: pending steps are skipped, queued ones cancelled (their late results
         are recorded as attempts and change nothing)."""
         repo.update_steps_in_status(conn, run.id, StepStatus.PENDING, status=StepStatus.SKIPPED)
         repo.update_steps_in_status(conn, run.id, StepStatus.QUEUED, status=StepStatus.CANCELLED, result_due_at=None)
         repo.update_run(conn, run.id, status=status, error=reason, finished_at=self.clock())
         self._finished(conn, run.id, run.workflow, status, reason)
+        self._release(conn, run, outbox)
 
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
-        """Cancel a run that has not ended; False when it had already ended."""
-        run = repo.lock_run(conn, request.run_id)
-        if run is None:
-            raise MessageRejected(Reason.UNKNOWN_RUN, f"run {request.run_id!r} does not exist", "run_id")
-        if run.status in RUN_TERMINAL:
-            return False
-        self.end_run(conn, run, RunStatus.CANCELLED, "cancelled" + (f": {request.reason}" if request.reason else ""))
-        return True
+        """Cancel a run that has not ended; False when it had already ended (``requests.cancel``)."""
+        return requests.cancel(self, conn, request)
 
-    # -- retry ------------------------------------------------------------------------------------
     def retry(self, conn: Connection, request: RetryRun, message_id: str = "") -> list[Outgoing] | None:
-        """Re-run a failed or cancelled run from its unfinished steps (``reopen``); succeeded outputs
-        are kept. Returns None (and logs why) when the run is not failed or cancelled,
-        or when this request message (``message_id``) was already acted on: a redelivered retry
-        must not re-run a run whose re-run has failed again."""
-        run = repo.lock_run(conn, request.run_id)
-        if run is None:
-            raise MessageRejected(Reason.UNKNOWN_RUN, f"run {request.run_id!r} does not exist", "run_id")
-        if run.status not in RETRYABLE:
-            logger.info("retry of run %s ignored: it is %s, not failed or cancelled", request.run_id, run.status)
-            return None
-        now = self.clock()
-        if message_id and not repo.mark_handled(conn, message_id, RetryRun.KIND, request.run_id, now):
-            logger.info("retry of run %s ignored: request %s was already handled (a redelivery)",
-                        request.run_id, message_id)
-            return None
-        workflow = self.catalog.workflow(conn, run.workflow, run.version)
-        if workflow is None:  # pragma: no cover - definitions are never deleted
-            raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
-        steps = reopen(conn, request.run_id, workflow, now)
-        run = dataclasses.replace(run, status=RunStatus.RUNNING, error=None)
-        statuses = {name: r.status for name, r in steps.items()}
-        outbox = Outbox(conn, now, self.instrument)
-        settle = Settle(conn, request.run_id, workflow, lambda: open_params(run.params, self.keys))
-        settle.settled.outputs.update({name: r.output for name, r in steps.items()})
-        settled = settle(candidates=ready_steps(workflow, statuses))
-        if settled.failure is not None or settled.run_ended:
-            self._go_on(conn, outbox, run, workflow, settled)
-        else:  # a step that ran before goes on counting its attempts
-            self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],
-                           settled.outputs, None)
-        return outbox.flush()
+        """Re-run a failed or cancelled run (``requests.retry``); None when there is nothing to do."""
+        return requests.retry(self, conn, request, message_id)

@@ -59,6 +59,21 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class Concurrency:
+    """How many runs of a workflow may run at once (``coordinator.concurrency`` enforces it): at most
+    ``max_active_runs`` in all, and at most ``max_per_key`` with the same value of ``key`` (an
+    expression over ``params``, e.g. one run per customer). A run past a limit waits, ``queued``."""
+
+    max_active_runs: int | None = None
+    key: str | None = None
+    max_per_key: int | None = None
+
+    def to_spec(self) -> dict[str, Any]:
+        return {name: value for name, value in (("max_active_runs", self.max_active_runs), ("key", self.key),
+                                                 ("max_per_key", self.max_per_key)) if value is not None}
+
+
+@dataclass(frozen=True)
 class Workflow:
     """A validated workflow. ``to_spec()`` is the JSON stored per version; ``from_spec`` reads it."""
 
@@ -68,6 +83,7 @@ class Workflow:
     description: str = ""
     version: int | None = None
     timeout: float | None = None
+    concurrency: Concurrency | None = None
 
     def dependents(self, step: str) -> list[str]:
         """The steps that need ``step``, in definition order (computed once per workflow)."""
@@ -134,6 +150,8 @@ class Workflow:
             "name": self.name,
             "description": self.description,
             "timeout": self.timeout,
+            # only when set, so that a workflow without limits keeps its checksum
+            **({"concurrency": self.concurrency.to_spec()} if self.concurrency is not None else {}),
             "params": {p.name: {"default": p.default, "required": p.required, "secret": p.secret,
                                 "description": p.description} for p in self.params.values()},
             "steps": [{

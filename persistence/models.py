@@ -7,6 +7,7 @@
     outbox                messages committed with a state change, waiting to be published
     dead_letters          every rejected message, with its reason code and a bounded raw copy
     handled_requests      message ids of the retry requests acted on (a redelivery is not a second retry)
+    run_gates             one row per workflow with concurrency limits: its admissions happen one at a time
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class WorkflowDefinition(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_created_at", "created_at"), Index("ix_runs_deadline_at", "deadline_at"))
+    __table_args__ = (Index("ix_runs_created_at", "created_at"), Index("ix_runs_deadline_at", "deadline_at"),
+                      Index("ix_runs_workflow_status", "workflow", "status", "concurrency_key"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(128))
@@ -80,6 +82,18 @@ class Run(Base):
     # ends (steps nothing needs) not yet succeeded: an end's success brings it down by one, the run
     # succeeds at 0 (NULL: a run from before migration 0010; the coordinator counts it)
     open_ends: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the value of the workflow's concurrency key for this run (coordinator/concurrency.py), bounded
+    concurrency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class RunGate(Base):
+    """A workflow with concurrency limits: each start and each end of one of its runs updates this row
+    first, so that (a row lock on Postgres, the write lock on SQLite) admissions happen one at a time."""
+
+    __tablename__ = "run_gates"
+
+    workflow: Mapped[str] = mapped_column(String(128), primary_key=True)
+    touched_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class RunStep(Base):
@@ -171,3 +185,4 @@ step_attempts = cast(Table, StepAttempt.__table__)
 outbox = cast(Table, OutboxMessage.__table__)
 dead_letters = cast(Table, DeadLetter.__table__)
 handled_requests = cast(Table, HandledRequest.__table__)
+run_gates = cast(Table, RunGate.__table__)

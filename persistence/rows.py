@@ -34,6 +34,7 @@ class RunRow:
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
     open_ends: int | None = None  # ends (steps nothing needs) not yet succeeded (None: to be counted)
+    concurrency_key: str | None = None  # the value of its workflow's concurrency key, if it has one
 
     @property
     def duration_ms(self) -> float | None:

@@ -2,7 +2,8 @@
 ``run_steps`` tables and shown as they are by every face (CLI, JSON); the transitions are decided
 in ``coordinator.state``.
 
-    run:  running -> succeeded | failed | cancelled
+    run:  [queued ->] running -> succeeded | failed | cancelled   (queued: waiting for a slot under the
+          workflow's concurrency limits; a queued run may be cancelled)
     step: pending -> queued (attempt n) -> succeeded | failed | queued (attempt n+1, a retry)
           pending -> skipped | upstream_failed (a need failed, and the step's trigger rule asks for
                      successes);  queued -> cancelled
@@ -14,6 +15,7 @@ from enum import StrEnum
 
 
 class RunStatus(StrEnum):
+    QUEUED = "queued"  # waiting for a slot (its workflow's concurrency limits): nothing of it dispatched
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

@@ -116,9 +116,11 @@ def summary(database: Database) -> ResultSummary:
 def test_runs_are_counted_by_status_per_workflow_and_in_all(summary):
     etl, report = summary.workflows
     assert (etl.workflow, report.workflow) == ("etl", "report")
-    assert etl.by_status == {"running": 1, "succeeded": 3, "failed": 2, "cancelled": 1} and etl.runs == 7
-    assert report.by_status == {"running": 0, "succeeded": 1, "failed": 1, "cancelled": 0} and report.runs == 2
-    assert summary.by_status == {"running": 1, "succeeded": 4, "failed": 3, "cancelled": 1} and summary.runs == 9
+    assert etl.by_status == {"queued": 0, "running": 1, "succeeded": 3, "failed": 2, "cancelled": 1} and etl.runs == 7
+    assert report.by_status == {"queued": 0, "running": 0, "succeeded": 1, "failed": 1, "cancelled": 0} \
+        and report.runs == 2
+    assert summary.by_status == {"queued": 0, "running": 1, "succeeded": 4, "failed": 3, "cancelled": 1} \
+        and summary.runs == 9
 
 
 def test_the_success_rate_counts_succeeded_out_of_completed_runs_leaving_cancelled_and_running_out(summary):
@@ -140,8 +142,9 @@ def test_steps_are_counted_by_status_with_their_success_rate(summary):
     (render,) = summary.workflows[1].steps
     assert extract.step == "extract"
     assert extract.by_status == {"pending": 0, "queued": 0, "succeeded": 5, "failed": 1, "skipped": 0,
-                                 "cancelled": 1}
-    assert load.by_status == {"pending": 0, "queued": 1, "succeeded": 3, "failed": 1, "skipped": 2, "cancelled": 0}
+                                 "upstream_failed": 0, "cancelled": 1}
+    assert load.by_status == {"pending": 0, "queued": 1, "succeeded": 3, "failed": 1, "skipped": 2,
+                              "upstream_failed": 0, "cancelled": 0}
     assert (extract.success_rate, load.success_rate, render.success_rate) == (5 / 6, 3 / 4, 1 / 2)
 
 

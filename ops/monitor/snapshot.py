@@ -130,10 +130,11 @@ def gauges(database: Database, catalog: Catalog, names: QueueNames, broker_url: 
     workers = list_workers(database, names.namespace, now=now)
     with database.connect() as conn:
         count, oldest = activity.active_runs(conn)
+        queued = activity.queued_run_count(conn)
         backlog = repo.count_outbox(conn)
     out: dict[str, list[tuple[dict[str, str], float]]] = {
         "miniflow_workers": [({"state": s}, float(n)) for s, n in count_by_state(workers).items() if s in STATES],
-        "miniflow_runs_active": [({"status": "running"}, float(count))],
+        "miniflow_runs_active": [({"status": "running"}, float(count)), ({"status": "queued"}, float(queued))],
         "miniflow_oldest_active_run_seconds": [({}, (now - oldest).total_seconds() if oldest else 0.0)],
         "miniflow_outbox_backlog": [({}, float(backlog))],
     }

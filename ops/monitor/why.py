@@ -4,8 +4,8 @@ queue monitor.
 The usual causes, each checked: the step waits for the steps it needs; its retry is in its backoff;
 no executor consumes its queue (the classic one: a pool with zero consumers); the executors that do
 lack its task (they hand it back: the step's note says so); the queue is deep and the step has many
-ahead of it; the run has ended or was cancelled. Concurrency slots do not exist yet (every queued
-step may run at once); when they come, they are one more cause here.
+ahead of it; the run has ended or was cancelled; the run is queued for a slot under its
+workflow's concurrency limits (which limit, and how many runs hold it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from miniflow.coordinator import Catalog
+from miniflow.coordinator.concurrency import why_queued
 from miniflow.coordinator.state import backoff_delay
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
@@ -81,6 +82,8 @@ def explain(database: Database, catalog: Catalog, names: QueueNames, run_id: str
         spec = workflow.steps.get(step) if workflow is not None else None
         queue = names.step_queue(spec.queue if spec is not None else None)
         grouped = waiting_by_queue(catalog, conn, names) if row.status == StepStatus.QUEUED else {}
+        slot = why_queued(conn, workflow, run.concurrency_key) \
+            if run.status == RunStatus.QUEUED and workflow is not None else None
     running = row.status == StepStatus.QUEUED and row.running_attempt == row.attempt
     status = "running" if running else str(row.status)
     waiting = grouped.get(queue, [])
@@ -102,7 +105,7 @@ def explain(database: Database, catalog: Catalog, names: QueueNames, run_id: str
                  ahead=ahead, ahead_at_least=len(waiting) >= MAX_AHEAD_SCAN,
                  ready_in_queue=stat.ready if stat is not None else None,
                  consumers=stat.consumers if stat is not None else None, executors=executors)
-    answer.reasons.extend(_reasons(run.status, row, steps, spec, answer, now))
+    answer.reasons.extend([slot] if slot else _reasons(run.status, row, steps, spec, answer, now))
     if row.status == StepStatus.PENDING and spec is not None:
         answer.needs_waiting.extend(n for n in spec.needs if steps.get(n) is None
                                     or steps[n].status not in (StepStatus.SUCCEEDED,))

@@ -3,6 +3,7 @@
     definitions    stored workflow versions (immutable)
     runs           runs and their steps; the run row is the lock of its state
     counters       a run's open ends and each join's waiting needs (a result reads no other step)
+    gates          the gate of a workflow with concurrency limits; its running and queued runs
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
     dead_letters   the archive of rejected messages
@@ -25,6 +26,7 @@ from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
 from .counters import Counted, set_counters, step_succeeded
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
+from .gates import count_running, lock_gate, queued_runs, workflows_with_queued_runs
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
 from .requests import mark_handled, prune_handled, request_handled
 from .runs import (
@@ -53,6 +55,7 @@ from .runs import (
 )
 
 __all__ = [
+    "count_running", "lock_gate", "queued_runs", "workflows_with_queued_runs",
     "Counted", "get_needs", "get_step", "next_attempts", "set_counters", "step_succeeded", "update_steps_in_status",
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",
     "find_run", "get_attempt", "get_attempts", "get_definition", "get_run", "get_steps", "insert_attempt",

@@ -35,6 +35,12 @@ def waiting_steps(conn: Connection, *, limit: int = 10_000) -> list[dict[str, An
     return out
 
 
+def queued_run_count(conn: Connection) -> int:
+    """How many runs wait for a slot under their workflow's concurrency limits."""
+    flush(conn)
+    return int(conn.execute(select(func.count()).where(runs.c.status == RunStatus.QUEUED)).scalar_one())
+
+
 def active_runs(conn: Connection) -> tuple[int, datetime | None]:
     """How many runs have not ended, and when the oldest of them was created."""
     flush(conn)
