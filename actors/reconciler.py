@@ -101,6 +101,7 @@ class ReconcileLoop:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
             pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))
             repo.workers.prune_workers(conn, now - timedelta(days=WORKERS_KEEP_DAYS))
+            repo.cache_clear(conn, expired_before=now)  # result cache entries past their ttl (never served)
         if pruned:
             logger.info("pruned %d archived dead letter(s) older than %.0f days", pruned,
                         self.dead_letter_keep_s / 86400)

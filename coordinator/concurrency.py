@@ -87,7 +87,7 @@ def _check_key(key: Any, source: str, params: dict[str, ParamSpec]) -> None:
     secrets = {name for name, spec in params.items() if spec.secret}
     if not secrets:
         return
-    read, whole = _params_read(tree)
+    read, whole = params_read(tree)
     if whole:
         raise DefinitionError(source, "'concurrency': key reads params as a whole, and the workflow has secret "
                               "params: name the params it reads (params.customer)")
@@ -97,7 +97,7 @@ def _check_key(key: Any, source: str, params: dict[str, ParamSpec]) -> None:
                               "is stored and shown in the clear")
 
 
-def _params_read(tree: ast.expr) -> tuple[set[str], bool]:
+def params_read(tree: ast.expr) -> tuple[set[str], bool]:
     """The params a key reads by name (``params.x``, ``params['x']``), and whether it reads them otherwise."""
     named: set[str] = set()
     inside: set[int] = set()

@@ -22,7 +22,7 @@ import yaml
 from miniflow.protocol.errors import DefinitionError
 
 from .concurrency import parse_concurrency
-from .step_options import parse_trigger, parse_when
+from .step_options import parse_cache, parse_trigger, parse_when
 from .workflow import Backoff, ParamSpec, StepSpec, TriggerRule, Workflow, find_cycle
 
 MAX_STEPS = 1000
@@ -35,7 +35,7 @@ MAX_BACKOFF_S = 24 * 3600.0  # delayed messages are held by workers: a day at th
 
 _WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules", "concurrency"}
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description", "when",
-              "trigger"}
+              "trigger", "cache"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
 _PARAM_KEYS = {"default", "required", "description", "secret"}
 T = TypeVar("T")
@@ -136,7 +136,7 @@ def parse(data: Any, source: str = "<dict>") -> Workflow:
     name = problems.take(lambda: _parse_name(data.get("name"), source), "")
     timeout = problems.take(lambda: _parse_timeout(data.get("timeout"), source, None), None)
     params: dict[str, ParamSpec] = problems.take(lambda: _parse_params(data.get("params"), source), {})
-    steps = _parse_steps(data.get("steps"), source, problems)
+    steps = _parse_steps(data.get("steps"), source, problems, params)
     concurrency = problems.take(lambda: parse_concurrency(data.get("concurrency"), source, params), None)
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -169,7 +169,8 @@ def _parse_timeout(timeout: Any, source: str, step: str | None) -> float | None:
     return seconds
 
 
-def _parse_steps(raw_steps: Any, source: str, problems: _Problems) -> dict[str, StepSpec]:
+def _parse_steps(raw_steps: Any, source: str, problems: _Problems, params: dict[str, ParamSpec]
+                 ) -> dict[str, StepSpec]:
     """The steps that are valid (the problems of the others recorded), names unique, needs a DAG."""
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.found.append(DefinitionError(source, "'steps' must be a non-empty list of steps"))
@@ -181,7 +182,7 @@ def _parse_steps(raw_steps: Any, source: str, problems: _Problems) -> dict[str, 
     steps: dict[str, StepSpec] = {}
     named: list[str] = []  # every valid step name, also of steps with other problems
     for index, raw in enumerate(raw_steps):
-        spec = _parse_step(raw, index, source, problems)
+        spec = _parse_step(raw, index, source, problems, params)
         name = raw.get("name") if isinstance(raw, dict) else None
         if isinstance(name, str) and NAME_RE.fullmatch(name):
             if name in named:
@@ -237,7 +238,8 @@ def _parse_param(pname: Any, pdef: Any, source: str) -> ParamSpec:
     return ParamSpec(pname, pdef.get("default"), required, secret, str(pdef.get("description") or ""))
 
 
-def _parse_step(raw: Any, index: int, source: str, problems: _Problems) -> StepSpec | None:
+def _parse_step(raw: Any, index: int, source: str, problems: _Problems, params: dict[str, ParamSpec]
+                ) -> StepSpec | None:
     """One step, or None (its problems recorded, every field checked)."""
     if not isinstance(raw, dict):
         problems.found.append(DefinitionError(source, f"steps[{index}] must be a mapping with 'name' and 'task'"))
@@ -258,10 +260,11 @@ def _parse_step(raw: Any, index: int, source: str, problems: _Problems) -> StepS
     backoff = problems.take(lambda: _parse_backoff(raw.get("backoff"), source, name), Backoff())
     when = problems.take(lambda: parse_when(raw.get("when"), source, name), None)
     trigger = problems.take(lambda: parse_trigger(raw.get("trigger"), source, name, needs), TriggerRule.ALL_SUCCEEDED)
+    cache = problems.take(lambda: parse_cache(raw.get("cache"), source, name, params), None)
     if len(problems.found) > before:
         return None
     return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue, retries=retries,
-                    backoff=backoff, timeout=timeout, when=when, trigger=trigger)
+                    backoff=backoff, timeout=timeout, when=when, trigger=trigger, cache=cache)
 
 
 def _parse_task(task: Any, source: str, step: str) -> str:

@@ -32,7 +32,7 @@ from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepF
 from miniflow.protocol.names import EXECUTE_STEP, QueueNames
 from miniflow.protocol.states import RUN_TERMINAL, RunStatus, StepStatus
 
-from . import requests
+from . import cache, requests
 from .catalog import Catalog
 from .completion import Settle, Settled, recount
 from .concurrency import admit_queued, may_begin, run_key
@@ -85,12 +85,6 @@ class Coordinator:
         # publishes committed outbox messages at once (the node's relay; without it the sweeper does)
         self.publish: Callable[[list[Outgoing]], None] | None = None
 
-    def workflow(self, conn: Connection, name: str, version: int | None) -> Workflow | None:
-        return self.catalog.workflow(conn, name, version)
-
-    def deploy(self, conn: Connection, workflow: Workflow, source: str | None = None) -> tuple[int, bool]:
-        return self.catalog.deploy(conn, workflow, source)
-
     # -- start ------------------------------------------------------------------------------------
     def start(self, conn: Connection, start: StartWorkflow, message_id: str,
               trace_id: str | None = None) -> StartOutcome:
@@ -121,7 +115,7 @@ class Coordinator:
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
-        if limited or workflow.conditional_roots:  # every step starts pending: the roots are judged first
+        if limited or workflow.conditional_roots or workflow.cached:  # all pending: the roots are judged first
             repo.insert_steps(conn, [StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
                                      for name, spec in workflow.steps.items()])
             if not limited or may_begin(conn, workflow, concurrency_key, now):
@@ -146,7 +140,15 @@ class Coordinator:
                   attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None) -> bool:
         """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
         when a message cannot be sent. Steps that share an attempt number and deadline are marked
-        queued in one statement."""
+        queued in one statement. In a workflow with a result cache, first attempts are looked up
+        first (``cache.serve``): hits are recorded as succeeded, and what they make ready follows."""
+        if delay_s is None and workflow.cached:
+            served = cache.serve(conn, run, workflow, attempts, outputs, lambda: open_params(run.params, self.keys),
+                                 outbox.now)
+            if served.ended is not None:
+                self._go_on(conn, outbox, run, workflow, served.ended)
+                return served.ended.failure is None
+            attempts, outputs = served.attempts, served.outputs
         plan = self._prepare(outbox, run, workflow, attempts, outputs, delay_s)
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
@@ -230,6 +232,7 @@ class Coordinator:
             recount(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
             if attempt.ok:
+                cache.store(conn, run, workflow, attempt, row.cache_key, self.clock())
                 return self._succeeded(conn, run, workflow, attempt)
             # Attempts count from the step's current budget (a run retry starts a new one).
             used = attempt.attempt - (row.first_attempt or 1) + 1

@@ -1,6 +1,6 @@
-"""The parts of a step's definition that decide whether it runs: its condition (``when``) and its
-trigger rule (``trigger``). ``definitions`` calls these for every step; each raises a
-DefinitionError naming the step and what is wrong.
+"""The parts of a step's definition that decide whether and how it runs: its condition (``when``),
+its trigger rule (``trigger``) and its result cache (``cache``). ``definitions`` calls these for
+every step; each raises a DefinitionError naming the step and what is wrong.
 """
 
 from __future__ import annotations
@@ -9,11 +9,15 @@ from typing import Any
 
 from miniflow.protocol.errors import DefinitionError
 
+from .concurrency import params_read
 from .expressions import ExpressionError, compile_expression, names_in
-from .workflow import TriggerRule
+from .workflow import CachePolicy, ParamSpec, TriggerRule
 
 WHEN_NAMES = ("params", "inputs")  # what a step's condition may read
 TRIGGER_RULES = tuple(str(rule) for rule in TriggerRule)
+CACHE_KEY_NAMES = ("inputs", "config", "params")  # what a cache key may read
+MAX_CACHE_TTL_S = 365 * 24 * 3600.0
+DEFAULT_CACHE_TTL_S = 24 * 3600.0
 
 
 def parse_when(raw: Any, source: str, step: str) -> str | None:
@@ -45,3 +49,35 @@ def parse_trigger(raw: Any, source: str, step: str, needs: tuple[str, ...]) -> T
         raise DefinitionError(source, f"'trigger: {rule}' on a step that needs nothing: a trigger rule says how "
                               "the steps it needs must have ended", step)
     return rule
+
+
+def parse_cache(raw: Any, source: str, step: str, params: dict[str, ParamSpec]) -> CachePolicy | None:
+    """A step's ``cache``: ``{ttl: seconds, key: expression}`` (both optional: a day, and the inputs,
+    config and params that are not secret); the key may not read a secret param."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict) or set(raw) - {"ttl", "key"}:
+        raise DefinitionError(source, "'cache' must be true or a mapping with 'ttl' (seconds) and/or 'key' "
+                              "(an expression over inputs, config and params)", step)
+    ttl = raw.get("ttl", DEFAULT_CACHE_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= MAX_CACHE_TTL_S:
+        raise DefinitionError(source, f"cache 'ttl' must be seconds from 1 to {MAX_CACHE_TTL_S:g}", step)
+    key = raw.get("key")
+    if key is not None:
+        try:
+            tree = compile_expression(key)
+        except ExpressionError as exc:
+            raise DefinitionError(source, f"cache 'key': {exc}", step) from None
+        unknown = sorted(names_in(tree) - set(CACHE_KEY_NAMES))
+        if unknown:
+            raise DefinitionError(source, f"cache 'key' reads {unknown[0]!r}; it reads only "
+                                  f"{', '.join(CACHE_KEY_NAMES)}", step)
+        secrets = {name for name, spec in params.items() if spec.secret}
+        read, whole = params_read(tree)
+        if secrets and (whole or read & secrets):
+            raise DefinitionError(source, "cache 'key' reads a secret param (or params as a whole, and the "
+                                  "workflow has secret ones): a key must not depend on secrets", step)
+        key = str(key).strip()
+    return CachePolicy(ttl=float(ttl), key=key)

@@ -32,6 +32,20 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class CachePolicy:
+    """A step's result cache (``coordinator.cache``): its output is reused for ``ttl`` seconds by any
+    step of the same task whose cache key has the same value. ``key`` is an expression over
+    ``inputs``, ``config`` and ``params``; None: the inputs, the config and the params that are
+    not secret."""
+
+    ttl: float
+    key: str | None = None
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"ttl": self.ttl, **({"key": self.key} if self.key is not None else {})}
+
+
+@dataclass(frozen=True)
 class StepSpec:
     name: str
     task: str
@@ -43,6 +57,7 @@ class StepSpec:
     timeout: float | None = None
     when: str | None = None  # a condition over params and inputs: false skips the step and what needs it
     trigger: TriggerRule = TriggerRule.ALL_SUCCEEDED  # how the step's needs must have ended for it to run
+    cache: CachePolicy | None = None  # reuse a stored output of the same task and key instead of running
 
     @property
     def max_attempts(self) -> int:
@@ -125,6 +140,11 @@ class Workflow:
         return any(spec.trigger != TriggerRule.ALL_SUCCEEDED for spec in self.steps.values())
 
     @functools.cached_property
+    def cached(self) -> bool:
+        """Whether a step of it has a result cache (its dispatches then look in the cache first)."""
+        return any(spec.cache is not None for spec in self.steps.values())
+
+    @functools.cached_property
     def ends(self) -> list[str]:
         """The steps nothing needs: the run has succeeded when they have."""
         return [name for name in self.steps if name not in self._dependents]
@@ -162,6 +182,7 @@ class Workflow:
                 # only when set, so that a workflow without conditions keeps its checksum
                 **({"when": s.when} if s.when is not None else {}),
                 **({"trigger": str(s.trigger)} if s.trigger != TriggerRule.ALL_SUCCEEDED else {}),
+                **({"cache": s.cache.to_spec()} if s.cache is not None else {}),
             } for s in self.steps.values()],
         }
 

@@ -100,7 +100,7 @@ class EmbeddedEngine:
         for pool in {s.queue for s in workflow.steps.values() if s.queue}:
             self.broker.declare_queue(self.names.step_queue(pool))
         with self.db.transaction() as conn:
-            version, _ = self.node.coordinator.deploy(conn, workflow, source)
+            version, _ = self.node.coordinator.catalog.deploy(conn, workflow, source)
         return version
 
     def submit(self, workflow: str, params: dict[str, Any] | None = None, *, version: int | None = None,
@@ -154,7 +154,7 @@ class EmbeddedEngine:
         with self.db.connect() as conn:
             run = repo.get_run(conn, run_id)
             assert run is not None
-            workflow = self.node.coordinator.workflow(conn, run.workflow, run.version)
+            workflow = self.node.coordinator.catalog.workflow(conn, run.workflow, run.version)
             steps = list(repo.get_steps(conn, run_id).values())
             attempts = repo.get_attempts(conn, run_id)
         order = list(workflow.steps) if workflow else []

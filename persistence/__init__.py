@@ -13,6 +13,7 @@ from .models import Base
 from .rows import (
     AttemptRow,
     AuditRow,
+    CacheRow,
     DeadLetterRow,
     DefinitionRow,
     OutboxRow,
@@ -24,6 +25,7 @@ from .rows import (
 )
 
 __all__ = [
-    "DEFAULT_SQLITE_URL", "AttemptRow", "AuditRow", "Base", "Database", "DeadLetterRow", "DefinitionRow", "OutboxRow",
+    "DEFAULT_SQLITE_URL", "AttemptRow", "AuditRow", "CacheRow",
+    "Base", "Database", "DeadLetterRow", "DefinitionRow", "OutboxRow",
     "RunRow", "ScheduleRow", "StepRow", "TickRow", "WorkerRow", "after_commit", "normalise_url", "repository",
 ]

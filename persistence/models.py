@@ -8,6 +8,7 @@
     dead_letters          every rejected message, with its reason code and a bounded raw copy
     handled_requests      message ids of the retry requests acted on (a redelivery is not a second retry)
     run_gates             one row per workflow with concurrency limits: its admissions happen one at a time
+    step_cache            the result cache: a cached task's output by the digest of its task and key
 """
 
 from __future__ import annotations
@@ -120,6 +121,27 @@ class RunStep(Base):
     # needs not yet succeeded, kept for steps with more than one need: each success of a need brings
     # it down by one, the step is ready at 0
     waiting: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a dispatched step of a cached task: the digest its output is stored under when it succeeds
+    cache_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+
+
+class StepCache(Base):
+    """A reusable output (coordinator/cache.py): found by the digest of the task and its cache key."""
+
+    __tablename__ = "step_cache"
+    __table_args__ = (Index("ix_step_cache_expires_at", "expires_at"), Index("ix_step_cache_task", "task"))
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    task: Mapped[str] = mapped_column(String(128))
+    workflow: Mapped[str] = mapped_column(String(128))  # where it was stored from (any workflow may reuse it)
+    step: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(String(36))
+    output: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)  # bytes of the output's JSON
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_hit_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class StepAttempt(Base):
@@ -186,3 +208,4 @@ outbox = cast(Table, OutboxMessage.__table__)
 dead_letters = cast(Table, DeadLetter.__table__)
 handled_requests = cast(Table, HandledRequest.__table__)
 run_gates = cast(Table, RunGate.__table__)
+step_cache = cast(Table, StepCache.__table__)

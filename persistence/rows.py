@@ -58,6 +58,7 @@ class StepRow:
     running_attempt: int | None = None  # the attempt an executor reported running
     note: str | None = None  # why a queued step waits
     waiting: int | None = None  # needs not yet succeeded, for a step with several (None: to be counted)
+    cache_key: str | None = None  # a dispatched step of a cached task: the digest its output is stored under
 
     @property
     def running(self) -> bool:
@@ -265,3 +266,20 @@ def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds() * 1000, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRow:
+    """An entry of the result cache."""
+
+    digest: str
+    task: str
+    workflow: str
+    step: str
+    run_id: str
+    output: Any
+    size: int
+    created_at: datetime
+    expires_at: datetime
+    hits: int = 0
+    last_hit_at: datetime | None = None

@@ -24,6 +24,12 @@ def flaky(ctx: StepContext) -> dict[str, Any]:
     return {"calls": n, "attempt": ctx.attempt}
 
 
+def flaky_calls(run_id: str, step_name: str) -> int:
+    """How often test.flaky ran for a step of a run (in this process)."""
+    with _lock:
+        return _calls[(run_id, step_name)]
+
+
 @step("test.boom")
 def boom(ctx: StepContext) -> None:
     raise ValueError("the input is broken")

@@ -252,7 +252,7 @@ steps:
     with engine.db.connect() as conn:
         row = repo.get_run(conn, run.run_id)
         assert row is not None
-        workflow = engine.node.coordinator.workflow(conn, row.workflow, row.version)
+        workflow = engine.node.coordinator.catalog.workflow(conn, row.workflow, row.version)
         assert workflow is not None
     shown = run_to_dict(row, run.steps, run.attempts, workflow.secret_params())
     assert shown["params"] == {"token": "***", "region": "eu"}

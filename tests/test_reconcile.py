@@ -39,7 +39,7 @@ def setup(tmp_path: Path):
     clock = Clock()
     coordinator = Coordinator(QueueNames("rc"), clock=clock, result_grace_s=60)
     with db.transaction() as conn:
-        coordinator.deploy(conn, loads(CHAIN))
+        coordinator.catalog.deploy(conn, loads(CHAIN))
         run_id = coordinator.start(conn, StartWorkflow(workflow="chain", idempotency_key="k1"), "m1").run_id
     yield db, clock, coordinator, run_id
     db.dispose()

@@ -30,6 +30,7 @@ from .. import logging as mf_logging
 from ..settings import Settings
 from .api import api, audit
 from .broker import broker
+from .cache import cache
 from .common import err
 from .dead_letters import dead_letters
 from .definitions import db, deploy, workflows
@@ -55,7 +56,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker, api, audit, workers_list, queues, why, stats, monitor, test):
+                 broker, api, audit, workers_list, queues, why, stats, monitor, test, cache):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

@@ -4,6 +4,7 @@
     runs           runs and their steps; the run row is the lock of its state
     counters       a run's open ends and each join's waiting needs (a result reads no other step)
     gates          the gate of a workflow with concurrency limits; its running and queued runs
+    cache          the result cache of steps
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
     dead_letters   the archive of rejected messages
@@ -23,6 +24,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 from ..fastpath import batched_writes
 from . import keys, schedules, sessions, workers
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
+from .cache import cache_clear, cache_get, cache_list, cache_put, cache_stats
 from .counters import Counted, set_counters, step_succeeded
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
@@ -55,6 +57,7 @@ from .runs import (
 )
 
 __all__ = [
+    "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",
     "count_running", "lock_gate", "queued_runs", "workflows_with_queued_runs",
     "Counted", "get_needs", "get_step", "next_attempts", "set_counters", "step_succeeded", "update_steps_in_status",
     "add_outbox", "batched_writes", "claim_stale_outbox", "count_outbox", "dead_letters_for_message", "delete_outbox",

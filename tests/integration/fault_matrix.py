@@ -87,7 +87,8 @@ class Restartable:
         self.thread.join(timeout=30)
 
 
-def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, pace_s: float = 0.0) -> list[str]:
+def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, pace_s: float = 0.0,
+                workflow: str = "diamond") -> list[str]:
     """Publish a start per key with confirms, retrying each until confirmed; returns confirmed keys."""
     from miniflow.protocol.errors import BrokerUnavailable
     from miniflow.protocol.publisher import Publisher
@@ -99,7 +100,7 @@ def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, 
         for key in keys:
             while True:
                 try:
-                    publisher.start_workflow("diamond", params={"x": 2}, idempotency_key=key)
+                    publisher.start_workflow(workflow, params={"x": 2}, idempotency_key=key)
                     confirmed.append(key)
                     time.sleep(pace_s)
                     break
@@ -153,15 +154,17 @@ def _settle(outcome: Outcome, env: dict[str, str], within_s: float = 30) -> None
 
 def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, runs: int = 20,
                  coordinator_fault: str | None = None, executor_fault: str | None = None,
-                 inject: Callable[[], None] | None = None, bound_s: float = 180, pace_s: float = 0.0) -> Outcome:
-    """One row of the matrix, in its own namespace (so a fault stays inside it)."""
+                 inject: Callable[[], None] | None = None, bound_s: float = 180, pace_s: float = 0.0,
+                 definition: Path = ROOT / "examples" / "diamond.yaml", workflow: str = "diamond") -> Outcome:
+    """One row of the matrix, in its own namespace (so a fault stays inside it); ``definition``
+    and ``workflow``: what the runs start (the diamond of the examples unless given)."""
     from miniflow.actors.broker import delete_topology
     from miniflow.protocol.names import QueueNames
 
     ns = f"{env['MINIFLOW_NAMESPACE']}_m{uuid.uuid4().hex[:4]}"
     env = dict(env, MINIFLOW_NAMESPACE=ns)
     db = env["MINIFLOW_DATABASE_URL"]
-    for args in (("db", "upgrade"), ("deploy", str(ROOT / "examples" / "diamond.yaml"))):
+    for args in (("db", "upgrade"), ("deploy", str(definition))):
         result = miniflow(env, *args)
         assert result.returncode == 0, result.stderr
     before_letters = query(db, "select count(*) from dead_letters")[0][0]
@@ -181,7 +184,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
         injector = threading.Thread(target=inject, daemon=True) if inject else None
         if injector:
             injector.start()
-        confirmed = publish_all(env, keys, pace_s=pace_s)
+        confirmed = publish_all(env, keys, pace_s=pace_s, workflow=workflow)
         if injector:
             injector.join(timeout=bound_s)
         healed = time.monotonic()

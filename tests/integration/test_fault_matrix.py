@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import query
 from .fault_matrix import Outcome, record, run_scenario
 from .private_services import Broker, Database
 
@@ -37,6 +38,33 @@ CRASH_POINTS = [
     ("coordinator.after_publish", "coordinator",
      "a coordinator SIGKILLs itself after publishing, before its outbox rows are deleted"),
 ]
+
+
+CACHED_DIAMOND = """name: diamond-cached
+params: {x: {default: 3}}
+steps:
+  - {name: a, task: diamond.source, cache: {ttl: 3600}}
+  - {name: b, task: diamond.double, needs: [a], cache: {ttl: 3600}}
+  - {name: c, task: diamond.square, needs: [a]}
+  - {name: d, task: diamond.sum, needs: [b, c]}
+"""
+
+
+def test_cached_steps_lose_nothing_and_record_nothing_twice_when_a_coordinator_is_killed(fault_env,
+                                                                                        tmp_path: Path):
+    """The runs share one cache key: the first stores its outputs, the others are served from the
+    cache, while a coordinator is killed after a commit (hits are recorded in the transaction that
+    would have dispatched; a success is stored in the one that records it)."""
+    definition = tmp_path / "diamond-cached.yaml"
+    definition.write_text(CACHED_DIAMOND)
+    outcome = run_scenario(fault_env, tmp_path, "cache.coordinator.after_commit",
+                           "a coordinator SIGKILLs itself after its commit, on runs served from the result cache",
+                           coordinator_fault="coordinator.after_commit", definition=definition,
+                           workflow="diamond-cached")
+    assert outcome.restarts >= 1, "the fault point was never reached"
+    assert_guarantees(outcome)
+    served = query(fault_env["MINIFLOW_DATABASE_URL"], "select count(*) from step_attempts where node = 'cache'")
+    assert served[0][0] > 0, "no run was served from the cache"
 
 
 @pytest.mark.parametrize("point, role, injected", CRASH_POINTS, ids=[p for p, _, _ in CRASH_POINTS])
