@@ -10,7 +10,13 @@
     │   ├── DatabaseUnavailable       could not reach or talk to the database (URL masked)
     │   ├── DataRejected              the database refused a value (too long, out of range): the input's fault
     │   ├── VersionConflict           a workflow version number already stored with another definition
-    │   └── SealError                 a sealed secret param that cannot be opened (its key is missing)
+    │   ├── SealError                 a sealed secret param that cannot be opened (its key is missing)
+    │   └── ArtifactError             the artifact store (persistence.artifacts), the file system layer
+    │       ├── ArtifactRefInvalid    a reference that is not valid (.field, .problem)
+    │       ├── ArtifactNotFound      no artifact of this digest in the store (.digest)
+    │       ├── ArtifactCorrupt       stored bytes whose checksum or size is not the reference's (.digest)
+    │       ├── ArtifactTooLarge      over the store's max_bytes, or a reader's limit
+    │       └── ArtifactStoreUnavailable  the store's file system failed or cannot be reached (URL masked)
     ├── CoordinatorError              coordinator/: workflows and their runs
     │   ├── DefinitionError           a workflow file or spec that is not valid (.source, .step, .problem)
     │   └── ExpressionError           an expression (coordinator.expressions) or a JSONPath that cannot be used
@@ -107,6 +113,43 @@ class VersionConflict(PersistenceError):
 
 class SealError(PersistenceError):
     """A sealed secret param that cannot be opened: its data key is not configured, or it was altered."""
+
+
+class ArtifactError(PersistenceError):
+    """Something about an artifact or the artifact store is wrong."""
+
+
+class ArtifactRefInvalid(ArtifactError):
+    """A reference that is not valid: names the field and the problem, never the whole value."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"artifact reference: {field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class ArtifactNotFound(ArtifactError):
+    """No artifact with this digest is in the store (never stored, or collected by gc)."""
+
+    def __init__(self, digest: str, store: str) -> None:
+        super().__init__(f"artifact {digest} is not in the artifact store {store}")
+        self.digest = digest
+
+
+class ArtifactCorrupt(ArtifactError):
+    """The stored bytes are not the artifact's: another checksum or size than its reference's."""
+
+    def __init__(self, digest: str, problem: str) -> None:
+        super().__init__(f"artifact {digest} is corrupt: {problem}")
+        self.digest = digest
+
+
+class ArtifactTooLarge(ArtifactError):
+    """Content above the store's ``max_bytes`` (a put) or above the caller's ``limit`` (a read)."""
+
+
+class ArtifactStoreUnavailable(ArtifactError):
+    """The store's file system failed or could not be reached; the message names the masked URL."""
 
 
 # -- coordinator ---------------------------------------------------------------------------------
