@@ -5,6 +5,7 @@ every step; each raises a DefinitionError naming the step and what is wrong.
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from miniflow.protocol.errors import DefinitionError
@@ -20,20 +21,26 @@ MAX_CACHE_TTL_S = 365 * 24 * 3600.0
 DEFAULT_CACHE_TTL_S = 24 * 3600.0
 
 
+def _expression(raw: Any, what: str, allowed: tuple[str, ...], why: str, source: str, step: str) -> ast.expr:
+    """A step's expression, compiled, reading only ``allowed`` names; DefinitionError naming ``what``."""
+    try:
+        tree = compile_expression(raw)
+    except ExpressionError as exc:
+        raise DefinitionError(source, f"{what}: {exc}", step) from None
+    unknown = sorted(names_in(tree) - set(allowed))
+    if unknown:
+        raise DefinitionError(source, f"{what} reads {unknown[0]!r}; {why}", step)
+    return tree
+
+
 def parse_when(raw: Any, source: str, step: str) -> str | None:
     """A condition: an expression (coordinator/expressions.py) over ``params`` and ``inputs``."""
     if raw is None:
         return None
     if isinstance(raw, bool):
         raw = str(raw)
-    try:
-        tree = compile_expression(raw)
-    except ExpressionError as exc:
-        raise DefinitionError(source, f"'when': {exc}", step) from None
-    unknown = sorted(names_in(tree) - set(WHEN_NAMES))
-    if unknown:
-        raise DefinitionError(source, f"'when' reads {unknown[0]!r}; a condition reads only "
-                              f"{' and '.join(WHEN_NAMES)} (the outputs of the steps it needs)", step)
+    _expression(raw, "'when'", WHEN_NAMES, f"a condition reads only {' and '.join(WHEN_NAMES)} (the outputs "
+                "of the steps it needs)", source, step)
     return str(raw).strip()
 
 
@@ -66,14 +73,8 @@ def parse_cache(raw: Any, source: str, step: str, params: dict[str, ParamSpec]) 
         raise DefinitionError(source, f"cache 'ttl' must be seconds from 1 to {MAX_CACHE_TTL_S:g}", step)
     key = raw.get("key")
     if key is not None:
-        try:
-            tree = compile_expression(key)
-        except ExpressionError as exc:
-            raise DefinitionError(source, f"cache 'key': {exc}", step) from None
-        unknown = sorted(names_in(tree) - set(CACHE_KEY_NAMES))
-        if unknown:
-            raise DefinitionError(source, f"cache 'key' reads {unknown[0]!r}; it reads only "
-                                  f"{', '.join(CACHE_KEY_NAMES)}", step)
+        tree = _expression(key, "cache 'key'", CACHE_KEY_NAMES, f"it reads only {', '.join(CACHE_KEY_NAMES)}",
+                           source, step)
         secrets = {name for name, spec in params.items() if spec.secret}
         read, whole = params_read(tree)
         if secrets and (whole or read & secrets):
