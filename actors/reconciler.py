@@ -57,8 +57,13 @@ class ReconcileLoop:
         next_reconcile = time.monotonic() + RECONCILE_EVERY_S
         while not self._stop.wait(every_s):
             try:
-                with self.db.transaction() as conn:
-                    expired = self.reconciler.expire_overdue(conn)
+                with self.db.connect() as conn:
+                    overdue = repo.overdue_run_ids(conn, self.coordinator.clock())
+                expired = []
+                for run_id in overdue:  # each in a transaction of its own (an end takes its workflow's gate)
+                    with self.db.transaction() as conn:
+                        if self.reconciler.expire(conn, run_id):
+                            expired.append(run_id)
                 OUTAGES.recovered(DATABASE)
                 for run_id in expired:
                     logger.warning("run %s failed: workflow timeout", run_id)

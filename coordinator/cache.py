@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, CacheRow, RunRow
 from miniflow.persistence import repository as repo
+from miniflow.protocol.errors import SealError
 from miniflow.protocol.states import StepStatus
 
 from .completion import Settle, Settled
@@ -60,7 +61,10 @@ def digest(spec: StepSpec, inputs: dict[str, Any], params: dict[str, Any], secre
                       "params": {k: v for k, v in params.items() if k not in secrets}}
     else:
         value = evaluate(spec.cache.key, {"inputs": inputs, "config": spec.config, "params": params})
-    text = json.dumps({"task": spec.task, "key": value}, sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        text = json.dumps({"task": spec.task, "key": value}, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError) as exc:  # keys of mixed types cannot be sorted
+        raise ExpressionError(f"its value cannot be made a key: {exc}") from None
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -77,7 +81,11 @@ def serve(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[
         if spec.cache is None:
             served.attempts.append((step, attempt))
             continue
-        opened = params() if opened is None else opened
+        try:
+            opened = params() if opened is None else opened
+        except SealError as exc:
+            served.ended = Settled(failure=(step, f"the run's secret params cannot be opened: {exc}"))
+            return served
         inputs = {need: served.outputs.get(need) for need in spec.needs}
         try:
             key = digest(spec, inputs, opened, workflow.secret_params())

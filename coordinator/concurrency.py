@@ -38,7 +38,9 @@ from .workflow import Concurrency, ParamSpec, Workflow
 
 MAX_LIMIT = 100_000
 MAX_KEY = 255  # characters of a key's value kept (the runs.concurrency_key column)
-SCAN = 500  # queued runs of a workflow looked at in one pass
+SCAN = 500  # queued runs of a workflow read at a time in a pass
+PAGES = 40  # at most this many reads in a pass (the reconciler's next pass goes on)
+_ADMITTING = "miniflow_admitting"  # conn.info: workflow -> whether room changed during its pass
 _KEYS = {"max_active_runs", "key", "max_per_key"}
 
 
@@ -128,7 +130,11 @@ def run_key(workflow: Workflow, params: dict[str, Any]) -> str | None:
     except ExpressionError as exc:
         raise MessageRejected(Reason.INVALID_PARAMS, f"workflow {workflow.name!r}: its concurrency key "
                               f"`{limits.key}` cannot be evaluated on these params: {exc}", "params") from None
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError) as exc:  # keys of mixed types cannot be sorted
+        raise MessageRejected(Reason.INVALID_PARAMS, f"workflow {workflow.name!r}: the value of its concurrency "
+                              f"key `{limits.key}` cannot be made a key: {exc}", "params") from None
     return text[:MAX_KEY]
 
 
@@ -145,6 +151,10 @@ class Room:
         if limits.max_active_runs is not None and self.total >= limits.max_active_runs:
             return False
         return limits.key is None or self.running.get(key, 0) < (limits.max_per_key or 1)
+
+    def full(self, limits: Concurrency | None) -> bool:
+        """Whether no run with these limits fits, whatever its key (max_active_runs is reached)."""
+        return limits is not None and limits.max_active_runs is not None and self.total >= limits.max_active_runs
 
     def take(self, key: str | None) -> None:
         self.total += 1
@@ -179,15 +189,42 @@ Begin = Callable[[RunRow, Workflow], None]
 
 
 def admit_queued(conn: Connection, catalog: Catalog, workflow: str, now: datetime, begin: Begin) -> list[str]:
-    """Begin the queued runs of ``workflow`` that have room now, first to admit first; their ids."""
+    """Begin the queued runs of ``workflow`` that have room now, first to admit first; their ids.
+
+    Not re-entered: a run begun here may end at once (all its roots skipped or served from the
+    cache), and its end asks for a pass of its own; that is noted, and this pass looks again when
+    it is done, with a fresh count (a nested pass would begin the same queued runs twice)."""
+    passes: dict[str, bool] = conn.info.setdefault(_ADMITTING, {})
+    if workflow in passes:
+        passes[workflow] = True
+        return []
+    passes[workflow] = False
+    admitted: list[str] = []
+    try:
+        while True:
+            admitted += _admit_once(conn, catalog, workflow, now, begin)
+            if not passes[workflow]:
+                return admitted
+            passes[workflow] = False
+    finally:
+        del passes[workflow]
+
+
+def _admit_once(conn: Connection, catalog: Catalog, workflow: str, now: datetime, begin: Begin) -> list[str]:
     repo.lock_gate(conn, workflow, now)
     room = Room(repo.count_running(conn, workflow))
     admitted: list[str] = []
-    for run in repo.queued_runs(conn, workflow, SCAN):
-        version = catalog.workflow(conn, run.workflow, run.version)
-        if version is None or not room.fits(version.concurrency, run.concurrency_key):
-            continue
-        room.take(run.concurrency_key)
-        begin(run, version)
-        admitted.append(run.id)
+    for offset in range(0, SCAN * PAGES, SCAN):  # page on: runs of a key at its limit may fill a page
+        page = repo.queued_runs(conn, workflow, SCAN, offset)
+        for run in page:
+            version = catalog.workflow(conn, run.workflow, run.version)
+            if version is None or not room.fits(version.concurrency, run.concurrency_key):
+                if version is not None and room.full(version.concurrency):
+                    return admitted
+                continue
+            room.take(run.concurrency_key)
+            begin(run, version)
+            admitted.append(run.id)
+        if len(page) < SCAN:
+            break
     return admitted

@@ -77,19 +77,22 @@ class Reconciler:
         return coordinator.step_finished(conn, StepFinished(run_id, step, attempt))
 
     def expire_overdue(self, conn: Connection, limit: int = 100) -> list[str]:
-        """Fail running runs past their workflow timeout; returns their ids."""
+        """Fail running runs past their workflow timeout, in this one transaction; returns their ids
+        (the reconciler's loop gives each its own transaction: an end takes its workflow's gate)."""
+        now = self.coordinator.clock()
+        return [run_id for run_id in repo.overdue_run_ids(conn, now, limit) if self.expire(conn, run_id)]
+
+    def expire(self, conn: Connection, run_id: str) -> bool:
+        """Fail one running run if it is past its workflow timeout; whether it was."""
         coordinator = self.coordinator
         now = coordinator.clock()
-        expired = []
-        for run_id in repo.overdue_run_ids(conn, now, limit):
-            run = repo.lock_run(conn, run_id)
-            if run is None or run.status != RunStatus.RUNNING or run.deadline_at is None or run.deadline_at > now:
-                continue
-            workflow = coordinator.catalog.workflow(conn, run.workflow, run.version)
-            bound = f" of {workflow.timeout:g}s" if workflow and workflow.timeout else ""
-            coordinator.end_run(conn, run, RunStatus.FAILED, f"workflow timeout{bound}: the run did not finish in time")
-            expired.append(run_id)
-        return expired
+        run = repo.lock_run(conn, run_id)
+        if run is None or run.status != RunStatus.RUNNING or run.deadline_at is None or run.deadline_at > now:
+            return False
+        workflow = coordinator.catalog.workflow(conn, run.workflow, run.version)
+        bound = f" of {workflow.timeout:g}s" if workflow and workflow.timeout else ""
+        coordinator.end_run(conn, run, RunStatus.FAILED, f"workflow timeout{bound}: the run did not finish in time")
+        return True
 
     def admit_queued(self, conn: Connection, workflow: str) -> list[Outgoing]:
         """Begin the queued runs of ``workflow`` that have room now."""

@@ -287,15 +287,14 @@ class Coordinator:
             if publish is not None:
                 after_commit(conn, lambda: publish(sent))
 
-    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled,
-               failed: str | None = None) -> None:
+    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled) -> None:
         """Dispatch what ``settled`` made ready (a step made ready by its needs has never been
-        dispatched, so at attempt 1, but with trigger rules), or end the run as it says: failed if a step of it failed
-        (``failed`` now, or ``run.error`` recorded before: a workflow with trigger rules), else succeeded."""
+        dispatched, so at attempt 1, but with trigger rules), or end the run as it says: failed if a
+        step of it failed (``run.error``, a workflow with trigger rules), else succeeded."""
         if settled.failure is not None:
             self._fail_undispatchable(conn, run, Undispatchable(*settled.failure))
         elif settled.run_ended:
-            error = run.error or failed
+            error = run.error
             status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
             repo.update_run(conn, run.id, status=status, error=error, finished_at=outbox.now)
             self._finished(conn, run.id, workflow.name, status, error)
@@ -324,8 +323,9 @@ class Coordinator:
         if workflow.tolerates_failure:  # the steps that run after failures run; the run fails when all have ended
             if run.error is None:  # the first failure is the run's error (shown while it goes on)
                 repo.update_run(conn, run.id, error=reason)
+                run = dataclasses.replace(run, error=reason)
             settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(failed=attempt.step)
-            self._go_on(conn, outbox, run, workflow, settled, failed=reason)
+            self._go_on(conn, outbox, run, workflow, settled)
             return outbox.flush()
         # The run fails now; steps still out on other branches are cancelled: their late results are
         # recorded as attempts but change nothing.

@@ -122,3 +122,17 @@ def test_a_workflow_without_a_cache_keeps_its_stored_form() -> None:
     assert all("cache" not in s for s in plain.to_spec()["steps"]) and not plain.cached
     assert loads(CACHED).to_spec()["steps"][0]["cache"] == {"ttl": 3600.0}
     assert loads(CACHED.replace("{ttl: 3600}", "true")).steps["fetch"].cache.ttl == 86400.0  # type: ignore[union-attr]
+
+
+def test_a_run_whose_step_after_a_failure_is_a_cache_hit_still_fails(engine):
+    engine.deploy(loads("""
+name: cleanup-cached
+steps:
+  - {name: bad, task: test.boom}
+  - {name: tidy, task: test.flaky, config: {fail_times: 0}, needs: [bad], trigger: all_done, cache: true}
+"""))
+    first = engine.wait(engine.submit("cleanup-cached"), timeout=30)
+    second = engine.wait(engine.submit("cleanup-cached"), timeout=30)
+    assert {s.step: s.node for s in second.steps}["tidy"] == "cache"
+    assert first.status == second.status == "failed"
+    assert (second.error or "").startswith("step 'bad' failed")

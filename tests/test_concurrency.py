@@ -205,3 +205,31 @@ def test_a_workflow_without_limits_keeps_its_stored_form_and_limits_round_trip()
     from miniflow.coordinator.workflow import Workflow
 
     assert Workflow.from_spec(limited.to_spec()).concurrency == limited.concurrency
+
+
+def test_queued_runs_that_end_as_soon_as_they_begin_are_each_begun_once(engine):
+    """A run whose roots are all skipped ends inside the pass that begins it; its end must not
+    begin the other queued runs a second time."""
+    gate = f"instant-{uuid.uuid4()}"
+    engine.deploy(loads(f"""
+name: limited
+params: {{mode: {{default: hold}}}}
+concurrency: {{max_active_runs: 1}}
+steps:
+  - {{name: hold, task: test.gate, config: {{gate: {gate}}}, when: "params.mode == 'hold'"}}
+"""))
+    holder = engine.submit("limited", {"mode": "hold"})
+    try:
+        poll_until(lambda: len(runs_by_status(engine).get("running", [])) == 1 or None, timeout=20)
+        instant = [engine.submit("limited", {"mode": "skip"}) for _ in range(3)]
+        held_too = engine.submit("limited", {"mode": "hold"})
+        poll_until(lambda: len(runs_by_status(engine).get("queued", [])) == 4 or None, timeout=20)
+    finally:
+        opened(gate)
+    results = [engine.wait(key, timeout=30) for key in [holder, *instant, held_too]]
+    assert [r.status for r in results] == ["succeeded"] * 5
+    last = results[-1]
+    assert [(a.step, a.attempt) for a in last.attempts] == [("hold", 1)]  # dispatched once, not twice
+    with engine.db.connect() as conn:
+        rows = [repo.get_run(conn, r.run_id) for r in results]
+    assert most_at_once([r for r in rows if r is not None]) == 1

@@ -39,19 +39,21 @@ def count_running(conn: Connection, workflow: str) -> dict[str | None, int]:
     return {key: int(count) for key, count in rows}
 
 
-def queued_runs(conn: Connection, workflow: str, limit: int) -> list[RunRow]:
+def queued_runs(conn: Connection, workflow: str, limit: int, offset: int = 0) -> list[RunRow]:
     """The queued runs of ``workflow``, the first to admit first (higher priority, then older), locked
     (on Postgres those another transaction holds are skipped: it is cancelling them)."""
     flush(conn)
     query = select(runs).where(runs.c.workflow == workflow, runs.c.status == RunStatus.QUEUED).order_by(
-        runs.c.priority.desc(), runs.c.created_at, runs.c.id).limit(limit)
+        runs.c.priority.desc(), runs.c.created_at, runs.c.id).limit(limit).offset(offset)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [from_mapping(RunRow, row) for row in conn.execute(query).mappings()]
 
 
-def workflows_with_queued_runs(conn: Connection, limit: int = 100) -> list[str]:
-    """The workflows that have queued runs (the reconciler's pass looks for room for them)."""
+def workflows_with_queued_runs(conn: Connection, limit: int = 1000) -> list[str]:
+    """The workflows that have queued runs, the one with the oldest first (the reconciler's pass
+    looks for room for them)."""
     flush(conn)
-    return [str(name) for name in conn.execute(select(runs.c.workflow).where(runs.c.status == RunStatus.QUEUED)
-                                               .group_by(runs.c.workflow).limit(limit)).scalars()]
+    query = select(runs.c.workflow).where(runs.c.status == RunStatus.QUEUED).group_by(runs.c.workflow) \
+        .order_by(func.min(runs.c.created_at)).limit(limit)
+    return [str(name) for name in conn.execute(query).scalars()]
