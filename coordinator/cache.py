@@ -44,12 +44,11 @@ Params = Callable[[], dict[str, Any]]
 
 @dataclass
 class Served:
-    """What is left to dispatch after the cache hits (each step with its attempt and, for a cached
-    step, the digest to store its output under), or how the run ends (``ended``)."""
+    """What is left to dispatch after the cache hits (each step with its attempt; a cached one has the
+    digest to store its output under on its row), or how the run ends (``ended``)."""
 
     attempts: list[tuple[str, int]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)
     ended: Settled | None = None
 
 
@@ -96,7 +95,6 @@ def serve(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[
         entry = repo.cache_get(conn, key, now)
         if entry is None:
             served.attempts.append((step, attempt))
-            served.digests[step] = key
             repo.update_step(conn, run.id, step, cache_key=key)  # its success is stored under it
             continue
         _record_hit(conn, run, step, attempt, entry, now)

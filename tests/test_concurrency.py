@@ -27,6 +27,14 @@ def held(gate: str, concurrency: str, params: str = "") -> str:
             f"  - {{name: hold, task: test.gate, config: {{gate: {gate}}}}}\n")
 
 
+def by_mode(gate: str, extra_step: str = "") -> str:
+    """A workflow of one run at a time whose step waits for ``GATES[gate]`` when params.mode is
+    'hold' (and is skipped otherwise), with ``extra_step`` beside it."""
+    return (f"name: limited\nparams: {{mode: {{default: hold}}}}\nconcurrency: {{max_active_runs: 1}}\nsteps:\n"
+            f"  - {{name: hold, task: test.gate, config: {{gate: {gate}}}, when: \"params.mode == 'hold'\"}}\n"
+            + (f"  - {extra_step}\n" if extra_step else ""))
+
+
 def runs_by_status(engine) -> dict[str, list[RunRow]]:
     with engine.db.connect() as conn:
         found = repo.list_runs(conn, limit=1000)
@@ -144,14 +152,8 @@ def test_a_queued_run_can_be_cancelled_and_the_others_go_on(engine):
 
 def test_a_retried_run_waits_for_a_slot_like_a_start(engine):
     gate = f"retry-{uuid.uuid4()}"
-    engine.deploy(loads(f"""
-name: limited
-params: {{mode: {{default: hold}}}}
-concurrency: {{max_active_runs: 1}}
-steps:
-  - {{name: hold, task: test.gate, config: {{gate: {gate}}}, when: "params.mode == 'hold'"}}
-  - {{name: flaky, task: test.flaky, config: {{fail_times: 1}}, when: "params.mode == 'flaky'"}}
-"""))
+    engine.deploy(loads(by_mode(gate, "{name: flaky, task: test.flaky, config: {fail_times: 1}, "
+                                      "when: \"params.mode == 'flaky'\"}")))
     failed = engine.wait(engine.submit("limited", {"mode": "flaky"}), timeout=20)
     assert failed.status == "failed"
     holder = engine.submit("limited", {"mode": "hold"})
@@ -211,13 +213,7 @@ def test_queued_runs_that_end_as_soon_as_they_begin_are_each_begun_once(engine):
     """A run whose roots are all skipped ends inside the pass that begins it; its end must not
     begin the other queued runs a second time."""
     gate = f"instant-{uuid.uuid4()}"
-    engine.deploy(loads(f"""
-name: limited
-params: {{mode: {{default: hold}}}}
-concurrency: {{max_active_runs: 1}}
-steps:
-  - {{name: hold, task: test.gate, config: {{gate: {gate}}}, when: "params.mode == 'hold'"}}
-"""))
+    engine.deploy(loads(by_mode(gate)))
     holder = engine.submit("limited", {"mode": "hold"})
     try:
         poll_until(lambda: len(runs_by_status(engine).get("running", [])) == 1 or None, timeout=20)
