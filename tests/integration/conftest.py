@@ -20,6 +20,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from miniflow.persistence.sealing import new_key_line
 
 from . import private_services as priv
 
-__all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "poll", "query"]
+__all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "own_namespace", "poll", "query"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = processes.BIN
 DATA_KEY = new_key_line("test")  # the session's data key: workers seal secret params with it
@@ -136,6 +137,21 @@ def provision(environ: dict[str, str]) -> dict[str, str]:
         tokens[role] = json.loads(made.stdout)["token"]
     EXECUTOR_KEYS[tokens["operator"]] = tokens["executor"]
     return dict(environ, MINIFLOW_KEY=tokens["operator"], MINIFLOW_CORE_PUBLIC_KEYS=public)
+
+
+@contextmanager
+def own_namespace(env: dict[str, str], tag: str) -> Iterator[dict[str, str]]:
+    """``env`` on a queue namespace of its own (same database), its queues deleted afterwards. A module
+    that runs its own workers uses one, so that the session's ``cluster``, whose executors lack the
+    tests' step tasks, never takes (and hands back, with a growing delay) one of its steps."""
+    from miniflow.actors.broker import delete_topology
+    from miniflow.protocol.names import QueueNames
+
+    own = dict(env, MINIFLOW_NAMESPACE=f"{env['MINIFLOW_NAMESPACE']}_{tag}{uuid.uuid4().hex[:4]}")
+    try:
+        yield own
+    finally:
+        delete_topology(own["MINIFLOW_BROKER_URL"], QueueNames(own["MINIFLOW_NAMESPACE"]))
 
 
 def executor_token(env: dict[str, str]) -> str | None:

@@ -16,7 +16,7 @@ import pytest
 from miniflow import ApiError, Client
 from miniflow.ops.processes import ApiProcess
 
-from .conftest import BIN, ROOT, WorkerProcess, miniflow, poll
+from .conftest import BIN, ROOT, WorkerProcess, miniflow, own_namespace, poll
 
 WORKFLOWS = {
     "api-echo": "name: api-echo\nparams: {token: {secret: true}, n: {default: 1}}\n"
@@ -30,6 +30,11 @@ SECRET = "api-secret-value-0987654321"
 
 @pytest.fixture(scope="module")
 def api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with own_namespace(env, "api") as own:
+        yield from _api(own, tmp_path_factory)
+
+
+def _api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("api")
     for name, text in WORKFLOWS.items():
         (folder / f"{name}.yaml").write_text(text)

@@ -20,7 +20,7 @@ import pytest
 
 from miniflow.ops.processes import ApiProcess
 
-from .conftest import ROOT, WorkerProcess, miniflow
+from .conftest import ROOT, WorkerProcess, miniflow, own_namespace
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -54,6 +54,11 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def ui(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with own_namespace(env, "ui") as own:
+        yield from _ui(own, tmp_path_factory)
+
+
+def _ui(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("ui")
     for name, source in WORKFLOWS.items():
         (folder / f"{name}.yaml").write_text(source)
