@@ -145,7 +145,8 @@ class Executor:
     def _run(self, task: StepTask, isolate: bool) -> tuple[Any, StepFailed | None]:
         """The step's output, or what its failure records."""
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
-                          params=task.params, config=task.config, inputs=task.inputs, node=self.node)
+                          params=task.params, config=task.config, inputs=task.inputs, node=self.node,
+                          item=(task.map or {}).get("item"), index=(task.map or {}).get("index"))
         try:
             fn = self.registry.get(task.task)
             output = run_isolated(fn, ctx, task.timeout_s) if isolate else fn(ctx)

@@ -35,6 +35,8 @@ class StepContext:
     config: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     node: str = ""
+    item: Any = None  # an instance of a map step: its element of the list the step maps over
+    index: int | None = None  # and the element's place in that list (None: not a map instance)
 
     @property
     def idempotency_key(self) -> str:

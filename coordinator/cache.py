@@ -24,18 +24,23 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, CacheRow, RunRow
 from miniflow.persistence import repository as repo
+from miniflow.persistence.sealing import open_params
 from miniflow.protocol.errors import SealError
 from miniflow.protocol.states import StepStatus
 
 from .completion import Settle, Settled
 from .expressions import ExpressionError, evaluate
+from .outbox import Outbox
 from .workflow import StepSpec, Workflow
+
+if TYPE_CHECKING:
+    from .runs import Coordinator
 
 CACHE_NODE = "cache"  # the node of an attempt served from the cache
 
@@ -67,17 +72,22 @@ def digest(spec: StepSpec, inputs: dict[str, Any], params: dict[str, Any], secre
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def serve(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
-          outputs: dict[str, Any], params: Params, now: datetime) -> Served:
+def serve(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow,
+          attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], outbox: Outbox) -> Served:
     """Serve what the cache holds of ``attempts`` (first attempts of ready steps), and of what those
     hits make ready in turn; returns the rest, to dispatch."""
+    now = outbox.now
+
+    def params() -> dict[str, Any]:
+        return open_params(run.params, coordinator.keys)
+
     served = Served(outputs=dict(outputs))
     todo = list(attempts)
     opened: dict[str, Any] | None = None
     while todo:
         step, attempt = todo.pop(0)
-        spec = workflow.steps[step]
-        if spec.cache is None:
+        spec = workflow.steps.get(step)  # None: an instance of a map step (never cached)
+        if spec is None or spec.cache is None:
             served.attempts.append((step, attempt))
             continue
         try:

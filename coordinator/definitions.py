@@ -22,7 +22,7 @@ import yaml
 from miniflow.protocol.errors import DefinitionError
 
 from .concurrency import parse_concurrency
-from .step_options import parse_cache, parse_trigger, parse_when
+from .step_options import parse_cache, parse_map, parse_trigger, parse_when
 from .workflow import Backoff, ParamSpec, StepSpec, TriggerRule, Workflow, find_cycle
 
 MAX_STEPS = 1000
@@ -35,7 +35,7 @@ MAX_BACKOFF_S = 24 * 3600.0  # delayed messages are held by workers: a day at th
 
 _WORKFLOW_KEYS = {"name", "description", "version", "params", "steps", "timeout", "schedules", "concurrency"}
 _STEP_KEYS = {"name", "task", "needs", "config", "queue", "retries", "backoff", "timeout", "description", "when",
-              "trigger", "cache"}
+              "trigger", "cache", "map"}
 _BACKOFF_KEYS = {"initial", "max", "multiplier", "jitter"}
 _PARAM_KEYS = {"default", "required", "description", "secret"}
 T = TypeVar("T")
@@ -261,10 +261,11 @@ def _parse_step(raw: Any, index: int, source: str, problems: _Problems, params: 
     when = problems.take(lambda: parse_when(raw.get("when"), source, name), None)
     trigger = problems.take(lambda: parse_trigger(raw.get("trigger"), source, name, needs), TriggerRule.ALL_SUCCEEDED)
     cache = problems.take(lambda: parse_cache(raw.get("cache"), source, name, params), None)
+    fan = problems.take(lambda: parse_map(raw.get("map"), source, name, needs, raw.get("cache") is not None), None)
     if len(problems.found) > before:
         return None
     return StepSpec(name=name, task=task, needs=needs, config=config, queue=queue, retries=retries,
-                    backoff=backoff, timeout=timeout, when=when, trigger=trigger, cache=cache)
+                    backoff=backoff, timeout=timeout, when=when, trigger=trigger, cache=cache, map=fan)
 
 
 def _parse_task(task: Any, source: str, step: str) -> str:

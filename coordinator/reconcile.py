@@ -64,7 +64,10 @@ class Reconciler:
                 or row.result_due_at > now:
             return None
         workflow = coordinator.catalog.workflow(conn, run.workflow, run.version)
-        timeout = workflow.steps[step].timeout if workflow and step in workflow.steps else None
+        try:
+            timeout = workflow.spec(step).timeout if workflow else None
+        except KeyError:  # a step a later definition does not have
+            timeout = None
         error = (f"no result for attempt {attempt} within its timeout of {timeout or 0:g}s plus "
                  f"{coordinator.result_grace_s:g}s: the step message or its result was lost (an executor gone for "
                  "good, or an outage longer than the retries)")

@@ -16,7 +16,7 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -27,15 +27,16 @@ from miniflow.persistence.sealing import KeyRing, open_params
 from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.clock import Clock, utcnow
 from miniflow.protocol.codes import Reason
-from miniflow.protocol.errors import EncodeFailed, MessageRejected, SealError
-from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepProgress, StepTask
-from miniflow.protocol.names import EXECUTE_STEP, QueueNames
+from miniflow.protocol.errors import MessageRejected
+from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepFinished, StepProgress
+from miniflow.protocol.names import QueueNames
 from miniflow.protocol.states import RUN_TERMINAL, RunStatus, StepStatus
 
-from . import cache, requests
+from . import cache, mapping, requests
 from .catalog import Catalog
 from .completion import Settle, Settled, recount
 from .concurrency import admit_queued, may_begin, run_key
+from .dispatching import Undispatchable, prepare
 from .instrument import Instrument
 from .outbox import Outbox, Outgoing
 from .params import resolve_params, sealed
@@ -49,22 +50,12 @@ logger = logging.getLogger("miniflow.coordinator")
 # like the infrastructure retries, so that only a real loss (not a backlog) trips it.
 RESULT_GRACE_S = 3600.0
 
-Groups = dict[tuple[int, datetime | None], list[str]]  # (attempt, result deadline) -> step names
-
 
 @dataclass(frozen=True)
 class StartOutcome:
     run_id: str
     created: bool
     outgoing: list[Outgoing]
-
-
-@dataclass(frozen=True)
-class Undispatchable:
-    """A step message that cannot be sent (over the size limit): the run fails with the reason."""
-
-    step: str
-    reason: str
 
 
 class Coordinator:
@@ -123,7 +114,7 @@ class Coordinator:
             else:
                 logger.info("run %s of %s queued: no room under its concurrency limits", run.id, workflow.name)
             return StartOutcome(run.id, True, outbox.flush())
-        plan = self._prepare(outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None)
+        plan = prepare(self, outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None, {})
         queued = {} if isinstance(plan, Undispatchable) else \
             {name: (attempt, due) for (attempt, due), names in plan.items() for name in names}
         repo.insert_steps(conn, [
@@ -136,20 +127,26 @@ class Coordinator:
         return StartOutcome(run.id, True, outbox.flush())
 
     # -- dispatch ---------------------------------------------------------------------------------
-    def _dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
-                  attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None) -> bool:
+    def dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
+                 attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None,
+                 items: mapping.Items | None = None) -> bool:
         """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
         when a message cannot be sent. Steps that share an attempt number and deadline are marked
         queued in one statement. In a workflow with a result cache, first attempts are looked up
-        first (``cache.serve``): hits are recorded as succeeded, and what they make ready follows."""
-        if delay_s is None and workflow.cached:
-            served = cache.serve(conn, run, workflow, attempts, outputs, lambda: open_params(run.params, self.keys),
-                                 outbox.now)
+        first (``cache.serve``): hits are recorded as succeeded, and what they make ready follows.
+        Map steps are spread over their elements (``mapping.spread``; ``items``: the elements of
+        instances to send)."""
+        items = dict(items or {})
+        for stage in (cache.serve if workflow.cached else None, mapping.spread if workflow.mapped else None):
+            if delay_s is not None or stage is None:
+                continue
+            served = stage(self, conn, run, workflow, attempts, outputs, outbox)
             if served.ended is not None:
-                self._go_on(conn, outbox, run, workflow, served.ended)
+                self.go_on(conn, outbox, run, workflow, served.ended)
                 return served.ended.failure is None
             attempts, outputs = served.attempts, served.outputs
-        plan = self._prepare(outbox, run, workflow, attempts, outputs, delay_s)
+            items.update(getattr(served, "items", {}))
+        plan = prepare(self, outbox, run, workflow, attempts, outputs, delay_s, items)
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
             return False
@@ -157,44 +154,6 @@ class Coordinator:
             repo.update_steps(conn, run.id, names, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
                               error=None, result_due_at=due, running_attempt=None, note=None)
         return True
-
-    def _prepare(self, outbox: Outbox, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
-                 outputs: dict[str, Any], delay_s: float | None) -> Groups | Undispatchable:
-        """Add the step messages to the outbox; returns the steps by (attempt, result deadline), or
-        (with none of them added) the step whose message is over the size limit."""
-        mark = outbox.mark()
-        groups: Groups = {}
-        delay_ms = int(delay_s * 1000) if delay_s else None
-        try:
-            params = open_params(run.params, self.keys)  # executors get secret params opened
-        except SealError as exc:
-            return Undispatchable(attempts[0][0], f"the run's secret params cannot be opened: {exc}") \
-                if attempts else {}
-        for step, attempt in attempts:
-            spec = workflow.steps[step]
-            task = StepTask(run_id=run.id, workflow=workflow.name, step=step, attempt=attempt,
-                            task=spec.task, params=params, config=spec.config,
-                            inputs={need: outputs.get(need) for need in spec.needs}, timeout_s=spec.timeout,
-                            secret_params=workflow.secret_param_list,
-                            cap=self.caps.issue(run.id, step, attempt) if self.caps is not None else None)
-            options: dict[str, Any] = {}
-            if run.priority:
-                options["broker_priority"] = run.priority
-            if spec.timeout:
-                options["time_limit"] = int(spec.timeout * 1000)
-            try:
-                outbox.add(self.names.step_queue(spec.queue), EXECUTE_STEP, task.to_payload(), options=options,
-                           delay_ms=delay_ms, attributes={"run_id": run.id, "workflow": workflow.name,
-                                                          "step": step, "attempt": attempt, "delay_ms": delay_ms})
-            except EncodeFailed as exc:
-                outbox.discard_since(mark)
-                return Undispatchable(step, (
-                    f"step {step!r} cannot be dispatched: its params and the outputs of the steps it needs "
-                    f"come to {exc.problem}; return references (paths, keys) instead of bulk data"))
-            due = outbox.now + timedelta(seconds=(delay_s or 0) + spec.timeout + self.result_grace_s) \
-                if spec.timeout else None
-            groups.setdefault((attempt, due), []).append(step)
-        return groups
 
     def _fail_undispatchable(self, conn: Connection, run: RunRow, failure: Undispatchable) -> None:
         repo.update_step(conn, run.id, failure.step, status=StepStatus.FAILED, error=failure.reason)
@@ -231,6 +190,8 @@ class Coordinator:
         if run.open_ends is None:  # a run from before the counters: count it once
             recount(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
+            if attempt.step not in workflow.steps:  # an instance of a map step
+                return mapping.element_result(self, conn, run, workflow, row, attempt)
             if attempt.ok:
                 cache.store(conn, run, workflow, attempt, row.cache_key, self.clock())
                 return self._succeeded(conn, run, workflow, attempt)
@@ -246,7 +207,7 @@ class Coordinator:
                          finished_at=attempt.finished_at, result_due_at=None)
         settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(
             succeeded=(attempt.step, attempt.output))
-        self._go_on(conn, outbox, run, workflow, settled)
+        self.go_on(conn, outbox, run, workflow, settled)
         return outbox.flush()
 
     def begin(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow) -> None:
@@ -260,15 +221,15 @@ class Coordinator:
         run = dataclasses.replace(run, status=RunStatus.RUNNING, error=None)
         settle = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))
         if fresh:
-            self._go_on(conn, outbox, run, workflow, settle(candidates=workflow.roots()))
+            self.go_on(conn, outbox, run, workflow, settle(candidates=workflow.roots()))
             return
         steps = repo.get_steps(conn, run.id)
         settle.settled.outputs.update({name: r.output for name, r in steps.items()})
         settled = settle(candidates=ready_steps(workflow, {name: r.status for name, r in steps.items()}))
         if settled.failure is not None or settled.run_ended:
-            self._go_on(conn, outbox, run, workflow, settled)
+            self.go_on(conn, outbox, run, workflow, settled)
         else:  # a step that ran before goes on counting its attempts
-            self._dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],
+            self.dispatch(conn, outbox, run, workflow, [(step, steps[step].attempt + 1) for step in settled.ready],
                            settled.outputs, None)
 
     def _release(self, conn: Connection, run: RunRow, outbox: Outbox | None) -> None:
@@ -287,7 +248,7 @@ class Coordinator:
             if publish is not None:
                 after_commit(conn, lambda: publish(sent))
 
-    def _go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled) -> None:
+    def go_on(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, settled: Settled) -> None:
         """Dispatch what ``settled`` made ready (a step made ready by its needs has never been
         dispatched, so at attempt 1, but with trigger rules), or end the run as it says: failed if a
         step of it failed (``run.error``, a workflow with trigger rules), else succeeded."""
@@ -301,10 +262,10 @@ class Coordinator:
             self._release(conn, run, outbox)
         elif workflow.tolerates_failure:  # a retried run may judge again a step that ran after a failure
             attempts = repo.next_attempts(conn, run.id, settled.ready)
-            self._dispatch(conn, outbox, run, workflow, [(d, attempts.get(d, 1)) for d in settled.ready],
+            self.dispatch(conn, outbox, run, workflow, [(d, attempts.get(d, 1)) for d in settled.ready],
                            settled.outputs, None)
         else:
-            self._dispatch(conn, outbox, run, workflow, [(d, 1) for d in settled.ready], settled.outputs, None)
+            self.dispatch(conn, outbox, run, workflow, [(d, 1) for d in settled.ready], settled.outputs, None)
 
     def _failed(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow,
                 decision: Decision) -> list[Outgoing]:
@@ -313,24 +274,30 @@ class Coordinator:
             repo.update_step(conn, run.id, attempt.step, error=attempt.error, node=attempt.node)
             needs = repo.get_needs(conn, run.id, workflow.steps[attempt.step].needs)
             outputs = {name: output for name, (_, output) in needs.items()}
-            self._dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)], outputs,
+            self.dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)], outputs,
                            decision.retry_delay)
             return outbox.flush()
         repo.update_step(conn, run.id, attempt.step, status=StepStatus.FAILED, error=attempt.error,
                          node=attempt.node, started_at=attempt.started_at, finished_at=attempt.finished_at,
                          result_due_at=None)
         reason = decision.run_error or f"step {attempt.step!r} failed"
-        if workflow.tolerates_failure:  # the steps that run after failures run; the run fails when all have ended
+        self.step_failed(conn, outbox, run, workflow, attempt.step, reason)
+        return outbox.flush()
+
+    def step_failed(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, step: str,
+                    reason: str) -> None:
+        """A step has failed for good (its row says so): the run fails now, or, in a workflow with
+        trigger rules, the steps that run after failures run and the run fails when all have ended."""
+        if workflow.tolerates_failure:
             if run.error is None:  # the first failure is the run's error (shown while it goes on)
                 repo.update_run(conn, run.id, error=reason)
                 run = dataclasses.replace(run, error=reason)
-            settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(failed=attempt.step)
-            self._go_on(conn, outbox, run, workflow, settled)
-            return outbox.flush()
-        # The run fails now; steps still out on other branches are cancelled: their late results are
-        # recorded as attempts but change nothing.
+            settled = Settle(conn, run.id, workflow, lambda: open_params(run.params, self.keys))(failed=step)
+            self.go_on(conn, outbox, run, workflow, settled)
+            return
+        # Steps still out on other branches are cancelled: their late results are recorded as
+        # attempts but change nothing.
         self.end_run(conn, run, RunStatus.FAILED, reason, outbox)
-        return outbox.flush()
 
     def _finished(self, conn: Connection, run_id: str, workflow: str, status: str, error: str | None) -> None:
         """Mark the run's end for the instrument once the transaction that ends it has committed."""

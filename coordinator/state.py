@@ -108,7 +108,7 @@ def decide_failure(workflow: Workflow, step: str, attempt: int, error: str | Non
     """What follows from attempt ``attempt`` of ``step`` failing: another attempt after a backoff
     while attempts remain, else the run fails (its pending steps are then skipped and its queued
     ones cancelled: their late results are recorded as attempts but change nothing)."""
-    spec = workflow.steps[step]
+    spec = workflow.spec(step)  # a step, or an instance of a map step
     if attempt < spec.max_attempts:
         return Decision(StepStatus.QUEUED, retry_delay=backoff_delay(spec.backoff, attempt, rng))
     reason = f"step {step!r} failed after {attempt} attempt{'s' if attempt > 1 else ''}"

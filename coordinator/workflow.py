@@ -45,6 +45,42 @@ class CachePolicy:
         return {"ttl": self.ttl, **({"key": self.key} if self.key is not None else {})}
 
 
+class MapFailure(StrEnum):
+    """What a map does when one of its elements fails for good (``coordinator.mapping``)."""
+
+    FAIL = "fail"  # the map step fails (its elements still out are cancelled): the default
+    CONTINUE = "continue"  # the others go on; the failed element's place in the list of results is null
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A step run once per element of a list: the output of step ``over`` (or the field ``path`` of
+    it), each element an instance ``name[i]`` with its own attempts, at most ``concurrency`` out at
+    once. The step's output is the list of its instances' outputs, in order."""
+
+    over: str
+    path: tuple[str, ...] = ()
+    concurrency: int = 1000
+    on_failure: MapFailure = MapFailure.FAIL
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"over": ".".join((self.over, *self.path)), "concurrency": self.concurrency,
+                "on_failure": str(self.on_failure)}
+
+
+def instance_name(step: str, index: int) -> str:
+    """The name of element ``index`` of map step ``step``: ``step[index]``."""
+    return f"{step}[{index}]"
+
+
+def instance_of(name: str) -> tuple[str, int] | None:
+    """The map step and index of an instance name (``fan[3]`` -> ``("fan", 3)``), else None."""
+    if not name.endswith("]") or "[" not in name:
+        return None
+    step, _, index = name[:-1].partition("[")
+    return (step, int(index)) if index.isdigit() else None
+
+
 @dataclass(frozen=True)
 class StepSpec:
     name: str
@@ -58,6 +94,7 @@ class StepSpec:
     when: str | None = None  # a condition over params and inputs: false skips the step and what needs it
     trigger: TriggerRule = TriggerRule.ALL_SUCCEEDED  # how the step's needs must have ended for it to run
     cache: CachePolicy | None = None  # reuse a stored output of the same task and key instead of running
+    map: MapSpec | None = None  # run once per element of a list output of a step it needs
 
     @property
     def max_attempts(self) -> int:
@@ -99,6 +136,16 @@ class Workflow:
     version: int | None = None
     timeout: float | None = None
     concurrency: Concurrency | None = None
+
+    def spec(self, step: str) -> StepSpec:
+        """The spec of a step or of an instance of a map step (``fan[3]``: the spec of ``fan``)."""
+        found = self.steps.get(step)
+        if found is not None:
+            return found
+        mapped = instance_of(step)
+        if mapped is None or mapped[0] not in self.steps:
+            raise KeyError(step)
+        return self.steps[mapped[0]]
 
     def dependents(self, step: str) -> list[str]:
         """The steps that need ``step``, in definition order (computed once per workflow)."""
@@ -145,6 +192,11 @@ class Workflow:
         return any(spec.cache is not None for spec in self.steps.values())
 
     @functools.cached_property
+    def mapped(self) -> bool:
+        """Whether a step of it is a map (its dispatches then spread those over their elements)."""
+        return any(spec.map is not None for spec in self.steps.values())
+
+    @functools.cached_property
     def ends(self) -> list[str]:
         """The steps nothing needs: the run has succeeded when they have."""
         return [name for name in self.steps if name not in self._dependents]
@@ -183,6 +235,7 @@ class Workflow:
                 **({"when": s.when} if s.when is not None else {}),
                 **({"trigger": str(s.trigger)} if s.trigger != TriggerRule.ALL_SUCCEEDED else {}),
                 **({"cache": s.cache.to_spec()} if s.cache is not None else {}),
+                **({"map": s.map.to_spec()} if s.map is not None else {}),
             } for s in self.steps.values()],
         }
 

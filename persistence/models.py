@@ -123,6 +123,12 @@ class RunStep(Base):
     waiting: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # a dispatched step of a cached task: the digest its output is stored under when it succeeds
     cache_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # an instance of a map step (fan[3]): its element of the list (coordinator/mapping.py)
+    item: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # a map step being run: its elements, the next to dispatch, those not yet ended
+    map_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    map_next: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    map_open: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class StepCache(Base):

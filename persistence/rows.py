@@ -59,6 +59,10 @@ class StepRow:
     note: str | None = None  # why a queued step waits
     waiting: int | None = None  # needs not yet succeeded, for a step with several (None: to be counted)
     cache_key: str | None = None  # a dispatched step of a cached task: the digest its output is stored under
+    item: Any = None  # an instance of a map step: its element
+    map_size: int | None = None  # a map step: its number of elements,
+    map_next: int | None = None  # the index of the next to dispatch,
+    map_open: int | None = None  # and how many have not ended
 
     @property
     def running(self) -> bool:

@@ -17,6 +17,7 @@ MAX_NODE = 255
 MAX_TEXT = 4000  # free text a message carries (an error, a reason, a detail)
 MAX_TRACEBACK = 16000
 MAX_CAP = 128  # an attempt capability (protocol/auth.py)
+MAX_MAP_INDEX = 10_000  # an instance of a map step is one of at most this many elements
 MAX_ATTEMPT = 1_000_000  # far above any retry budget (100 retries, then run retries), far below int4
 MIN_EPOCH_S, MAX_EPOCH_S = 946_684_800.0, 4_102_444_800.0  # 2000-01-01 .. 2100-01-01
 MAX_VERSION = 2**31 - 1

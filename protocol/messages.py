@@ -17,6 +17,7 @@ from .bounds import (
     MAX_CAP,
     MAX_EPOCH_S,
     MAX_KEY_LEN,
+    MAX_MAP_INDEX,
     MAX_NAME,
     MAX_NODE,
     MAX_RUN_ID,
@@ -187,6 +188,7 @@ class StepTask(Payload):
         "timeout_s": _Field(float, required=False, low=0, high=7 * 24 * 3600),
         "secret_params": _Field(list, required=False, default=list, max_len=1000),
         "cap": _Field(str, required=False, max_len=MAX_CAP),
+        "map": _Field(dict, required=False),
     }
     run_id: str
     workflow: str
@@ -199,9 +201,15 @@ class StepTask(Payload):
     timeout_s: float | None = None
     secret_params: list[str] = field(default_factory=list)  # params whose values must never be shown
     cap: str | None = None  # the attempt's capability: returned with its progress and result (protocol/auth.py)
+    map: dict[str, Any] | None = None  # an instance of a map step: {"index": i, "item": its element}
 
     def check(self) -> None:
         check_attempt(self.KIND, self.attempt)
+        index = (self.map or {}).get("index", 0)
+        if self.map is not None and (set(self.map) - {"index", "item"} or isinstance(index, bool)
+                                     or not isinstance(index, int) or not 0 <= index < MAX_MAP_INDEX):
+            raise MessageRejected(Reason.BAD_VALUE, f"{self.KIND} 'map' must be {{index: 0-{MAX_MAP_INDEX - 1}, "
+                                  "item: any}", "map")
 
     @property
     def idempotency_key(self) -> str:

@@ -114,3 +114,23 @@ def gate(ctx: StepContext) -> dict[str, Any]:
         opened = GATES.setdefault(str(ctx.config.get("gate")), threading.Event())
     opened.wait(60)
     return {"gate": ctx.config.get("gate")}
+
+
+@step("test.range")
+def number_list(ctx: StepContext) -> dict[str, Any]:
+    """{"items": [0, 1, ... config.n - 1]} (or config.items as given): a list to map over."""
+    return {"items": ctx.config["items"] if "items" in ctx.config else list(range(int(ctx.config.get("n", 0))))}
+
+
+@step("test.element")
+def element(ctx: StepContext) -> dict[str, Any]:
+    """One element of a map: fails for the items in config.fail_items (every attempt, or the first
+    config.fail_times of them), else returns its index and item (and inputs, with config.inputs)."""
+    if ctx.item in ctx.config.get("fail_items", []):
+        with _lock:
+            _calls[(ctx.run_id, ctx.step)] += 1
+            n = _calls[(ctx.run_id, ctx.step)]
+        if n <= int(ctx.config.get("fail_times", 1_000_000)):
+            raise RuntimeError(f"element {ctx.item!r} failed ({n})")
+    out = {"index": ctx.index, "item": ctx.item}
+    return {**out, "inputs": ctx.inputs} if ctx.config.get("inputs") else out

@@ -5,6 +5,7 @@
     counters       a run's open ends and each join's waiting needs (a result reads no other step)
     gates          the gate of a workflow with concurrency limits; its running and queued runs
     cache          the result cache of steps
+    maps           the instances of map steps
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
     dead_letters   the archive of rejected messages
@@ -29,6 +30,7 @@ from .counters import Counted, set_counters, step_succeeded
 from .dead_letters import dead_letters_for_message, insert_dead_letter, list_dead_letters, prune_dead_letters
 from .definitions import get_definition, latest_version, list_definitions, save_definition, spec_checksum
 from .gates import count_running, lock_gate, queued_runs, workflows_with_queued_runs
+from .maps import end_map_instances, map_element_ended, map_instances, map_results
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
 from .requests import mark_handled, prune_handled, request_handled
 from .runs import (
@@ -57,6 +59,7 @@ from .runs import (
 )
 
 __all__ = [
+    "end_map_instances", "map_element_ended", "map_instances", "map_results",
     "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",
     "count_running", "lock_gate", "queued_runs", "workflows_with_queued_runs",
     "Counted", "get_needs", "get_step", "next_attempts", "set_counters", "step_succeeded", "update_steps_in_status",
