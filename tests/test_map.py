@@ -5,6 +5,8 @@ real services)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from miniflow.coordinator import loads
@@ -15,8 +17,8 @@ from miniflow.protocol.errors import DefinitionError, MessageRejected
 from miniflow.protocol.messages import StepTask
 
 
-def fan(n: int | None = None, *, items: list | None = None, concurrency: int = 1000, on_failure: str = "fail",
-        fail: list | None = None, retries: int = 0, fail_times: int | None = None, extra: str = "") -> str:
+def fan(n: int | None = None, *, items: list[Any] | None = None, concurrency: int = 1000, on_failure: str = "fail",
+        fail: list[Any] | None = None, retries: int = 0, fail_times: int | None = None, extra: str = "") -> str:
     source = f"n: {n}" if items is None else f"items: {items!r}"
     failing = f", fail_items: {fail!r}" if fail else ""
     if fail_times is not None:
@@ -38,7 +40,7 @@ steps:
 {extra}"""
 
 
-def steps_of(run) -> dict[str, object]:
+def steps_of(run: Any) -> dict[str, Any]:
     return {s.step: s for s in run.steps}
 
 
@@ -180,7 +182,8 @@ def test_a_map_step_round_trips_through_its_stored_spec_and_names_its_instances(
     workflow = loads(fan(3, concurrency=7, on_failure="continue"))
     again = type(workflow).from_spec(workflow.to_spec())
     assert again.steps["work"].map == workflow.steps["work"].map
-    assert again.steps["work"].map.on_failure == MapFailure.CONTINUE and again.steps["work"].map.concurrency == 7
+    spec = again.steps["work"].map
+    assert spec is not None and spec.on_failure == MapFailure.CONTINUE and spec.concurrency == 7
     assert instance_of(instance_name("a.b-c", 12)) == ("a.b-c", 12) and instance_of("plain") is None
     assert workflow.spec("work[2]") is workflow.steps["work"]
     with pytest.raises(KeyError):
