@@ -125,3 +125,23 @@ def nap(ctx: StepContext) -> float:
     seconds = float(ctx.config.get("seconds", ctx.params.get("sleep", 0.01)))
     time.sleep(seconds)
     return seconds
+
+
+# -- fan-out (a map step) --------------------------------------------------------------------------
+@step("fanout.split")
+def split(ctx: StepContext) -> dict[str, Any]:
+    """{"numbers": [1, 2, ... params.n]}: the list the map step runs over."""
+    return {"numbers": list(range(1, int(ctx.params.get("n", 10)) + 1))}
+
+
+@step("fanout.square")
+def square_one(ctx: StepContext) -> int:
+    """One element of the map: its number squared."""
+    return int(ctx.item) ** 2
+
+
+@step("fanout.total")
+def sum_all(ctx: StepContext) -> dict[str, Any]:
+    """The map's results (a list, in order; null for an element that failed under on_failure: continue)."""
+    squares = ctx.inputs["square"]
+    return {"count": len(squares), "sum": sum(v for v in squares if v is not None)}

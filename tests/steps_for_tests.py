@@ -125,12 +125,15 @@ def number_list(ctx: StepContext) -> dict[str, Any]:
 @step("test.element")
 def element(ctx: StepContext) -> dict[str, Any]:
     """One element of a map: fails for the items in config.fail_items (every attempt, or the first
-    config.fail_times of them), else returns its index and item (and inputs, with config.inputs)."""
+    config.fail_times of them), else returns its index and item (and inputs, with config.inputs; the
+    item alone, with config.bare)."""
     if ctx.item in ctx.config.get("fail_items", []):
         with _lock:
             _calls[(ctx.run_id, ctx.step)] += 1
             n = _calls[(ctx.run_id, ctx.step)]
         if n <= int(ctx.config.get("fail_times", 1_000_000)):
             raise RuntimeError(f"element {ctx.item!r} failed ({n})")
+    if ctx.config.get("bare"):
+        return ctx.item
     out = {"index": ctx.index, "item": ctx.item}
     return {**out, "inputs": ctx.inputs} if ctx.config.get("inputs") else out
