@@ -123,7 +123,7 @@ def number_list(ctx: StepContext) -> dict[str, Any]:
 
 
 @step("test.element")
-def element(ctx: StepContext) -> dict[str, Any]:
+def element(ctx: StepContext) -> Any:
     """One element of a map: fails for the items in config.fail_items (every attempt, or the first
     config.fail_times of them), else returns its index and item (and inputs, with config.inputs; the
     item alone, with config.bare)."""

@@ -62,7 +62,8 @@ def ended(space: dict[str, str], run_id: str, timeout: float) -> tuple[str, str 
         rows = query(db, "select status, error from runs where id = %s", run_id)
         return rows[0] if rows and rows[0][0] in ("succeeded", "failed", "cancelled") else None
 
-    return poll(done, timeout=timeout, interval=0.2, what=f"run {run_id} to end")
+    status, error = poll(done, timeout=timeout, interval=0.2, what=f"run {run_id} to end")
+    return str(status), error
 
 
 def instances(space: dict[str, str], run_id: str) -> dict[str, tuple[str, Any, int]]:
