@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pika
 
@@ -88,7 +89,7 @@ class Restartable:
 
 
 def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, pace_s: float = 0.0,
-                workflow: str = "diamond") -> list[str]:
+                workflow: str = "diamond", params: dict[str, Any] | None = None) -> list[str]:
     """Publish a start per key with confirms, retrying each until confirmed; returns confirmed keys."""
     from miniflow.protocol.errors import BrokerUnavailable
     from miniflow.protocol.publisher import Publisher
@@ -100,7 +101,8 @@ def publish_all(env: dict[str, str], keys: list[str], retry_for_s: float = 120, 
         for key in keys:
             while True:
                 try:
-                    publisher.start_workflow(workflow, params={"x": 2}, idempotency_key=key)
+                    publisher.start_workflow(workflow, params={"x": 2} if params is None else params,
+                                             idempotency_key=key)
                     confirmed.append(key)
                     time.sleep(pace_s)
                     break
@@ -155,9 +157,10 @@ def _settle(outcome: Outcome, env: dict[str, str], within_s: float = 30) -> None
 def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, runs: int = 20,
                  coordinator_fault: str | None = None, executor_fault: str | None = None,
                  inject: Callable[[], None] | None = None, bound_s: float = 180, pace_s: float = 0.0,
-                 definition: Path = ROOT / "examples" / "diamond.yaml", workflow: str = "diamond") -> Outcome:
+                 definition: Path = ROOT / "examples" / "diamond.yaml", workflow: str = "diamond",
+                 params: dict[str, Any] | None = None) -> Outcome:
     """One row of the matrix, in its own namespace (so a fault stays inside it); ``definition``
-    and ``workflow``: what the runs start (the diamond of the examples unless given)."""
+    and ``workflow``: what the runs start (the diamond of the examples unless given), with ``params``."""
     from miniflow.actors.broker import delete_topology
     from miniflow.protocol.names import QueueNames
 
@@ -184,7 +187,7 @@ def run_scenario(env: dict[str, str], logs: Path, fault: str, injected: str, *, 
         injector = threading.Thread(target=inject, daemon=True) if inject else None
         if injector:
             injector.start()
-        confirmed = publish_all(env, keys, pace_s=pace_s, workflow=workflow)
+        confirmed = publish_all(env, keys, pace_s=pace_s, workflow=workflow, params=params)
         if injector:
             injector.join(timeout=bound_s)
         healed = time.monotonic()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import query
+from .conftest import ROOT, query
 from .fault_matrix import Outcome, record, run_scenario
 from .private_services import Broker, Database
 
@@ -65,6 +65,21 @@ def test_cached_steps_lose_nothing_and_record_nothing_twice_when_a_coordinator_i
     assert_guarantees(outcome)
     served = query(fault_env["MINIFLOW_DATABASE_URL"], "select count(*) from step_attempts where node = 'cache'")
     assert served[0][0] > 0, "no run was served from the cache"
+
+
+def test_map_steps_lose_nothing_and_record_nothing_twice_when_a_coordinator_is_killed(fault_env, tmp_path: Path):
+    """Runs of examples/fan_out.yaml (a map over ten numbers, at most 50 elements out at once) while
+    a coordinator is killed after a commit: every element is recorded once, every run ends, and
+    every total is the sum of the squares (no element lost, none counted twice)."""
+    outcome = run_scenario(fault_env, tmp_path, "map.coordinator.after_commit",
+                           "a coordinator SIGKILLs itself after its commit, on runs of a map step",
+                           coordinator_fault="coordinator.after_commit", definition=ROOT / "examples" / "fan_out.yaml",
+                           workflow="fan-out", params={})
+    assert outcome.restarts >= 1, "the fault point was never reached"
+    assert_guarantees(outcome)
+    totals = query(fault_env["MINIFLOW_DATABASE_URL"], "select s.output from run_steps s join runs r "
+                   "on r.id = s.run_id where r.workflow = 'fan-out' and s.step = 'total'")
+    assert totals and all(t == {"count": 10, "sum": 385} for (t,) in totals), totals[:3]
 
 
 @pytest.mark.parametrize("point, role, injected", CRASH_POINTS, ids=[p for p, _, _ in CRASH_POINTS])
