@@ -8,7 +8,8 @@ Measures (full persistence in Postgres, workers as separate processes):
   start latency publish of a start -> first step running (median, p99)
   fan-out-100   one run of 100 parallel no-op steps: publish to run finished (median of FANOUT_RUNS)
   wide runs     the growth curve: one run of 100 / 300 / 1,000 parallel steps, and 1,000 with a join,
-                as seconds and steps/s next to diamond-10's steps/s (the cost per result must not grow)
+                as seconds and steps/s next to diamond-10's steps/s (the cost per result must not grow);
+                and map-1000: one run of a map step over 1,000 elements (then a join), the same way
   scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
                 against the ideal (executor threads / step time)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
@@ -169,6 +170,11 @@ def one_at_a_time(env: dict[str, str], workflow: str, runs: int) -> list[float]:
     return times
 
 
+MAP_1000 = ("name: bench-map-1000\nsteps:\n  - {name: split, task: bench.range, config: {n: 1000}}\n"
+            "  - {name: each, task: bench.noop, needs: [split], map: {over: split, concurrency: 1000}}\n"
+            "  - {name: join, task: bench.noop, needs: [each]}\n")
+
+
 def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
     """One run of 100 parallel steps at a time: seconds from publish to the run's end."""
     times = one_at_a_time(env, "bench-fanout", runs)
@@ -177,13 +183,14 @@ def fanout(env: dict[str, str], runs: int) -> dict[str, float]:
 
 
 def wide_runs(env: dict[str, str], diamond_steps_per_s: float) -> dict[str, Any]:
-    """The growth curve: one run of 100, 300 and 1,000 parallel steps (and 999 with a join), each
-    as seconds and steps/s (median of 3, or of 2 for 1,000), next to diamond-10's steps/s."""
+    """The growth curve: one run of 100, 300 and 1,000 parallel steps (and 999 with a join), and of
+    a map step over 1,000 elements, each as seconds and steps/s (median of 3, or of 2 at 1,000),
+    next to diamond-10's steps/s."""
     curve: dict[str, Any] = {}
-    for width, join in [(w, False) for w in FANOUT_WIDTHS] + [(FANOUT_WIDTHS[-1], True)]:
-        name = f"bench-fanout-{width}" + ("-join" if join else "")
-        times = one_at_a_time(env, name, 2 if width >= 1000 else 3)
-        steps = width
+    shapes = [(f"bench-fanout-{w}", w) for w in FANOUT_WIDTHS]
+    shapes += [(f"bench-fanout-{FANOUT_WIDTHS[-1]}-join", FANOUT_WIDTHS[-1]), ("bench-map-1000", 1000)]
+    for name, steps in shapes:  # a map's steps counted: its elements
+        times = one_at_a_time(env, name, 2 if steps >= 1000 else 3)
         median = statistics.median(times)
         curve[name.removeprefix("bench-")] = {"s_median": round(median, 3), "steps_per_s": round(steps / median, 1),
                                               "vs_diamond10": round(steps / median / diamond_steps_per_s, 2)}
@@ -380,6 +387,7 @@ def main() -> int:
             env = provision(env)
             wide = [(f"fanout{w}", fanout_workflow(w)) for w in FANOUT_WIDTHS]
             wide.append((f"fanout{FANOUT_WIDTHS[-1]}join", fanout_workflow(FANOUT_WIDTHS[-1], join=True)))
+            wide.append(("map1000", MAP_1000))
             for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), *wide):
                 path = Path(f"/tmp/{namespace}-{name}.yaml")
                 path.write_text(text)
@@ -493,6 +501,8 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['api_get_run_per_s_1_clients']:.0f} / {r['api_get_run_per_s_4_clients']:.0f}", ""),
         ("fan-out-100, one run, s (median of 5)", f"{r['fanout100_s_median']:.3f}",
          f"{r['fanout100_steps_per_s'] / base['drain_msgs_per_s']:.2f} of drain"),
+        *[(f"wide: one run of {name}, s (steps/s)", f"{v['s_median']:.2f} ({v['steps_per_s']:.0f})",
+           f"{v['vs_diamond10']:.2f} of diamond-10's steps/s") for name, v in r.get("wide_runs", {}).items()],
         *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",
            f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal")
           for n, v in r["scale"].items()],

@@ -15,3 +15,9 @@ def noop(ctx: StepContext) -> int:
 @step("bench.sleep")
 def nap(ctx: StepContext) -> None:
     time.sleep(float(ctx.config.get("seconds", 0.01)))
+
+
+@step("bench.range")
+def numbers(ctx: StepContext) -> list[int]:
+    """[0, 1, ... config.n - 1]: the list a map step runs over."""
+    return list(range(int(ctx.config.get("n", 0))))
