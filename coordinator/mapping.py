@@ -133,8 +133,9 @@ def _begin(conn: Connection, run: RunRow, step: str, spec: MapSpec, attempt: int
         done.items[name] = {"index": index, "item": found[index]}
     following = now_out[-1][0] + 1 if now_out else len(found)
     repo.update_step(conn, run.id, step, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
-                     error=None, result_due_at=None, running_attempt=None, map_size=len(found), map_next=following,
-                     map_open=len(todo), note=f"map over {len(found)} element(s), at most {spec.concurrency} at once")
+                     started_at=outbox.now, finished_at=None, error=None, result_due_at=None, running_attempt=None,
+                     map_size=len(found), map_next=following, map_open=len(todo),
+                     note=f"map over {len(found)} element(s), at most {spec.concurrency} at once")
     return len(todo)
 
 

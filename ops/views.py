@@ -13,6 +13,7 @@ from rich.table import Table
 from sqlalchemy.engine import Connection
 
 from miniflow.coordinator import Catalog, next_fires, parse_cron
+from miniflow.coordinator.workflow import instance_of
 from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow, ScheduleRow, StepRow
 from miniflow.protocol.masking import mask_fields, mask_params
 from miniflow.protocol.states import RunStatus, StepStatus
@@ -66,7 +67,7 @@ def run_to_dict(run: RunRow, steps: Sequence[StepRow] | None = None, attempts: S
             "step": s.step, "status": step_status(s), "attempts": counts.get(s.step, 0),
             "current_attempt": s.attempt, "duration_ms": s.duration_ms, "node": s.node, "error": s.error,
             "note": s.note if s.status == StepStatus.QUEUED else None, "output": mask_fields(s.output, secrets),
-        } for s in sorted(steps, key=lambda s: rank.get(s.step, len(rank)))]
+        } for s in sorted(steps, key=lambda s: _place(rank, s.step))]
     if attempts is not None:
         out["attempts"] = [{
             "step": a.step, "attempt": a.attempt, "ok": a.ok, "node": a.node, "duration_ms": round(a.duration_ms, 1),
@@ -75,6 +76,44 @@ def run_to_dict(run: RunRow, steps: Sequence[StepRow] | None = None, attempts: S
             "finished_at": iso(a.finished_at),
         } for a in attempts]
     return out
+
+
+def _place(rank: dict[str, int], step: str) -> tuple[int, int]:
+    """Where a step goes in a run's list: by the workflow's order, an instance of a map step (fan[3])
+    after its map step, by index."""
+    mapped = instance_of(step)
+    if mapped is None:
+        return rank.get(step, len(rank)), 0
+    return rank.get(mapped[0], len(rank)), mapped[1] + 1
+
+
+MAX_INSTANCES_SHOWN = 50  # instances of map steps listed on a run's page (the rest are counted)
+
+
+def collapse_instances(steps: list[dict[str, Any]], limit: int = MAX_INSTANCES_SHOWN
+                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """A run's steps (of ``run_to_dict``, in its order) with at most ``limit`` instances of map steps
+    among them (those that failed, then those running or queued, then the first of the rest), and
+    per map step its
+    number of ``elements``, how many of them are ``listed``, and how many are in each status
+    (``by_status``)."""
+    tallies: dict[str, dict[str, Any]] = {}
+    instances: list[dict[str, Any]] = []
+    for s in steps:
+        mapped = instance_of(s["step"])
+        if mapped is not None:
+            tally = tallies.setdefault(mapped[0], {"elements": 0, "listed": 0, "by_status": {}})
+            tally["elements"] += 1
+            tally["by_status"][s["status"]] = tally["by_status"].get(s["status"], 0) + 1
+            instances.append(s)
+    urgency = {"failed": 0, "running": 1, "queued": 2}
+    kept = {id(s) for s in sorted(instances, key=lambda s: urgency.get(s["status"], 3))[:limit]}
+    shown = [s for s in steps if instance_of(s["step"]) is None or id(s) in kept]
+    for s in shown:
+        mapped = instance_of(s["step"])
+        if mapped is not None:
+            tallies[mapped[0]]["listed"] += 1
+    return shown, tallies
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -131,9 +170,14 @@ def steps_table(detail: dict[str, Any], title: str = "steps") -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("step", "status", "attempts", "duration", "node", "error / output / waiting"):
         table.add_column(col, overflow="fold")
-    for s in detail["steps"]:
+    shown, maps = collapse_instances(detail["steps"])
+    for s in shown:
         status = s["status"]
         said = s["error"] or (f"waiting: {s['note']}" if s.get("note") else short(s["output"]))
+        if s["step"] in maps:
+            tally = maps[s["step"]]
+            said = ", ".join(f"{n} {st}" for st, n in sorted(tally["by_status"].items())) + \
+                f" of {tally['elements']} elements ({tally['listed']} listed); " + said
         table.add_row(safe_text(s["step"]), safe_text(status, STATUS_STYLE.get(status, "")), str(s["attempts"]),
                       fmt_ms(s["duration_ms"]), safe_text(s["node"] or "-"), safe_text(short(said, 160)))
     return table

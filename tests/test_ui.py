@@ -44,6 +44,14 @@ steps:
   - {name: boom, task: test.boom, needs: [load]}
 """
 
+MAPPED = """name: ui-map
+steps:
+  - {name: split, task: test.range, config: {n: 120}}
+  - {name: each, task: test.element, needs: [split], config: {fail_items: [77]},
+     map: {over: split.items, on_failure: continue}}
+  - {name: after, task: test.echo, needs: [each]}
+"""
+
 
 @dataclass
 class World:
@@ -55,6 +63,7 @@ class World:
     run: str
     letter: int
     server: ApiServer
+    mapped: str = ""  # a run of a map step over 120 elements, one failed (on_failure: continue)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +75,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         engine.deploy(loads(FAILING))
         failed = engine.wait(engine.submit("ui-report", {"token": SECRET, "note": HOSTILE}), timeout=60)
         assert failed.status == "failed"
+        engine.deploy(loads(MAPPED))
+        mapped = engine.wait(engine.submit("ui-map", {}), timeout=60)
+        assert mapped.status == "succeeded", mapped.error
     database = Database(url)
     tokens: dict[str, str] = {}
     with database.transaction() as conn:
@@ -82,7 +94,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     app = create_app(Settings(database_url=url, data_keys=ring), database=database, failure_limit=10_000)
     with ApiServer(app) as server:
         assert letter is not None
-        yield World(server.url, url, ring, database, tokens, failed.run_id, letter, server)
+        yield World(server.url, url, ring, database, tokens, failed.run_id, letter, server, mapped.run_id)
     database.dispose()
 
 
@@ -438,3 +450,17 @@ def as_utc_(value: object) -> datetime:
 def test_hostile_nesting_in_a_form_value_or_a_dead_letter_is_an_answer_not_a_crash():
     assert parse_value("[" * 100_000) == "[" * 100_000
     assert decode_raw(("[" * 5000).encode().hex()) is None
+
+
+def test_a_map_runs_page_draws_its_defined_steps_and_lists_a_bounded_share_of_its_elements(world: World):
+    client = sign_in(world, "viewer")
+    page = client.get(f"/ui/runs/{world.mapped}").text
+    dag = page.split('id="dag"', 1)[1].split("</svg>", 1)[0]
+    assert sorted(set(re.findall(r'data-step="([^"]+)"', dag))) == ["after", "each", "split"]
+    table = page.split('id="steps"', 1)[1].split("</table>", 1)[0]
+    listed = re.findall(r'<tr data-step="each\[(\d+)\]"', table)
+    assert listed == [str(i) for i in range(49)] + ["77"]  # the failed one, and the first of the rest, in order
+    assert "elements: 1 failed · 119 succeeded · of 120" in html.unescape(table)
+    assert 'class="note more-elements" data-map="each"' in page and "50 of its 120 elements listed" in page
+    step = client.get(f"/ui/runs/{world.mapped}/steps/each[77]")
+    assert step.status_code == 200 and "element 77 failed" in step.text

@@ -51,7 +51,7 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
         run_row = repo.get_run(conn, result.run_id)
     database.dispose()
     assert run_row is not None
-    detail = run_to_dict(run_row, result.steps, result.attempts, workflow.secret_params())
+    detail = run_to_dict(run_row, result.steps, result.attempts, workflow.secret_params(), order=list(workflow.steps))
     if as_json:
         print_json(console, detail)
     else:
@@ -60,7 +60,7 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
         console.print(Text.assemble((f"run {result.status}", style), f" in {fmt_ms(detail['duration_ms'])}"
                                     + (f": {result.error}" if result.error else "")))
         for s in detail["steps"]:
-            if s["status"] == StepStatus.SUCCEEDED and workflow.dependents(s["step"]) == []:
+            if s["status"] == StepStatus.SUCCEEDED and s["step"] in workflow.ends:  # not instances of a map
                 console.print(f"output of {s['step']}: {json.dumps(s['output'], default=str)[:500]}")
     sys.exit(0 if result.status == RunStatus.SUCCEEDED else 1)
 

@@ -13,6 +13,7 @@ from fastapi import Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
+from miniflow.coordinator.workflow import instance_of
 from miniflow.persistence import repository as repo
 from miniflow.protocol.clock import utcnow
 from miniflow.protocol.errors import ApiError
@@ -23,7 +24,7 @@ from ..api import monitor, runs
 from ..api.common import _client
 from ..api.models import CancelRequest
 from ..api.security import Perm, Principal
-from ..views import step_status
+from ..views import collapse_instances, step_status
 from .app import PRE_COOKIE, Ui, _local, cookie_secure, new_pre_token, page, redirect, refuse
 from .sessions import ABSOLUTE_S, COOKIE
 
@@ -168,10 +169,11 @@ def _load(ui: Ui, caller: Principal, run_id: str) -> tuple[Any, dict[str, Any], 
 
 def _run_view(ui: Ui, caller: Principal, run_id: str) -> dict[str, Any]:
     run, steps, attempts, detail, workflow = _load(ui, caller, run_id)
-    names = [s["step"] for s in detail["steps"]]
+    detail["steps"], maps = collapse_instances(detail["steps"])
+    names = [s["step"] for s in detail["steps"] if instance_of(s["step"]) is None]  # the DAG: the defined steps
     edges = [(n, s.name) for s in workflow.steps.values() for n in s.needs] if workflow else []
     return {"run": detail, "layout": ui.layouts.of(run.workflow, run.version, names, edges),
-            "statuses": {s["step"]: s["status"] for s in detail["steps"]},
+            "statuses": {s["step"]: s["status"] for s in detail["steps"]}, "maps": maps,
             "timeline": timeline(run, steps, attempts, workflow, utcnow()),
             "can_cancel": detail["status"] not in RUN_TERMINAL, "can_retry": detail["status"] in RETRYABLE}
 
