@@ -20,10 +20,13 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, TimeLimit
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
+from miniflow.persistence.artifact_refs import is_ref
+from miniflow.persistence.offload import LazyInputs, Offload, StepArtifacts
 from miniflow.protocol import codec
 from miniflow.protocol.clock import epoch_s
 from miniflow.protocol.envelope import envelope
 from miniflow.protocol.errors import (
+    ArtifactError,
     BrokerUnavailable,
     EncodeFailed,
     OutputNotPlainData,
@@ -71,9 +74,10 @@ class Executor:
 
     def __init__(self, broker: dramatiq.Broker, names: QueueNames, registry: Registry, node: str, *,
                  faults: FaultPoints, stop: threading.Event, emit: Emit, progress: ProgressReporter,
-                 metrics: Metrics = NULL) -> None:
+                 metrics: Metrics = NULL, offload: Offload | None = None) -> None:
         self.broker = broker
         self.metrics = metrics
+        self.offload = offload  # large outputs by reference; inputs fetched when read (persistence/offload.py)
         self.progress = progress
         self.names = names
         self.registry = registry
@@ -144,13 +148,18 @@ class Executor:
 
     def _run(self, task: StepTask, isolate: bool) -> tuple[Any, StepFailed | None]:
         """The step's output, or what its failure records."""
+        offload = self.offload
+        inputs = task.inputs
+        if offload is not None and any(is_ref(value) for value in inputs.values()):
+            inputs = LazyInputs(inputs, offload)
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
-                          params=task.params, config=task.config, inputs=task.inputs, node=self.node,
-                          item=(task.map or {}).get("item"), index=(task.map or {}).get("index"))
+                          params=task.params, config=task.config, inputs=inputs, node=self.node,
+                          item=(task.map or {}).get("item"), index=(task.map or {}).get("index"),
+                          artifacts=StepArtifacts(offload) if offload is not None else None)
         try:
             fn = self.registry.get(task.task)
             output = run_isolated(fn, ctx, task.timeout_s) if isolate else fn(ctx)
-            check_output(output)
+            output = handed_in(output, offload)
         except TimeLimitExceeded:
             return None, StepTimedOut(f"step exceeded its timeout of {task.timeout_s:g}s" if task.timeout_s
                                       else "step exceeded its time limit")
@@ -218,6 +227,21 @@ def queue_wait_s(message: Any, started: float) -> float | None:
     eta_ms = (getattr(message, "options", None) or {}).get("eta")
     due = max(v for v in (sent_ms, eta_ms, 0) if isinstance(v, int) and not isinstance(v, bool))
     return max(0.0, started - due / 1000) if due > 0 else None
+
+
+def handed_in(output: Any, offload: Offload | None) -> Any:
+    """A step's output as its result carries it: itself, or (over the artifact threshold) a reference
+    to it in the artifact store; OutputNotPlainData unless it can be stored and sent."""
+    if offload is not None:
+        try:
+            output = offload.outgoing(output)
+        except (ValueError, TypeError) as exc:
+            raise OutputNotPlainData(f"the step's return value is not JSON-compatible data: {exc}") from None
+        except ArtifactError as exc:
+            raise StepFailed(f"the step's output could not be stored as an artifact: {exc}",
+                             type(exc).__name__) from None
+    check_output(output)
+    return output
 
 
 def check_output(output: Any) -> None:

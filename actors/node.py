@@ -24,6 +24,7 @@ from dramatiq.middleware import CurrentMessage
 
 from miniflow.coordinator import Coordinator
 from miniflow.persistence import Database
+from miniflow.persistence.offload import Offload
 from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.envelope import payload_of
 from miniflow.protocol.errors import ConfigError, MessageRejected
@@ -74,7 +75,7 @@ class Node:
                  pools: Iterable[str] = (), coordinator: Coordinator | None = None,
                  listener: Listener | None = None, faults: FaultPoints = NO_FAULTS,
                  running_after_s: float = RUNNING_AFTER_S, dead_letter_keep_s: float = DEAD_LETTER_KEEP_S,
-                 metrics: Metrics = NULL) -> None:
+                 metrics: Metrics = NULL, offload: Offload | None = None) -> None:
         self.broker = broker
         self.metrics = metrics
         self.activity = Activity(metrics)
@@ -87,6 +88,7 @@ class Node:
         self.node = node_name()
         self.listener = listener
         self.coordinator = coordinator or Coordinator(names, instrument=TracingInstrument())
+        self.coordinator.offload = offload  # the artifact store: map steps over stored lists, large results
         if metrics.enabled:
             self.coordinator.instrument = CountingInstrument(self.coordinator.instrument, metrics)
         # Message authentication is on when the broker checks signatures: then the coordinator issues
@@ -118,7 +120,8 @@ class Node:
         self.progress = ProgressReporter(broker, names, self.node, after_s=running_after_s) \
             if EXECUTOR in self.roles else None
         self.executor = Executor(broker, names, registry or global_registry, self.node, faults=faults,
-                                 stop=self._stop, emit=self._emit, progress=self.progress, metrics=metrics) \
+                                 stop=self._stop, emit=self._emit, progress=self.progress, metrics=metrics,
+                                 offload=offload) \
             if self.progress is not None else None
         self._install_middleware()
         self._declare()

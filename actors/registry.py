@@ -37,6 +37,7 @@ class StepContext:
     node: str = ""
     item: Any = None  # an instance of a map step: its element of the list the step maps over
     index: int | None = None  # and the element's place in that list (None: not a map instance)
+    artifacts: Any = None  # persistence.offload.StepArtifacts: store files for the steps after this one
 
     @property
     def idempotency_key(self) -> str:

@@ -36,7 +36,9 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, RunRow, StepRow
 from miniflow.persistence import repository as repo
+from miniflow.persistence.offload import Offload
 from miniflow.persistence.sealing import open_params
+from miniflow.protocol.errors import ArtifactError
 from miniflow.protocol.states import StepStatus
 
 from .completion import Settle, Settled
@@ -63,13 +65,23 @@ class Spread:
     ended: Settled | None = None
 
 
-def elements(spec: MapSpec, output: Any) -> list[Any] | str:
-    """The list a map step runs over, read out of the needed step's output; a reason when it is not one."""
+def elements(spec: MapSpec, output: Any, offload: Offload | None = None) -> list[Any] | str:
+    """The list a map step runs over, read out of the needed step's output (what of it is stored as an
+    artifact read from the store); a reason when it is not one."""
     value, where = output, spec.over
-    for part in spec.path:
-        if not isinstance(value, dict) or part not in value:
-            return f"its map over {where}.{part}: the output of {where} has no field {part!r}"
-        value, where = value[part], f"{where}.{part}"
+    try:
+        for part in (None, *spec.path):
+            if offload is not None:
+                value = offload.resolve(value)
+            if part is None:
+                continue
+            if not isinstance(value, dict) or part not in value:
+                return f"its map over {where}.{part}: the output of {where} has no field {part!r}"
+            value, where = value[part], f"{where}.{part}"
+        if offload is not None:
+            value = offload.resolve(value)
+    except ArtifactError as exc:
+        return f"its map over {where}: the list could not be read from the artifact store: {exc}"
     if not isinstance(value, list):
         return f"its map over {where}: that is {type(value).__name__ if value is not None else 'null'}, not a list"
     if len(value) > MAX_MAP_ELEMENTS:
@@ -89,7 +101,7 @@ def spread(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Wo
         if spec is None or spec.map is None:
             done.attempts.append((step, attempt))
             continue
-        found = elements(spec.map, done.outputs.get(spec.map.over))
+        found = elements(spec.map, done.outputs.get(spec.map.over), coordinator.offload)
         if isinstance(found, str):
             done.ended = Settled(failure=(step, f"step {step!r} cannot run: {found}"))
             return done
@@ -149,10 +161,17 @@ def _succeed(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: 
         output = [value if status == StepStatus.SUCCEEDED else None for _, status, value in results]
         failed = sum(status != StepStatus.SUCCEEDED for _, status, _ in results)
     note = f"map over {len(output)} element(s)" + (f"; {failed} failed (on_failure: continue)" if failed else "")
-    repo.update_step(conn, run.id, step, status=StepStatus.SUCCEEDED, output=output, finished_at=coordinator.clock(),
+    stored: Any = output
+    if coordinator.offload is not None:  # a long list of results travels on as an artifact
+        try:
+            stored = coordinator.offload.outgoing(output)
+        except ArtifactError as exc:
+            return Settled(failure=(step, f"step {step!r}: its list of results could not be stored as an "
+                                          f"artifact: {exc}"))
+    repo.update_step(conn, run.id, step, status=StepStatus.SUCCEEDED, output=stored, finished_at=coordinator.clock(),
                      map_open=0, note=note)
     return Settle(conn, run.id, workflow, lambda: open_params(run.params, coordinator.keys))(
-        succeeded=(step, output))
+        succeeded=(step, stored))
 
 
 def element_result(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow, row: StepRow,

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from miniflow.persistence import AttemptRow, RunRow, StepRow, after_commit
 from miniflow.persistence import repository as repo
+from miniflow.persistence.offload import Offload
 from miniflow.persistence.sealing import KeyRing, open_params
 from miniflow.protocol.auth import Capabilities
 from miniflow.protocol.clock import Clock, utcnow
@@ -75,6 +76,7 @@ class Coordinator:
         self.caps = caps  # issues each dispatched attempt's capability (None: message authentication off)
         # publishes committed outbox messages at once (the node's relay; without it the sweeper does)
         self.publish: Callable[[list[Outgoing]], None] | None = None
+        self.offload: Offload | None = None  # the artifact store (map steps over stored lists, large results)
 
     # -- start ------------------------------------------------------------------------------------
     def start(self, conn: Connection, start: StartWorkflow, message_id: str,

@@ -20,6 +20,8 @@ from miniflow.actors.registry import Registry
 from miniflow.coordinator import Coordinator, Workflow, resolve_params
 from miniflow.persistence import AttemptRow, Database, RunRow, StepRow
 from miniflow.persistence import repository as repo
+from miniflow.persistence.artifacts import ArtifactStore
+from miniflow.persistence.offload import Offload
 from miniflow.persistence.sealing import KeyRing
 from miniflow.protocol.auth import CoreKey, StaticKeys
 from miniflow.protocol.envelope import envelope
@@ -29,6 +31,7 @@ from miniflow.protocol.names import CANCEL_RUN, RETRY_RUN, START_WORKFLOW, Queue
 from miniflow.protocol.states import RUN_TERMINAL
 
 from .polling import poll_until
+from .settings import DEFAULT_ARTIFACT_THRESHOLD, DEFAULT_ARTIFACTS
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -51,8 +54,10 @@ class EmbeddedEngine:
     def __init__(self, database_url: str, *, threads: int = 8, namespace: str = "miniflow",
                  pools: list[str] | tuple[str, ...] = (), on_event: Listener | None = None,
                  keys: KeyRing | None = None, auth: bool = True, metrics: Metrics = NULL,
-                 registry: Registry | None = None, background: bool = True) -> None:
+                 registry: Registry | None = None, background: bool = True, offload: Offload | None = None) -> None:
         self.db = Database(database_url)
+        # The artifact store: given, or a folder beside the SQLite file (or in the working folder).
+        self.offload = offload or Offload(ArtifactStore(beside(database_url)), DEFAULT_ARTIFACT_THRESHOLD)
         self.names = QueueNames(namespace)
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.on_event = on_event
@@ -68,7 +73,8 @@ class EmbeddedEngine:
         coordinator = Coordinator(self.names, instrument=TracingInstrument(), keys=keys or KeyRing.ephemeral())
         self.background = background  # the relay's sweeper and the deadline loop (the test engine drives them)
         self.node = Node(self.broker, self.names, ROLES, db=self.db, pools=pools, coordinator=coordinator,
-                         registry=registry, listener=lambda kind, data: self.events.put((kind, data)), metrics=metrics)
+                         registry=registry, listener=lambda kind, data: self.events.put((kind, data)), metrics=metrics,
+                         offload=self.offload)
         declare_topology(self.broker, self.names, pools)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
         self._started = False
@@ -171,9 +177,17 @@ class EmbeddedEngine:
                 self.on_event(kind, data)
 
 
+def beside(database_url: str) -> str:
+    """The default artifact folder of an embedded engine: ``<file>.artifacts`` beside its SQLite file,
+    else .miniflow-artifacts in the working folder."""
+    prefix = "sqlite:///"
+    path = database_url[len(prefix):] if database_url.startswith(prefix) else ""
+    return f"{path}.artifacts" if path and path != ":memory:" else DEFAULT_ARTIFACTS
+
+
 def run_embedded(workflow: Workflow, params: dict[str, Any], database_url: str, *, source: str | None = None,
                  threads: int = 8, timeout: float | None = None, on_event: Listener | None = None,
-                 keys: KeyRing | None = None) -> EmbeddedRun:
+                 keys: KeyRing | None = None, offload: Offload | None = None) -> EmbeddedRun:
     """Run one workflow in this process and return how it ended (`miniflow run`)."""
     missing = [f"step {s.name!r} uses task {s.task!r}" for s in workflow.steps.values()
                if s.task not in step_registry]
@@ -182,7 +196,8 @@ def run_embedded(workflow: Workflow, params: dict[str, Any], database_url: str, 
                               + "; ".join(missing) + " (pass --steps MODULE)")
     resolve_params(workflow, params)  # bad params fail here, before anything runs
     pools = [s.queue for s in workflow.steps.values() if s.queue]
-    with EmbeddedEngine(database_url, threads=threads, pools=pools, on_event=on_event, keys=keys) as engine:
+    with EmbeddedEngine(database_url, threads=threads, pools=pools, on_event=on_event, keys=keys,
+                        offload=offload) as engine:
         version = engine.deploy(workflow, source)
         key = engine.submit(workflow.name, params, version=version)
         return engine.wait(key, timeout=timeout)

@@ -20,6 +20,11 @@
                             `--metrics-port` overrides it)
     MINIFLOW_RABBITMQ_API_URL  RabbitMQ's management API for the queue monitor (default: the broker's
                             host, port 15672; used when the rabbitmq_management plugin answers there)
+    MINIFLOW_ARTIFACTS      the artifact store: a directory (shared, when processes run on several
+                            machines) or an fsspec URL such as s3://bucket/prefix (default:
+                            .miniflow-artifacts in the working folder)
+    MINIFLOW_ARTIFACT_THRESHOLD  bytes (as JSON) above which a step's output travels as an artifact
+                            (default 262144; 1024 to 524288)
 
 Any other MINIFLOW_* variable is an error (a typo must not silently change nothing), except the
 test-only names below, which are checked the same way (an unknown MINIFLOW_TEST_* is an error too).
@@ -43,7 +48,9 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from miniflow.actors.faults import POINTS
+from miniflow.persistence.artifacts import ArtifactStore
 from miniflow.persistence.db import DEFAULT_SQLITE_URL, normalise_url
+from miniflow.persistence.offload import Offload
 from miniflow.persistence.sealing import KeyRing
 from miniflow.protocol.auth import ClientKey, parse_public_keys
 from miniflow.protocol.errors import ConfigError
@@ -53,10 +60,14 @@ from miniflow.protocol.names import DEFAULT_NAMESPACE, check_namespace
 KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "MINIFLOW_LOG_LEVEL",
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
          "MINIFLOW_DEAD_LETTER_DAYS", "MINIFLOW_AUTH", "MINIFLOW_SIGNED_STARTS", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
-         "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL", "MINIFLOW_METRICS_PORT", "MINIFLOW_RABBITMQ_API_URL"}
+         "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL", "MINIFLOW_METRICS_PORT", "MINIFLOW_RABBITMQ_API_URL",
+         "MINIFLOW_ARTIFACTS", "MINIFLOW_ARTIFACT_THRESHOLD"}
 TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
              "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
              "MINIFLOW_BENCH_ADMIN_DSN"}
+DEFAULT_ARTIFACTS = ".miniflow-artifacts"
+DEFAULT_ARTIFACT_THRESHOLD = 256 * 1024
+MIN_ARTIFACT_THRESHOLD, MAX_ARTIFACT_THRESHOLD = 1024, 512 * 1024  # at most a step output's own limit
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
@@ -78,6 +89,8 @@ class Settings:
     core_public_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     metrics_port: int | None = None  # MINIFLOW_METRICS_PORT
     rabbitmq_api_url: str | None = None  # MINIFLOW_RABBITMQ_API_URL
+    artifacts_url: str = DEFAULT_ARTIFACTS  # MINIFLOW_ARTIFACTS
+    artifact_threshold: int = DEFAULT_ARTIFACT_THRESHOLD  # MINIFLOW_ARTIFACT_THRESHOLD
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -113,7 +126,11 @@ class Settings:
                               f"known: {', '.join(sorted(POINTS))}")
         return replace(settings, namespace=namespace, log_level=level, log_format=fmt, jaeger_url=jaeger,
                        faultpoints=faults, data_keys=_data_keys(env), dead_letter_days=_days(env),
-                       **_auth(env), **_monitoring(env))
+                       **_auth(env), **_monitoring(env), **_artifacts(env))
+
+    def offload(self) -> Offload:
+        """The artifact store of MINIFLOW_ARTIFACTS with its threshold (ConfigError when its URL is bad)."""
+        return Offload(ArtifactStore(self.artifacts_url), self.artifact_threshold)
 
     def require_broker(self) -> str:
         if not self.broker_url:
@@ -136,6 +153,15 @@ def _days(env: Mapping[str, str]) -> float:
     if not 0 < days <= 3650:
         raise ConfigError("MINIFLOW_DEAD_LETTER_DAYS must be more than 0 and at most 3650")
     return days
+
+
+def _artifacts(env: Mapping[str, str]) -> dict[str, Any]:
+    url = env.get("MINIFLOW_ARTIFACTS") or DEFAULT_ARTIFACTS
+    text = env.get("MINIFLOW_ARTIFACT_THRESHOLD") or str(DEFAULT_ARTIFACT_THRESHOLD)
+    if not text.isdigit() or not MIN_ARTIFACT_THRESHOLD <= int(text) <= MAX_ARTIFACT_THRESHOLD:
+        raise ConfigError(f"MINIFLOW_ARTIFACT_THRESHOLD {text[:20]!r} must be a number of bytes from "
+                          f"{MIN_ARTIFACT_THRESHOLD} to {MAX_ARTIFACT_THRESHOLD}")
+    return {"artifacts_url": url, "artifact_threshold": int(text)}
 
 
 def _monitoring(env: Mapping[str, str]) -> dict[str, Any]:

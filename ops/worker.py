@@ -144,7 +144,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     coordinator = Coordinator(names, instrument=TracingInstrument(), keys=settings.data_keys)
     node = Node(broker, names, roles, db=db, pools=pools, faults=FaultPoints(settings.faultpoints),
                 running_after_s=running_after_s, coordinator=coordinator,
-                dead_letter_keep_s=settings.dead_letter_days * 86400, metrics=metrics)
+                dead_letter_keep_s=settings.dead_letter_days * 86400, metrics=metrics, offload=settings.offload())
     if db is not None and COORDINATOR in roles:
         watch_gauges(metrics, settings, db, names)
     declare_topology(broker, names, pools, steps_only=alone)

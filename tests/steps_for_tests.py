@@ -137,3 +137,33 @@ def element(ctx: StepContext) -> Any:
         return ctx.item
     out = {"index": ctx.index, "item": ctx.item}
     return {**out, "inputs": ctx.inputs} if ctx.config.get("inputs") else out
+
+
+@step("test.digest")
+def digest(ctx: StepContext) -> dict[str, Any]:
+    """The length and sha256 of each input (as text: a string itself, anything else as JSON)."""
+    import hashlib
+    import json
+
+    out = {}
+    for name, value in ctx.inputs.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        out[name] = {"len": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return out
+
+
+@step("test.write_file")
+def write_file(ctx: StepContext) -> dict[str, Any]:
+    """Stores config.kib KiB of bytes with ctx.artifacts.put; returns the reference."""
+    data = bytes(range(256)) * (int(ctx.config.get("kib", 1)) * 4)
+    return {"file": ctx.artifacts.put(data, name="data.bin", media_type="application/octet-stream")}
+
+
+@step("test.read_file")
+def read_file(ctx: StepContext) -> dict[str, Any]:
+    """Reads the file of the input `write` with ctx.artifacts; returns its size and sha256."""
+    import hashlib
+
+    with ctx.artifacts.open(ctx.inputs["write"]["file"]) as reader:
+        data = reader.read()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -359,10 +359,12 @@ def test_a_step_whose_inputs_exceed_the_message_limit_fails_the_run_with_a_clear
     engine.deploy(loads("""
 name: big-fan-in
 steps:
-  - {name: a, task: test.blob, config: {kib: 400}}
-  - {name: b, task: test.blob, config: {kib: 400}}
-  - {name: c, task: test.blob, config: {kib: 400}}
-  - {name: j, task: test.echo, needs: [a, b, c]}
+  - {name: a, task: test.blob, config: {kib: 250}}
+  - {name: b, task: test.blob, config: {kib: 250}}
+  - {name: c, task: test.blob, config: {kib: 250}}
+  - {name: d, task: test.blob, config: {kib: 250}}
+  - {name: e, task: test.blob, config: {kib: 250}}
+  - {name: j, task: test.echo, needs: [a, b, c, d, e]}
 """))
     run = engine.wait(engine.submit("big-fan-in"), timeout=30)
     assert run.status == "failed"

@@ -98,7 +98,10 @@ def test_a_failing_element_fails_the_run_under_fail_and_cancels_or_skips_the_res
     assert steps["work[5]"].status == "failed"
     later = [steps[f"work[{i}]"].status for i in range(7, 30)]
     assert set(later) <= {"skipped", "cancelled", "succeeded"} and "skipped" in later
-    assert all(steps[f"work[{i}]"].status == "succeeded" for i in range(5))
+    # with two out at once, element 5 went out beside 3 or 4: every other element before it had ended
+    assert all(steps[f"work[{i}]"].status == "succeeded" for i in range(3))
+    assert sorted(steps[f"work[{i}]"].status for i in (3, 4)) in (["succeeded", "succeeded"],
+                                                                 ["cancelled", "succeeded"])
 
 
 def test_under_continue_the_others_go_on_and_the_failed_element_is_null_in_the_list(engine):

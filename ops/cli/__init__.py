@@ -29,6 +29,7 @@ from miniflow.protocol.errors import (
 from .. import logging as mf_logging
 from ..settings import Settings
 from .api import api, audit
+from .artifacts import artifacts
 from .broker import broker
 from .cache import cache
 from .common import err
@@ -56,7 +57,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker, api, audit, workers_list, queues, why, stats, monitor, test, cache):
+                 broker, api, audit, workers_list, queues, why, stats, monitor, test, cache, artifacts):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

@@ -43,7 +43,8 @@ def run(ctx: click.Context, file: str, params: tuple[str, ...], steps: tuple[str
     try:
         with view:
             result = run_embedded(workflow, parse_params(params), url, source=file, threads=threads,
-                                  timeout=timeout, on_event=view.event, keys=settings_of(ctx).data_keys)
+                                  timeout=timeout, on_event=view.event, keys=settings_of(ctx).data_keys,
+                                  offload=settings_of(ctx).offload())
     finally:
         telemetry.shutdown()
     database = Database(url)

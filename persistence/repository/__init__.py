@@ -5,6 +5,7 @@
     counters       a run's open ends and each join's waiting needs (a result reads no other step)
     gates          the gate of a workflow with concurrency limits; its running and queued runs
     cache          the result cache of steps
+    artifacts      the artifact digests rows refer to (what gc keeps)
     maps           the instances of map steps
     attempts       recorded attempts, unique per (run, step, attempt); the lock-record-read of a result
     outbox         messages committed with a state change, waiting to be published
@@ -24,6 +25,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 
 from ..fastpath import batched_writes
 from . import keys, schedules, sessions, workers
+from .artifacts import referenced_digests
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
 from .cache import cache_clear, cache_get, cache_list, cache_put, cache_stats
 from .counters import Counted, set_counters, step_succeeded
@@ -59,6 +61,7 @@ from .runs import (
 )
 
 __all__ = [
+    "referenced_digests",
     "end_map_instances", "map_element_ended", "map_instances", "map_results",
     "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",
     "count_running", "lock_gate", "queued_runs", "workflows_with_queued_runs",

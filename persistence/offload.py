@@ -1,0 +1,99 @@
+"""Values too large for a message, passed by reference through the artifact store.
+
+    executor   a step's output over ``threshold`` bytes (as JSON) is stored as an artifact (its
+               msgpack encoding) and the result carries the reference in its place
+    database   the step's row holds the reference (a few hundred bytes, whatever the output's size)
+    executor   a step that needs it gets ``ctx.inputs`` whose values are fetched from the store when
+               the step first reads them (``LazyInputs``), their checksum checked as they are read
+    coordinator  a map step over such an output reads the list from the store; a map step's list of
+               results over the threshold is stored the same way
+
+Files a step writes itself (``ctx.artifacts.put``) travel as references of their own media type and
+are never fetched for the step: it opens them (``StepArtifacts.open``) when it wants their bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from .artifact_refs import MSGPACK, ArtifactRef, externalize, internalize, is_ref
+from .artifacts import ArtifactStore
+
+
+class Offload:
+    """The artifact store and the size above which outputs go to it."""
+
+    def __init__(self, store: ArtifactStore, threshold: int) -> None:
+        self.store = store
+        self.threshold = threshold
+
+    def __repr__(self) -> str:
+        return f"Offload({self.store.url!r}, threshold={self.threshold})"
+
+    def outgoing(self, value: Any) -> Any:
+        """``value`` itself, or (when its JSON is over the threshold) the reference to it, stored.
+        TypeError or ValueError when it is not JSON-compatible data (the caller says so)."""
+        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")))
+        return externalize(value, self.store, 0) if size > self.threshold else value
+
+    def resolve(self, value: Any) -> Any:
+        """The value a stored-value reference stands for (read and checked); anything else as it is."""
+        return internalize(value, self.store)
+
+
+class LazyInputs(dict[str, Any]):
+    """A step's inputs whose values stored as artifacts are fetched when first read (by key, ``get``,
+    ``items`` or ``values``) and kept. Encoded as it is (a step that returns its inputs whole), it
+    holds the references, which stand for the same values."""
+
+    def __init__(self, inputs: Mapping[str, Any], offload: Offload) -> None:
+        super().__init__(inputs)
+        self._offload = offload
+        self._fetched: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        raw = super().__getitem__(key)
+        if not (is_ref(raw) and raw.get("media_type") == MSGPACK):
+            return raw
+        if key not in self._fetched:
+            self._fetched[key] = self._offload.resolve(raw)
+        return self._fetched[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        return (self[key] for key in self)
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        return ((key, self[key]) for key in self)
+
+
+class StepArtifacts:
+    """``ctx.artifacts``: files and bytes a step stores for the steps after it, by reference.
+
+        ref = ctx.artifacts.put(b"...", name="report.csv", media_type="text/csv")
+        return {"report": ref}                          # a small map, whatever the size
+        ...
+        with ctx.artifacts.open(ctx.inputs["build"]["report"]) as f:   # checked as it is read
+            ...
+    """
+
+    def __init__(self, offload: Offload) -> None:
+        self._offload = offload
+
+    def put(self, data: bytes | bytearray | memoryview | BinaryIO | Any, *, name: str = "",
+            media_type: str | None = None) -> dict[str, Any]:
+        """Store bytes, a binary stream or a file (a ``pathlib.Path``); the reference, as plain data
+        to return in the step's output."""
+        return self._offload.store.put(data, name=name, media_type=media_type).to_json()
+
+    def open(self, ref: Any) -> BinaryIO:
+        """A reader of a referenced artifact, its size and sha256 checked as it is read."""
+        return self._offload.store.open(ArtifactRef.from_json(ref))
+
+    def get_bytes(self, ref: Any, *, limit: int | None = None) -> bytes:
+        """A referenced artifact's bytes, checked (ArtifactTooLarge above ``limit``)."""
+        return self._offload.store.get_bytes(ArtifactRef.from_json(ref), limit=limit)

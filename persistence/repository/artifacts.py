@@ -1,0 +1,34 @@
+"""The artifacts the database still refers to: the keep-set of ``miniflow artifacts gc``.
+
+A reference (persistence/artifact_refs.py) lives inside JSON: a step's output (its row, its
+attempts, a cache entry), an element of a map step, a run's params. Those columns are read as text,
+only the rows whose text holds the reference marker, and every digest in them is kept. A full scan
+of those tables: an operator's command, not a hot path.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import Text, cast, select
+from sqlalchemy.engine import Connection
+
+from ..artifact_refs import MARKER
+from ..fastpath import flush
+from ..models import run_steps, runs, step_attempts, step_cache
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_COLUMNS = (run_steps.c.output, run_steps.c.item, step_attempts.c.output, step_cache.c.output, runs.c.params)
+
+
+def referenced_digests(conn: Connection) -> set[str]:
+    """Every artifact digest a row of the database refers to."""
+    flush(conn)
+    found: set[str] = set()
+    for column in _COLUMNS:
+        text = cast(column, Text)
+        rows = conn.execution_options(stream_results=True, yield_per=500).execute(
+            select(text).where(text.like(f"%{MARKER}%")))
+        for (value,) in rows:
+            found.update(_DIGEST.findall(value or ""))
+    return found
