@@ -111,11 +111,18 @@ def database_url(services: None) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def env(namespace: str, database_url: str) -> dict[str, str]:
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session's artifact store: one folder every worker of the tests shares, as the processes of
+    a deployment on one machine would (on several, a shared directory or an s3:// URL)."""
+    return str(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
+def env(namespace: str, database_url: str, artifacts_dir: str) -> dict[str, str]:
     environ = _base_env()
     environ.update(MINIFLOW_BROKER_URL=BROKER_URL, MINIFLOW_DATABASE_URL=database_url,
                    MINIFLOW_NAMESPACE=namespace, MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-                   MINIFLOW_DATA_KEY=DATA_KEY)
+                   MINIFLOW_DATA_KEY=DATA_KEY, MINIFLOW_ARTIFACTS=artifacts_dir)
     return provision(environ)
 
 
@@ -188,14 +195,14 @@ def private_services() -> Iterator[tuple[priv.Broker, priv.Database]]:
 
 
 @pytest.fixture(scope="session")
-def fault_env(private_services: tuple[priv.Broker, priv.Database]) -> dict[str, str]:
+def fault_env(private_services: tuple[priv.Broker, priv.Database], artifacts_dir: str) -> dict[str, str]:
     """Settings for workers on the private services (their own namespace and database)."""
     broker, database = private_services
     url = priv.create_database(database, f"miniflow_fault_{uuid.uuid4().hex[:8]}")
     environ = _base_env()
     environ.update(MINIFLOW_BROKER_URL=broker.url, MINIFLOW_DATABASE_URL=url,
                    MINIFLOW_NAMESPACE=f"mff_{uuid.uuid4().hex[:8]}", MINIFLOW_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-                   MINIFLOW_DATA_KEY=DATA_KEY)
+                   MINIFLOW_DATA_KEY=DATA_KEY, MINIFLOW_ARTIFACTS=artifacts_dir)
     return provision(environ)
 
 
