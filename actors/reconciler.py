@@ -102,6 +102,11 @@ class ReconcileLoop:
         for workflow in waiting:
             with self.db.transaction() as conn:
                 self.relay.publish(self.reconciler.admit_queued(conn, workflow))
+        with self.db.connect() as conn:
+            pools = repo.pools_with_waiting_steps(conn)
+        for pool in pools:  # steps skipped by an admission (their run was busy), or a raised limit
+            with self.db.transaction() as conn:
+                self.relay.publish(self.reconciler.admit_pool(conn, pool))
         with self.db.transaction() as conn:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
             pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))

@@ -131,7 +131,7 @@ def _begin(conn: Connection, run: RunRow, step: str, spec: MapSpec, attempt: int
             todo.append((index, 1))
         elif row.status != StepStatus.SUCCEEDED or row.item != item:
             repo.update_step(conn, run.id, row.step, status=StepStatus.PENDING, item=item, error=None, note=None,
-                             output=None, first_attempt=row.attempt + 1, finished_at=None)
+                             output=None, first_attempt=row.attempt + 1, finished_at=None, slot_wait_since=None)
             todo.append((index, row.attempt + 1))
     for index, row in earlier.items():
         if index >= len(found) and row.status != StepStatus.SKIPPED:

@@ -26,6 +26,7 @@ from miniflow.protocol.states import RunStatus, StepStatus
 
 from .concurrency import admit_queued
 from .outbox import Outbox, Outgoing
+from .pools import admit_waiting
 from .runs import Coordinator
 
 logger = logging.getLogger("miniflow.coordinator")
@@ -105,4 +106,13 @@ class Reconciler:
                                 lambda run, version: coordinator.begin(conn, outbox, run, version))
         if admitted:
             logger.info("began %d queued run(s) of %s that had room", len(admitted), workflow)
+        return outbox.flush()
+
+    def admit_pool(self, conn: Connection, pool: str) -> list[Outgoing]:
+        """Dispatch the steps waiting for a slot of ``pool`` that have one now."""
+        coordinator = self.coordinator
+        outbox = Outbox(conn, coordinator.clock(), coordinator.instrument)
+        went = admit_waiting(coordinator, conn, pool, outbox)
+        if went:
+            logger.info("dispatched %d step(s) that waited for a slot of pool %s", went, pool)
         return outbox.flush()

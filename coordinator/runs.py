@@ -33,7 +33,7 @@ from miniflow.protocol.messages import CancelRun, RetryRun, StartWorkflow, StepF
 from miniflow.protocol.names import QueueNames
 from miniflow.protocol.states import RUN_TERMINAL, RunStatus, StepStatus
 
-from . import cache, mapping, requests
+from . import cache, mapping, pools, requests
 from .catalog import Catalog
 from .completion import Settle, Settled, recount
 from .concurrency import admit_queued, may_begin, run_key
@@ -108,7 +108,8 @@ class Coordinator:
         if not repo.insert_run(conn, run):  # this key has a run already (a duplicate, or a concurrent start won)
             return StartOutcome(repo.run_id_for_key(conn, key) or run.id, False, [])
         outbox = Outbox(conn, now, self.instrument)
-        if limited or workflow.conditional_roots or workflow.cached:  # all pending: the roots are judged first
+        slotted = workflow.pooled and bool(repo.pool_limits(conn, pools.pools_of(workflow)))
+        if limited or workflow.conditional_roots or workflow.cached or slotted:  # all pending: roots judged first
             repo.insert_steps(conn, [StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
                                      for name, spec in workflow.steps.items()])
             if not limited or may_begin(conn, workflow, concurrency_key, now):
@@ -148,6 +149,8 @@ class Coordinator:
                 return served.ended.failure is None
             attempts, outputs = served.attempts, served.outputs
             items.update(getattr(served, "items", {}))
+        if delay_s is None and workflow.pooled:  # a retry keeps the slot its step holds
+            attempts = pools.admit(conn, run, workflow, attempts, outbox)
         plan = prepare(self, outbox, run, workflow, attempts, outputs, delay_s, items)
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
@@ -193,14 +196,16 @@ class Coordinator:
             recount(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
             if attempt.step not in workflow.steps:  # an instance of a map step
-                return mapping.element_result(self, conn, run, workflow, row, attempt)
-            if attempt.ok:
+                sent = mapping.element_result(self, conn, run, workflow, row, attempt)
+            elif attempt.ok:
                 cache.store(conn, run, workflow, attempt, row.cache_key, self.clock())
-                return self._succeeded(conn, run, workflow, attempt)
-            # Attempts count from the step's current budget (a run retry starts a new one).
-            used = attempt.attempt - (row.first_attempt or 1) + 1
-            return self._failed(conn, run, workflow, attempt, decide_failure(workflow, attempt.step, used,
-                                                                              attempt.error, self.rng))
+                sent = self._succeeded(conn, run, workflow, attempt)
+            else:  # attempts count from the step's current budget (a run retry starts a new one)
+                used = attempt.attempt - (row.first_attempt or 1) + 1
+                sent = self._failed(conn, run, workflow, attempt, decide_failure(workflow, attempt.step, used,
+                                                                                  attempt.error, self.rng))
+        # A step of a pool with slots that has ended gives its slot to a step waiting for one.
+        return sent + pools.released(self, conn, [row.pool]) if row.pool else sent
 
     def _succeeded(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow) -> list[Outgoing]:
         outbox = Outbox(conn, self.clock(), self.instrument)
@@ -319,6 +324,11 @@ class Coordinator:
         repo.update_run(conn, run.id, status=status, error=reason, finished_at=self.clock())
         self._finished(conn, run.id, run.workflow, status, reason)
         self._release(conn, run, outbox)
+        workflow = self.catalog.workflow(conn, run.workflow, run.version)
+        limited = repo.pool_limits(conn, pools.pools_of(workflow)) if workflow is not None and workflow.pooled else {}
+        sent, publish = pools.released(self, conn, list(limited), outbox), self.publish  # the slots its steps held
+        if sent and publish is not None:
+            after_commit(conn, lambda: publish(sent))
 
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
         """Cancel a run that has not ended; False when it had already ended (``requests.cancel``)."""

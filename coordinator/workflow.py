@@ -197,6 +197,11 @@ class Workflow:
         return any(spec.map is not None for spec in self.steps.values())
 
     @functools.cached_property
+    def pooled(self) -> bool:
+        """Whether a step of it goes to a pool (its dispatches then check the pool's slots)."""
+        return any(spec.queue is not None for spec in self.steps.values())
+
+    @functools.cached_property
     def ends(self) -> list[str]:
         """The steps nothing needs: the run has succeeded when they have."""
         return [name for name in self.steps if name not in self._dependents]

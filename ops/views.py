@@ -66,7 +66,8 @@ def run_to_dict(run: RunRow, steps: Sequence[StepRow] | None = None, attempts: S
         out["steps"] = [{
             "step": s.step, "status": step_status(s), "attempts": counts.get(s.step, 0),
             "current_attempt": s.attempt, "duration_ms": s.duration_ms, "node": s.node, "error": s.error,
-            "note": s.note if s.status == StepStatus.QUEUED else None, "output": mask_fields(s.output, secrets),
+            "note": s.note if s.status == StepStatus.QUEUED or (s.status == StepStatus.PENDING and s.slot_wait_since)
+            else None, "output": mask_fields(s.output, secrets),
         } for s in sorted(steps, key=lambda s: _place(rank, s.step))]
     if attempts is not None:
         out["attempts"] = [{

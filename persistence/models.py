@@ -97,9 +97,21 @@ class RunGate(Base):
     touched_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class PoolSlots(Base):
+    """A step pool with a limit: at most ``slots`` of its steps dispatched at once (coordinator/pools.py).
+    Each admission to the pool updates this row first, so admissions happen one at a time."""
+
+    __tablename__ = "pool_slots"
+
+    pool: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class RunStep(Base):
     __tablename__ = "run_steps"
-    __table_args__ = (Index("ix_run_steps_result_due_at", "result_due_at"),)
+    __table_args__ = (Index("ix_run_steps_result_due_at", "result_due_at"),
+                      Index("ix_run_steps_pool_status", "pool", "status"))
 
     run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"),
                                         primary_key=True)
@@ -129,6 +141,9 @@ class RunStep(Base):
     map_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     map_next: Mapped[int | None] = mapped_column(Integer, nullable=True)
     map_open: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a step of a pool with slots: the pool it holds a slot of (queued) or waits for (pending, since)
+    pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    slot_wait_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class StepCache(Base):
@@ -215,3 +230,4 @@ dead_letters = cast(Table, DeadLetter.__table__)
 handled_requests = cast(Table, HandledRequest.__table__)
 run_gates = cast(Table, RunGate.__table__)
 step_cache = cast(Table, StepCache.__table__)
+pool_slots = cast(Table, PoolSlots.__table__)

@@ -63,6 +63,8 @@ class StepRow:
     map_size: int | None = None  # a map step: its number of elements,
     map_next: int | None = None  # the index of the next to dispatch,
     map_open: int | None = None  # and how many have not ended
+    pool: str | None = None  # a step of a pool with slots: the pool it holds a slot of, or waits for
+    slot_wait_since: datetime | None = None  # waiting for a slot since
 
     @property
     def running(self) -> bool:

@@ -38,6 +38,7 @@ from .definitions import db, deploy, workflows
 from .keys import keys
 from .monitor import monitor, queues, stats, why
 from .monitor import workers as workers_list
+from .pools import pools
 from .run import run, validate
 from .runs import runs
 from .schedules import schedules
@@ -57,7 +58,7 @@ def cli(ctx: click.Context) -> None:
 
 
 for _command in (run, validate, db, deploy, workflows, worker, timer, start, runs, dead_letters, schedules, keys,
-                 broker, api, audit, workers_list, queues, why, stats, monitor, test, cache, artifacts):
+                 broker, api, audit, workers_list, queues, why, stats, monitor, test, cache, artifacts, pools):
     cli.add_command(_command)
 
 EXIT_CODES: tuple[tuple[type[MiniFlowError], int], ...] = (

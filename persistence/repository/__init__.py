@@ -4,6 +4,7 @@
     runs           runs and their steps; the run row is the lock of its state
     counters       a run's open ends and each join's waiting needs (a result reads no other step)
     gates          the gate of a workflow with concurrency limits; its running and queued runs
+    pools          the slots of step pools with a limit; the steps holding or waiting for one
     cache          the result cache of steps
     artifacts      the artifact digests rows refer to (what gc keeps)
     maps           the instances of map steps
@@ -34,6 +35,16 @@ from .definitions import get_definition, latest_version, list_definitions, save_
 from .gates import count_running, lock_gate, queued_runs, workflows_with_queued_runs
 from .maps import end_map_instances, map_element_ended, map_instances, map_results
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
+from .pools import (
+    list_pools,
+    lock_pool,
+    lock_run_unless_taken,
+    pool_limits,
+    pools_with_waiting_steps,
+    set_pool_slots,
+    slots_in_use,
+    waiting_for_slots,
+)
 from .requests import mark_handled, prune_handled, request_handled
 from .runs import (
     find_run,
@@ -61,6 +72,8 @@ from .runs import (
 )
 
 __all__ = [
+    "list_pools", "lock_pool", "lock_run_unless_taken", "pool_limits", "pools_with_waiting_steps", "set_pool_slots",
+    "slots_in_use", "waiting_for_slots",
     "referenced_digests",
     "end_map_instances", "map_element_ended", "map_instances", "map_results",
     "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",
