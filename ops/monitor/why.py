@@ -123,6 +123,9 @@ def _settled(run_status: str, row: Any, steps: dict[str, Any], spec: Any, answer
         return [f"the run has ended ({run_status}): nothing of it runs any more"]
     if answer.status == "running":
         return [f"it is running (attempt {row.attempt} on {row.node or 'an executor'})"]
+    if row.status == StepStatus.PENDING and row.slot_wait_since is not None:
+        return [f"{row.note or 'it waits for a slot of its pool'}; waiting since "
+                f"{row.slot_wait_since.isoformat(timespec='seconds')} (`miniflow pools list` shows the pool)"]
     if row.status == StepStatus.PENDING:
         needs = list(spec.needs) if spec is not None else []
         waiting = [n for n in needs if steps.get(n) is None or steps[n].status != StepStatus.SUCCEEDED]
