@@ -214,6 +214,8 @@ def element_result(coordinator: Coordinator, conn: Connection, run: RunRow, work
 def _next(coordinator: Coordinator, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow, step: str,
           size: int, following: int) -> None:
     """Dispatch the next pending instance of map step ``step`` from index ``following`` on, if any."""
+    if following >= size:  # every element has been dispatched: nothing to move
+        return
     spec = workflow.steps[step]
     assert spec.map is not None
     while following < size:

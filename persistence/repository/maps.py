@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from miniflow.protocol.states import StepStatus
 
-from ..fastpath import flush
+from ..fastpath import flush, query_after_batch
 from ..models import run_steps
 from ..rows import StepRow, from_mapping
 
@@ -37,8 +37,16 @@ def map_results(conn: Connection, run_id: str, step: str) -> list[tuple[int, Ste
     return sorted(found, key=lambda r: r[0])
 
 
+_ENDED = ("UPDATE run_steps SET map_open = map_open - 1 WHERE run_id = %(m_run)s AND step = %(m_step)s "
+          "RETURNING map_size, map_next, map_open")
+
+
 def map_element_ended(conn: Connection, run_id: str, step: str) -> tuple[int, int, int]:
-    """Count one of a map step's elements ended: its (map_size, map_next, map_open) after that."""
+    """Count one of a map step's elements ended: its (map_size, map_next, map_open) after that. On
+    Postgres one statement, sent with the writes batched before it (one round trip)."""
+    if conn.dialect.name == "postgresql":
+        row = query_after_batch(conn, _ENDED, {"m_run": run_id, "m_step": step})[0]
+        return int(row["map_size"] or 0), int(row["map_next"] or 0), int(row["map_open"] or 0)
     flush(conn)
     where = (run_steps.c.run_id == run_id) & (run_steps.c.step == step)
     conn.execute(update(run_steps).where(where).values(map_open=run_steps.c.map_open - 1))
