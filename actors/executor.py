@@ -20,8 +20,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, TimeLimit
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from miniflow.persistence.artifact_refs import is_ref
-from miniflow.persistence.offload import LazyInputs, Offload, StepArtifacts
+from miniflow.persistence.offload import LazyInputs, Offload, StepArtifacts, holds_stored
 from miniflow.protocol import codec
 from miniflow.protocol.clock import epoch_s
 from miniflow.protocol.envelope import envelope
@@ -150,7 +149,7 @@ class Executor:
         """The step's output, or what its failure records."""
         offload = self.offload
         inputs = task.inputs
-        if offload is not None and any(is_ref(value) for value in inputs.values()):
+        if offload is not None and any(holds_stored(value) for value in inputs.values()):
             inputs = LazyInputs(inputs, offload)
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=inputs, node=self.node,

@@ -23,6 +23,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from miniflow.coordinator import Coordinator
+from miniflow.coordinator import pools as slot_pools
 from miniflow.persistence import Database
 from miniflow.persistence.offload import Offload
 from miniflow.protocol.auth import Capabilities
@@ -110,6 +111,7 @@ class Node:
                 raise ConfigError("the coordinator and results roles need a database (MINIFLOW_DATABASE_URL)")
             self.relay = Relay(broker, db, faults=faults, metrics=metrics, namespace=names.namespace)
             self.coordinator.publish = self.relay.publish  # what a run's end admits, published at once
+            self.coordinator.admit_later = self._admit_pools  # slots given back: admitted in a transaction after
             self.handlers = CoreHandlers(db, self.relay, self.coordinator, advance=COORDINATOR in self.roles,
                                          faults=faults, emit=self._emit, caps=self.caps, metrics=metrics)
             if RESULTS in self.roles:
@@ -199,6 +201,19 @@ class Node:
     def status(self) -> tuple[int, list[dict[str, Any]]]:
         """What this node is doing now, for its heartbeat: messages being handled, attempts running."""
         return self.activity.busy, (self.progress.running() if self.progress is not None else [])
+
+    def _admit_pools(self, pools: list[str]) -> None:
+        """Slots of ``pools`` came back in a transaction that has committed: admit the steps waiting
+        for them in a transaction of their own (so no transaction takes two pools' rows out of
+        order). If this fails, the reconciler's next pass admits them."""
+        assert self.db is not None and self.relay is not None
+        try:
+            with self.db.transaction() as conn:
+                outgoing = slot_pools.released(self.coordinator, conn, pools)
+            self.relay.publish(outgoing)
+        except Exception as exc:  # noqa: BLE001 - the reconciler's pass admits what this missed
+            logger.warning("admitting the steps waiting for pool(s) %s failed (%s); the reconciler's next pass "
+                           "will", ", ".join(pools), type(exc).__name__)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:

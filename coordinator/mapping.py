@@ -28,6 +28,8 @@ same element, and runs the others.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,7 @@ from .workflow import MapFailure, MapSpec, Workflow, instance_name, instance_of
 if TYPE_CHECKING:
     from .runs import Coordinator
 
+MAX_LIST_BYTES = 64 << 20  # the most of an artifact the coordinator reads for a map's list
 Items = dict[str, dict[str, Any]]  # instance -> {"index": i, "item": its element}: the map field of its message
 
 
@@ -63,6 +66,7 @@ class Spread:
     outputs: dict[str, Any] = field(default_factory=dict)
     items: Items = field(default_factory=dict)
     ended: Settled | None = None
+    run: RunRow | None = None  # the run with the error a failed map step gave it, if one did
 
 
 def elements(spec: MapSpec, output: Any, offload: Offload | None = None) -> list[Any] | str:
@@ -72,14 +76,14 @@ def elements(spec: MapSpec, output: Any, offload: Offload | None = None) -> list
     try:
         for part in (None, *spec.path):
             if offload is not None:
-                value = offload.resolve(value)
+                value = offload.resolve(value, limit=MAX_LIST_BYTES)
             if part is None:
                 continue
             if not isinstance(value, dict) or part not in value:
                 return f"its map over {where}.{part}: the output of {where} has no field {part!r}"
             value, where = value[part], f"{where}.{part}"
         if offload is not None:
-            value = offload.resolve(value)
+            value = offload.resolve(value, limit=MAX_LIST_BYTES)
     except ArtifactError as exc:
         return f"its map over {where}: the list could not be read from the artifact store: {exc}"
     if not isinstance(value, list):
@@ -92,7 +96,9 @@ def elements(spec: MapSpec, output: Any, offload: Offload | None = None) -> list
 def spread(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow,
            attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], outbox: Outbox) -> Spread:
     """Spread the map steps among ``attempts`` (ready steps) over their elements; an empty map
-    succeeds at once, and what it makes ready is judged in turn."""
+    succeeds at once, and what it makes ready is judged in turn. A map whose list cannot be read
+    fails: its run at once, or, in a workflow with trigger rules, as a failed step (``run``: the run
+    with its error then)."""
     done = Spread(outputs=dict(outputs))
     todo = list(attempts)
     while todo:
@@ -103,12 +109,18 @@ def spread(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Wo
             continue
         found = elements(spec.map, done.outputs.get(spec.map.over), coordinator.offload)
         if isinstance(found, str):
-            done.ended = Settled(failure=(step, f"step {step!r} cannot run: {found}"))
-            return done
-        left = _begin(conn, run, step, spec.map, attempt, found, done, outbox)
-        if left:
+            reason = f"step {step!r} cannot run: {found}"
+            if not workflow.tolerates_failure:
+                done.ended = Settled(failure=(step, reason))
+                return done
+            run = _failed_map(coordinator, conn, run, step, reason)
+            done.run = run
+            settled = Settle(conn, run.id, workflow, functools.partial(open_params, run.params, coordinator.keys))(
+                failed=step)
+        elif _begin(conn, run, step, spec.map, attempt, found, done, outbox):
             continue
-        settled = _succeed(coordinator, conn, run, workflow, step, [] if not found else None)
+        else:
+            settled = _succeed(coordinator, conn, run, workflow, step, [] if not found else None, len(found))
         if settled.failure is not None or settled.run_ended:
             done.ended = settled
             return done
@@ -116,6 +128,17 @@ def spread(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Wo
         numbers = repo.next_attempts(conn, run.id, settled.ready) if workflow.tolerates_failure else {}
         todo.extend((name, numbers.get(name, 1)) for name in settled.ready)
     return done
+
+
+def _failed_map(coordinator: Coordinator, conn: Connection, run: RunRow, step: str, reason: str) -> RunRow:
+    """A map step whose list cannot be read has failed, in a workflow with trigger rules: the run
+    (with its first failure as its error) goes on."""
+    repo.update_step(conn, run.id, step, status=StepStatus.FAILED, error=reason[:4000],
+                     finished_at=coordinator.clock())
+    if run.error is not None:
+        return run
+    repo.update_run(conn, run.id, error=reason[:4000])
+    return dataclasses.replace(run, error=reason[:4000])
 
 
 def _begin(conn: Connection, run: RunRow, step: str, spec: MapSpec, attempt: int, found: list[Any],
@@ -152,12 +175,12 @@ def _begin(conn: Connection, run: RunRow, step: str, spec: MapSpec, attempt: int
 
 
 def _succeed(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow, step: str,
-             output: list[Any] | None) -> Settled:
+             output: list[Any] | None, size: int) -> Settled:
     """Map step ``step`` has ended, every element: it succeeds with their outputs in order (null for
     one that failed under ``continue``); what that makes ready."""
     failed = 0
     if output is None:
-        results = repo.map_results(conn, run.id, step)
+        results = repo.map_results(conn, run.id, step, size)
         output = [value if status == StepStatus.SUCCEEDED else None for _, status, value in results]
         failed = sum(status != StepStatus.SUCCEEDED for _, status, _ in results)
     note = f"map over {len(output)} element(s)" + (f"; {failed} failed (on_failure: continue)" if failed else "")
@@ -205,7 +228,7 @@ def element_result(coordinator: Coordinator, conn: Connection, run: RunRow, work
             return outbox.flush()
     size, following, left = repo.map_element_ended(conn, run.id, step)
     if left <= 0:
-        coordinator.go_on(conn, outbox, run, workflow, _succeed(coordinator, conn, run, workflow, step, None))
+        coordinator.go_on(conn, outbox, run, workflow, _succeed(coordinator, conn, run, workflow, step, None, size))
     else:
         _next(coordinator, conn, outbox, run, workflow, step, size, following)
     return outbox.flush()

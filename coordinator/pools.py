@@ -34,19 +34,24 @@ PAGE = 200  # waiting steps looked at per admission pass of a pool
 UNLIMITED = 10_000  # the admissions of one pass of a pool whose limit was taken away
 
 
-def admit(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
-          outbox: Outbox) -> list[tuple[str, int]]:
+def admit(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow,
+          attempts: Sequence[tuple[str, int]], outbox: Outbox) -> list[tuple[str, int]]:
     """Of ``attempts`` (steps about to be dispatched), those that may go now: every one of a pool
     without a limit, and of a limited pool as many as it has free slots (they are marked as holding
-    one). The others wait, pending, for a slot."""
+    one). The others wait, pending, for a slot. A pool that has steps waiting already takes the new
+    ones into its line: its free slots go to the first in it (``admit_waiting``)."""
     pooled = sorted({pool for pool in (workflow.spec(step).queue for step, _ in attempts) if pool})
     limits = repo.pool_limits(conn, pooled) if pooled else {}
     if not limits:
         return list(attempts)
     free: dict[str, int] = {}
+    queued_behind: list[str] = []  # pools with a line: their new steps join it
     for name in sorted(limits):  # every transaction takes pool rows in the same order
         slots = repo.lock_pool(conn, name, outbox.now)
         free[name] = UNLIMITED if slots is None else slots - repo.slots_in_use(conn, name)
+        if slots is not None and free[name] > 0 and repo.waiting_for_slots(conn, name, 1):
+            free[name] = 0
+            queued_behind.append(name)
     going: list[tuple[str, int]] = []
     holding: dict[str, list[str]] = {}
     waiting: dict[str, list[str]] = {}
@@ -64,12 +69,15 @@ def admit(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[
         repo.update_steps(conn, run.id, names, pool=pool, slot_wait_since=None)
     for pool, names in waiting.items():
         repo.update_steps(conn, run.id, names, pool=pool, slot_wait_since=outbox.now,
-                          note=f"waiting for a slot of pool {pool!r} (all {limits[pool]} in use)")
+                          note=f"waiting for a slot of pool {pool!r} ({limits[pool]} slot(s), none free for it)")
+    for pool in queued_behind:
+        admit_waiting(coordinator, conn, pool, outbox)
     return going
 
 
 def admit_waiting(coordinator: Coordinator, conn: Connection, pool: str, outbox: Outbox) -> int:
-    """Dispatch the steps waiting for a slot of ``pool`` that now have one; how many went."""
+    """Dispatch the steps waiting for a slot of ``pool`` that now have one, the first in line first;
+    how many went."""
     slots = repo.lock_pool(conn, pool, outbox.now)
     free = UNLIMITED if slots is None else slots - repo.slots_in_use(conn, pool)
     went = 0
@@ -84,7 +92,9 @@ def admit_waiting(coordinator: Coordinator, conn: Connection, pool: str, outbox:
         if workflow is None:  # pragma: no cover - definitions are never deleted
             continue
         outputs, items = _inputs(conn, run, workflow, step, row.item)
-        coordinator.dispatch(conn, outbox, run, workflow, [(step, row.attempt + 1)], outputs, None, items)
+        repo.update_step(conn, run_id, step, pool=pool, slot_wait_since=None, note=None)  # it holds a slot now
+        coordinator.dispatch(conn, outbox, run, workflow, [(step, row.attempt + 1)], outputs, None, items,
+                             slotted=True)
         went += 1
     return went
 

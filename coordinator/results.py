@@ -98,4 +98,6 @@ class Results:
         masked = {**payload, "params": mask_params(payload["params"], secrets)}
         if isinstance(payload.get("inputs"), dict):
             masked["inputs"] = mask_fields(payload["inputs"], secrets)
+        if isinstance(payload.get("map"), dict):  # an element of a map step
+            masked["map"] = mask_fields(payload["map"], secrets)
         return codec.pack({**fields, "args": [masked]})

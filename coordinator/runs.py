@@ -77,6 +77,8 @@ class Coordinator:
         # publishes committed outbox messages at once (the node's relay; without it the sweeper does)
         self.publish: Callable[[list[Outgoing]], None] | None = None
         self.offload: Offload | None = None  # the artifact store (map steps over stored lists, large results)
+        # admits the steps waiting for slots of some pools in a transaction after this one (the node's)
+        self.admit_later: Callable[[list[str]], None] | None = None
 
     # -- start ------------------------------------------------------------------------------------
     def start(self, conn: Connection, start: StartWorkflow, message_id: str,
@@ -132,25 +134,27 @@ class Coordinator:
     # -- dispatch ---------------------------------------------------------------------------------
     def dispatch(self, conn: Connection, outbox: Outbox, run: RunRow, workflow: Workflow,
                  attempts: Sequence[tuple[str, int]], outputs: dict[str, Any], delay_s: float | None,
-                 items: mapping.Items | None = None) -> bool:
+                 items: mapping.Items | None = None, *, slotted: bool = False) -> bool:
         """Queue an attempt of each (step, attempt); False (and the run failed, none of them queued)
         when a message cannot be sent. Steps that share an attempt number and deadline are marked
         queued in one statement. In a workflow with a result cache, first attempts are looked up
         first (``cache.serve``): hits are recorded as succeeded, and what they make ready follows.
         Map steps are spread over their elements (``mapping.spread``; ``items``: the elements of
-        instances to send)."""
+        instances to send); steps of pools with slots wait for one (``pools.admit``; ``slotted``:
+        they have theirs)."""
         items = dict(items or {})
         for stage in (cache.serve if workflow.cached else None, mapping.spread if workflow.mapped else None):
             if delay_s is not None or stage is None:
                 continue
             served = stage(self, conn, run, workflow, attempts, outputs, outbox)
+            run = getattr(served, "run", None) or run  # a map step that failed set the run's error
             if served.ended is not None:
                 self.go_on(conn, outbox, run, workflow, served.ended)
                 return served.ended.failure is None
             attempts, outputs = served.attempts, served.outputs
             items.update(getattr(served, "items", {}))
-        if delay_s is None and workflow.pooled:  # a retry keeps the slot its step holds
-            attempts = pools.admit(conn, run, workflow, attempts, outbox)
+        if delay_s is None and workflow.pooled and not slotted:  # a retry keeps the slot its step holds
+            attempts = pools.admit(self, conn, run, workflow, attempts, outbox)
         plan = prepare(self, outbox, run, workflow, attempts, outputs, delay_s, items)
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
@@ -192,6 +196,9 @@ class Coordinator:
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         if workflow is None:  # pragma: no cover - definitions are never deleted
             raise MessageRejected(Reason.UNKNOWN_WORKFLOW, f"workflow {run.workflow!r} vanished", "workflow")
+        if attempt.step in workflow.steps and workflow.steps[attempt.step].map is not None:  # forged
+            raise MessageRejected(Reason.UNKNOWN_STEP, f"step {attempt.step!r} of run {run.id} is a map step: its "
+                                  "elements have results, it has none", "step")
         if run.open_ends is None:  # a run from before the counters: count it once
             recount(conn, run.id, workflow)
         with repo.batched_writes(conn):  # its writes in one round trip on Postgres
@@ -204,8 +211,21 @@ class Coordinator:
                 used = attempt.attempt - (row.first_attempt or 1) + 1
                 sent = self._failed(conn, run, workflow, attempt, decide_failure(workflow, attempt.step, used,
                                                                                   attempt.error, self.rng))
-        # A step of a pool with slots that has ended gives its slot to a step waiting for one.
-        return sent + pools.released(self, conn, [row.pool]) if row.pool else sent
+        if row.pool:  # a step of a pool with slots that has ended gives its slot to a step waiting for one
+            self._give_back(conn, [row.pool])
+        return sent
+
+    def _give_back(self, conn: Connection, limited: list[str]) -> None:
+        """Slots of ``limited`` pools came back in this transaction: admit the steps waiting for them
+        once it has committed, in a transaction of their own (``admit_later``; it takes the pools'
+        rows in order, where this one may hold another pool's), or else in this one."""
+        later, publish = self.admit_later, self.publish
+        if later is not None:
+            after_commit(conn, lambda: later(limited))
+            return
+        sent = pools.released(self, conn, limited)
+        if sent and publish is not None:
+            after_commit(conn, lambda: publish(sent))
 
     def _succeeded(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow) -> list[Outgoing]:
         outbox = Outbox(conn, self.clock(), self.instrument)
@@ -326,9 +346,8 @@ class Coordinator:
         self._release(conn, run, outbox)
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         limited = repo.pool_limits(conn, pools.pools_of(workflow)) if workflow is not None and workflow.pooled else {}
-        sent, publish = pools.released(self, conn, list(limited), outbox), self.publish  # the slots its steps held
-        if sent and publish is not None:
-            after_commit(conn, lambda: publish(sent))
+        if limited:  # the slots its steps held
+            self._give_back(conn, sorted(limited))
 
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
         """Cancel a run that has not ended; False when it had already ended (``requests.cancel``)."""

@@ -78,7 +78,8 @@ def instance_of(name: str) -> tuple[str, int] | None:
     if not name.endswith("]") or "[" not in name:
         return None
     step, _, index = name[:-1].partition("[")
-    return (step, int(index)) if index.isdigit() else None
+    canonical = index.isascii() and index.isdigit() and str(int(index)) == index  # no "007", no "²"
+    return (step, int(index)) if canonical else None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ are never fetched for the step: it opens them (``StepArtifacts.open``) when it w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from .artifact_refs import MSGPACK, ArtifactRef, externalize, internalize, is_ref
+import msgpack
+
+from .artifact_refs import MSGPACK, ArtifactRef, externalize, is_ref
 from .artifacts import ArtifactStore
 
 
@@ -38,15 +40,30 @@ class Offload:
         size = len(json.dumps(value, allow_nan=False, separators=(",", ":")))
         return externalize(value, self.store, 0) if size > self.threshold else value
 
-    def resolve(self, value: Any) -> Any:
-        """The value a stored-value reference stands for (read and checked); anything else as it is."""
-        return internalize(value, self.store)
+    def resolve(self, value: Any, *, limit: int | None = None) -> Any:
+        """The value a stored-value reference stands for (read and checked; ArtifactTooLarge, before
+        reading, above ``limit`` bytes); anything else as it is."""
+        if not stored_value(value):
+            return value
+        ref = ArtifactRef.from_json(value)
+        return msgpack.unpackb(self.store.get_bytes(ref, limit=limit), raw=False)
+
+
+def stored_value(value: Any) -> bool:
+    """Whether ``value`` is a reference to a value stored as an artifact (not to a file)."""
+    return is_ref(value) and value.get("media_type") == MSGPACK
+
+
+def holds_stored(value: Any) -> bool:
+    """Whether an input is, or is a list holding, a reference to a stored value (LazyInputs fetches it)."""
+    return stored_value(value) or (isinstance(value, list) and any(stored_value(v) for v in value))
 
 
 class LazyInputs(dict[str, Any]):
-    """A step's inputs whose values stored as artifacts are fetched when first read (by key, ``get``,
-    ``items`` or ``values``) and kept. Encoded as it is (a step that returns its inputs whole), it
-    holds the references, which stand for the same values."""
+    """A step's inputs whose values stored as artifacts (an input, or an element of an input that is a
+    list: a map step's results) are fetched when first read (by key, ``get``, ``items`` or
+    ``values``) and kept. Encoded as it is (a step that returns its inputs whole) or copied with
+    ``dict()``, it holds the references, which stand for the same values."""
 
     def __init__(self, inputs: Mapping[str, Any], offload: Offload) -> None:
         super().__init__(inputs)
@@ -54,12 +71,15 @@ class LazyInputs(dict[str, Any]):
         self._fetched: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
+        if key in self._fetched:
+            return self._fetched[key]
         raw = super().__getitem__(key)
-        if not (is_ref(raw) and raw.get("media_type") == MSGPACK):
-            return raw
-        if key not in self._fetched:
-            self._fetched[key] = self._offload.resolve(raw)
-        return self._fetched[key]
+        value = self._offload.resolve(raw)
+        if isinstance(value, list) and any(stored_value(v) for v in value):  # a map's results, stored one by one
+            value = [self._offload.resolve(v) for v in value]
+        if value is not raw:
+            self._fetched[key] = value
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
@@ -97,3 +117,28 @@ class StepArtifacts:
     def get_bytes(self, ref: Any, *, limit: int | None = None) -> bytes:
         """A referenced artifact's bytes, checked (ArtifactTooLarge above ``limit``)."""
         return self._offload.store.get_bytes(ArtifactRef.from_json(ref), limit=limit)
+
+
+def keep_set(texts: Iterable[str], store: ArtifactStore) -> set[str]:
+    """The digests ``texts`` (JSON from the database) refer to, and, through every stored value among
+    them (read from ``store``), the ones those refer to in turn: what a gc must keep. A stored value
+    that is there but cannot be read raises (ArtifactError): a gc that cannot see inside one must
+    remove nothing."""
+    keep: set[str] = set()
+    todo: list[Any] = []
+    for text in texts:
+        todo.append(json.loads(text))
+    while todo:
+        value = todo.pop()
+        if is_ref(value):
+            ref = ArtifactRef.from_json(value)
+            if ref.digest in keep:
+                continue
+            keep.add(ref.digest)
+            if ref.media_type == MSGPACK and store.exists(ref):
+                todo.append(msgpack.unpackb(store.get_bytes(ref), raw=False))
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return keep

@@ -230,3 +230,19 @@ def test_a_failed_map_settles_its_dependents_by_their_trigger_rules(engine):
     assert steps["work"].status == "failed" and steps["join"].status == "upstream_failed"
     assert steps["tidy"].status == "succeeded" and steps["tidy"].output["inputs"] == {"work": None}
     assert not [n for n, s in steps.items() if n.startswith("work[") and s.status == "queued"]
+
+
+def test_a_map_over_a_value_that_is_not_a_list_fails_as_a_step_under_trigger_rules(engine):
+    engine.deploy(loads(fan(3, extra="  - {name: tidy, task: test.echo, needs: [work], trigger: all_done}\n")
+                        .replace("over: split.items", "over: split")))
+    run = engine.wait(engine.submit("fan", {}), timeout=30)
+    steps = steps_of(run)
+    assert run.status == "failed" and "its map over split: that is dict, not a list" in run.error
+    assert steps["work"].status == "failed" and steps["join"].status == "upstream_failed"
+    assert steps["tidy"].status == "succeeded"  # the cleanup ran after the failed map
+
+
+def test_instance_names_are_canonical():
+    assert instance_of("fan[0]") == ("fan", 0) and instance_of("fan[9999]") == ("fan", 9999)
+    for odd in ("fan[007]", "fan[²]", "fan[٣]", "fan[-1]", "fan[]", "fan[1", "fan1]"):
+        assert instance_of(odd) is None, odd

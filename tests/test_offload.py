@@ -24,7 +24,7 @@ from miniflow.ops.polling import poll_until
 from miniflow.persistence import repository as repo
 from miniflow.persistence.artifact_refs import MSGPACK, ArtifactRef, is_ref
 from miniflow.persistence.artifacts import ArtifactStore
-from miniflow.persistence.offload import LazyInputs, Offload
+from miniflow.persistence.offload import LazyInputs, Offload, keep_set
 from miniflow.protocol.errors import ArtifactCorrupt, ConfigError
 
 from .steps_for_tests import GATES
@@ -156,4 +156,30 @@ def test_gc_keeps_what_the_database_refers_to_and_removes_the_rest_past_the_grac
     assert store.exists(next(iter(kept)))
     bad = CliRunner().invoke(cli, ["artifacts", "gc", "--older-than", "soon"])
     assert isinstance(bad.exception, ConfigError) and "'soon' is not a duration" in str(bad.exception)
+    assert store.gc(older_than=timedelta(0), keep=kept).removed == 0
+
+
+def test_a_maps_elements_stored_as_artifacts_arrive_as_values_in_the_list(tmp_path: Path):
+    offload = Offload(ArtifactStore(tmp_path / "store"), 1024)
+    with EmbeddedEngine(f"sqlite:///{tmp_path / 'elements.db'}", threads=4, offload=offload) as engine:
+        engine.deploy(loads("name: big-elements\nsteps:\n  - {name: split, task: test.range, config: {n: 3}}\n"
+                            "  - {name: each, task: test.blob, needs: [split], map: split.items, config: {kib: 2}}\n"
+                            "  - {name: after, task: test.digest, needs: [each]}\n"))
+        run = engine.wait(engine.submit("big-elements", {}), timeout=60)
+    assert run.status == "succeeded", run.error
+    steps = {s.step: s for s in run.steps}
+    assert all(is_ref(v) for v in steps["each"].output)  # each element's output is stored, the list holds refs
+    expected = json.dumps(["x" * 2048] * 3)
+    assert steps["after"].output["each"] == {"len": len(expected),
+                                             "sha256": hashlib.sha256(expected.encode()).hexdigest()}
+
+
+def test_gc_keeps_the_files_referred_to_inside_a_stored_value(tmp_path: Path):
+    store = ArtifactStore(tmp_path / "store")
+    offload = Offload(store, 1024)
+    inner = store.put(b"a file inside" * 10, name="inner.bin")
+    outer = offload.outgoing({"file": inner.to_json(), "pad": "p" * 4096})
+    assert is_ref(outer)
+    kept = keep_set([json.dumps({"output": outer})], store)
+    assert kept == {outer["$artifact"], inner.digest}
     assert store.gc(older_than=timedelta(0), keep=kept).removed == 0

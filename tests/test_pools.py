@@ -62,7 +62,7 @@ def test_a_pool_of_two_slots_never_has_more_than_two_steps_out_and_runs_them_all
             break
     assert peak == 2
     assert [r.status if r else None for r in runs] == ["succeeded"] * 3
-    assert "waiting for a slot of pool 'slow' (all 2 in use)" in notes
+    assert "waiting for a slot of pool 'slow' (2 slot(s), none free for it)" in notes
     assert in_use(pooled) == 0
 
 
@@ -131,3 +131,25 @@ def test_miniflow_pools_set_and_list(tmp_path: Path, monkeypatch):
     bad = runner.invoke(cli, ["pools", "set", "../x", "--slots", "1"])
     assert "a pool is 1-64 characters" in str(bad.exception)
     assert "give --slots N or --unlimited" in str(runner.invoke(cli, ["pools", "set", "gpu"]).exception)
+
+
+def test_waiting_steps_get_a_freed_slot_by_run_priority_before_steps_that_come_later(pooled):
+    set_slots(pooled, "slow", 1)
+    gate = GATES.setdefault("pool-order", threading.Event())
+    pooled.deploy(loads(holding("holder3", "pool-order")))
+    pooled.deploy(loads("name: line\nsteps:\n  - {name: echo, task: test.echo, queue: slow}\n"))
+    holder = pooled.submit("holder3", {})
+    poll_until(lambda: in_use(pooled) == 1, timeout=30, what="the holder to take the slot")
+    low, high = pooled.submit("line", {}, priority=0), pooled.submit("line", {}, priority=9)
+
+    def both_wait() -> bool:
+        with pooled.db.connect() as conn:
+            ids = [repo.run_id_for_key(conn, k) for k in (low, high)]
+            return all(i and (r := repo.get_step(conn, i, "echo")) is not None and r.slot_wait_since for i in ids)
+
+    poll_until(both_wait, timeout=30, what="both runs to wait in line")
+    gate.set()  # the holder ends: its slot goes to the priority 9 run first, then to the other
+    first, second = pooled.wait(high, timeout=30), pooled.wait(low, timeout=30)
+    assert pooled.wait(holder, timeout=30).status == "succeeded"
+    assert first.status == second.status == "succeeded"
+    assert first.attempts[0].started_at < second.attempts[0].started_at

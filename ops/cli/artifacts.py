@@ -8,6 +8,7 @@ from datetime import timedelta
 import click
 
 from miniflow.persistence import repository as repo
+from miniflow.persistence.offload import keep_set
 from miniflow.protocol.errors import ConfigError
 
 from ..testengine.model import duration_s
@@ -30,7 +31,8 @@ def artifacts() -> None:
 @click.pass_context
 def artifacts_gc(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> None:
     """Remove the artifacts that no run, attempt, map element or cache entry in the database refers
-    to, and the temp files of puts that died, once older than --older-than. What a row refers to is
+    to (directly, or inside a stored value it refers to), and the temp files of puts that died, once
+    older than --older-than. What a row refers to is
     kept however old it is; an artifact a step stored but whose result is not recorded yet is young
     (the grace). Rows go away when their runs are deleted; their artifacts go at the next gc."""
     try:
@@ -39,7 +41,7 @@ def artifacts_gc(ctx: click.Context, older_than: str, dry_run: bool, as_json: bo
         raise ConfigError(str(exc)) from None
     store = settings_of(ctx).offload().store
     with database_of(ctx).connect() as conn:
-        keep = repo.referenced_digests(conn)
+        keep = keep_set(repo.texts_with_refs(conn), store)  # and what the stored values refer to
     report = store.gc(older_than=grace, keep=keep, dry_run=dry_run)
     if as_json:
         print_json(console, {"store": store.url, **asdict(report)})

@@ -54,13 +54,23 @@ class Why:
         return out
 
 
+def spec_of(workflow: Any, step: str) -> Any:
+    """The spec of a step, or of the map step an instance (``fan[3]``) belongs to; None if unknown."""
+    if workflow is None:
+        return None
+    try:
+        return workflow.spec(step)
+    except KeyError:
+        return None
+
+
 def waiting_by_queue(catalog: Catalog, conn: Any, names: QueueNames, limit: int = MAX_AHEAD_SCAN
                      ) -> dict[str, list[dict[str, Any]]]:
     """The waiting steps grouped by the queue their definition routes them to, oldest first."""
     out: dict[str, list[dict[str, Any]]] = {}
     for row in activity.waiting_steps(conn, limit=limit):
         workflow = catalog.workflow(conn, row["workflow"], row["version"])
-        spec = workflow.steps.get(row["step"]) if workflow is not None else None
+        spec = spec_of(workflow, row["step"])
         queue = names.step_queue(spec.queue if spec is not None else None)
         out.setdefault(queue, []).append(row)
     return out
@@ -77,9 +87,10 @@ def explain(database: Database, catalog: Catalog, names: QueueNames, run_id: str
         steps = repo.get_steps(conn, run.id)
         row = steps.get(step)
         if row is None:
-            raise ConfigError(f"run {run.id} has no step {step[:130]!r} (its steps: {', '.join(sorted(steps))})")
+            shown = ", ".join(sorted(steps)[:20]) + (", ..." if len(steps) > 20 else "")
+            raise ConfigError(f"run {run.id} has no step {step[:130]!r} (its steps: {shown})")
         workflow = catalog.workflow(conn, run.workflow, run.version)
-        spec = workflow.steps.get(step) if workflow is not None else None
+        spec = spec_of(workflow, step)
         queue = names.step_queue(spec.queue if spec is not None else None)
         grouped = waiting_by_queue(catalog, conn, names) if row.status == StepStatus.QUEUED else {}
         slot = why_queued(conn, workflow, run.concurrency_key) \
@@ -126,12 +137,18 @@ def _settled(run_status: str, row: Any, steps: dict[str, Any], spec: Any, answer
     if row.status == StepStatus.PENDING and row.slot_wait_since is not None:
         return [f"{row.note or 'it waits for a slot of its pool'}; waiting since "
                 f"{row.slot_wait_since.isoformat(timespec='seconds')} (`miniflow pools list` shows the pool)"]
+    if row.status == StepStatus.PENDING and spec is not None and spec.map is not None and row.step != spec.name:
+        return [f"it waits for its turn: at most {spec.map.concurrency} elements of map step {spec.name!r} are out "
+                "at once, and each that ends sends the next"]
     if row.status == StepStatus.PENDING:
         needs = list(spec.needs) if spec is not None else []
         waiting = [n for n in needs if steps.get(n) is None or steps[n].status != StepStatus.SUCCEEDED]
         return [f"it waits for the step(s) it needs: {', '.join(waiting) or 'none left (it is about to be queued)'}"]
     if row.status != StepStatus.QUEUED:
         return [f"it is {row.status}: it does not run again unless the run is retried"]
+    if spec is not None and spec.map is not None and row.step == spec.name:
+        return [f"it is a map step ({row.note or 'its elements run'}): its elements are steps of their own, "
+                f"{row.step}[0], {row.step}[1], ...; ask about one of them"]
     return None
 
 

@@ -9,6 +9,7 @@ of those tables: an operator's command, not a hot path.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from sqlalchemy import Text, cast, select
 from sqlalchemy.engine import Connection
@@ -21,14 +22,19 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _COLUMNS = (run_steps.c.output, run_steps.c.item, step_attempts.c.output, step_cache.c.output, runs.c.params)
 
 
-def referenced_digests(conn: Connection) -> set[str]:
-    """Every artifact digest a row of the database refers to."""
+def texts_with_refs(conn: Connection) -> Iterator[str]:
+    """The JSON text of every value in the database that holds an artifact reference."""
     flush(conn)
-    found: set[str] = set()
     for column in _COLUMNS:
         text = cast(column, Text)
         rows = conn.execution_options(stream_results=True, yield_per=500).execute(
             select(text).where(text.like(f"%{MARKER}%")))
         for (value,) in rows:
-            found.update(_DIGEST.findall(value or ""))
-    return found
+            if value:
+                yield str(value)
+
+
+def referenced_digests(conn: Connection) -> set[str]:
+    """Every artifact digest a row of the database refers to itself (not those inside the stored
+    values it refers to: ``persistence.offload.keep_set`` follows those)."""
+    return {digest for text in texts_with_refs(conn) for digest in _DIGEST.findall(text)}

@@ -29,12 +29,13 @@ def map_instances(conn: Connection, run_id: str, step: str) -> dict[int, StepRow
     return {int(row["step"][len(step) + 1:-1]): from_mapping(StepRow, row) for row in rows}
 
 
-def map_results(conn: Connection, run_id: str, step: str) -> list[tuple[int, StepStatus, Any]]:
-    """Each instance's index, status and output, by index: the map step's results, once all have ended."""
+def map_results(conn: Connection, run_id: str, step: str, size: int) -> list[tuple[int, StepStatus, Any]]:
+    """Each instance's index, status and output, by index: the map step's results, once all have ended
+    (the first ``size``: a list that became shorter for a run retry leaves instances past its end)."""
     flush(conn)
     rows = conn.execute(select(run_steps.c.step, run_steps.c.status, run_steps.c.output).where(_of(run_id, step)))
     found = [(int(name[len(step) + 1:-1]), StepStatus(status), output) for name, status, output in rows]
-    return sorted(found, key=lambda r: r[0])
+    return sorted((r for r in found if r[0] < size), key=lambda r: r[0])
 
 
 _ENDED = ("UPDATE run_steps SET map_open = map_open - 1 WHERE run_id = %(m_run)s AND step = %(m_step)s "

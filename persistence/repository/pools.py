@@ -93,9 +93,10 @@ def list_pools(conn: Connection) -> list[tuple[str, int | None, int, int]]:
     """Each pool with a limit or with steps holding or waiting for a slot: (pool, slots, in use, waiting)."""
     flush(conn)
     limits = {str(p): int(s) for p, s in conn.execute(select(pool_slots.c.pool, pool_slots.c.slots))}
+    holding = (run_steps.c.status == StepStatus.QUEUED) | (
+        (run_steps.c.status == StepStatus.PENDING) & run_steps.c.slot_wait_since.is_not(None))
     counts = conn.execute(select(run_steps.c.pool, run_steps.c.status, func.count()).where(
-        run_steps.c.pool.is_not(None), run_steps.c.status.in_([StepStatus.QUEUED, StepStatus.PENDING])).group_by(
-        run_steps.c.pool, run_steps.c.status))
+        run_steps.c.pool.is_not(None), holding).group_by(run_steps.c.pool, run_steps.c.status))
     used: dict[str, int] = {}
     waiting: dict[str, int] = {}
     for pool, status, count in counts:

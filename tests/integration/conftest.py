@@ -35,7 +35,7 @@ from miniflow.persistence.sealing import new_key_line
 
 from . import private_services as priv
 
-__all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "own_namespace", "poll", "query"]
+__all__ = ["BIN", "ROOT", "TimerProcess", "WorkerProcess", "miniflow", "own_namespace", "poll", "query", "running"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = processes.BIN
 DATA_KEY = new_key_line("test")  # the session's data key: workers seal secret params with it
@@ -274,15 +274,23 @@ def cluster(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     for example in ("examples/diamond.yaml", "examples/csv_report.yaml"):
         result = miniflow(env, "deploy", example)
         assert result.returncode == 0, result.stderr
-    workers = [
-        WorkerProcess(env, ["--role", "coordinator", "--role", "results", "--threads", "4"], logs / "coord.log"),
-        WorkerProcess(env, ["--steps", "examples.steps", "--threads", "4"], logs / "exec1.log"),
-        WorkerProcess(env, ["--steps", "examples.steps", "--threads", "4"], logs / "exec2.log"),
-    ]
+    with running(env, logs, "examples.steps"):
+        yield env
+
+
+@contextmanager
+def running(env: dict[str, str], logs: Path, steps: str, *, executors: int = 2, threads: int = 4,
+            executor_args: tuple[str, ...] = ()) -> Iterator[None]:
+    """A coordinator+results worker and ``executors`` executors of ``steps``, ready, as their own
+    processes (logs under ``logs``); all stopped afterwards."""
+    workers = [WorkerProcess(env, ["--role", "coordinator", "--role", "results", "--threads", "4"],
+                             logs / "coord.log")]
+    workers += [WorkerProcess(env, ["--steps", steps, "--threads", str(threads), *executor_args],
+                              logs / f"exec{i + 1}.log") for i in range(executors)]
     try:
         for w in workers:
             w.wait_ready()
-        yield env
+        yield
     finally:
         for w in workers:
             w.stop()

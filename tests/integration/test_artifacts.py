@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import WorkerProcess, miniflow, own_namespace, query
+from .conftest import miniflow, own_namespace, query, running
 
 BIG = """name: big-output
 steps:
@@ -26,20 +26,10 @@ steps:
 def space(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with own_namespace(env, "art") as own:
         logs = tmp_path_factory.mktemp("artifacts-logs")
-        workers = [
-            WorkerProcess(own, ["--role", "coordinator", "--role", "results", "--threads", "4"], logs / "coord.log"),
-            WorkerProcess(own, ["--steps", "tests.steps_for_tests", "--threads", "2"], logs / "exec-a.log"),
-            WorkerProcess(own, ["--steps", "tests.steps_for_tests", "--threads", "2"], logs / "exec-b.log"),
-        ]
-        try:
-            for w in workers:
-                w.wait_ready()
+        with running(own, logs, "tests.steps_for_tests", threads=2):
             (logs / "big.yaml").write_text(BIG)
             assert miniflow(own, "deploy", str(logs / "big.yaml")).returncode == 0
             yield own
-        finally:
-            for w in workers:
-                w.stop()
 
 
 def test_a_20_mb_output_travels_as_an_artifact_between_executors_and_arrives_whole(space):

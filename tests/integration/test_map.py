@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import WorkerProcess, miniflow, own_namespace, poll, query
+from .conftest import miniflow, own_namespace, poll, query, running
 
 
 def fan(n: int, *, policy: str = "fail", concurrency: int = 1000, fail: list[int] | None = None,
@@ -28,18 +28,8 @@ def fan(n: int, *, policy: str = "fail", concurrency: int = 1000, fail: list[int
 def space(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with own_namespace(env, "map") as own:
         logs = tmp_path_factory.mktemp("map")
-        workers = [
-            WorkerProcess(own, ["--role", "coordinator", "--role", "results", "--threads", "4"], logs / "coord.log"),
-            WorkerProcess(own, ["--steps", "tests.steps_for_tests", "--threads", "4"], logs / "exec-a.log"),
-            WorkerProcess(own, ["--steps", "tests.steps_for_tests", "--threads", "4"], logs / "exec-b.log"),
-        ]
-        try:
-            for w in workers:
-                w.wait_ready()
+        with running(own, logs, "tests.steps_for_tests"):
             yield dict(own, LOGS=str(logs))
-        finally:
-            for w in workers:
-                w.stop()
 
 
 def start(space: dict[str, str], text: str) -> str:
