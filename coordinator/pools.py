@@ -79,6 +79,7 @@ def admit_waiting(coordinator: Coordinator, conn: Connection, pool: str, outbox:
     """Dispatch the steps waiting for a slot of ``pool`` that now have one, the first in line first;
     how many went."""
     slots = repo.lock_pool(conn, pool, outbox.now)
+    repo.clear_ended(conn, pool)
     free = UNLIMITED if slots is None else slots - repo.slots_in_use(conn, pool)
     went = 0
     for run_id, step in repo.waiting_for_slots(conn, pool, PAGE) if free > 0 else []:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -111,7 +112,8 @@ class PoolSlots(Base):
 class RunStep(Base):
     __tablename__ = "run_steps"
     __table_args__ = (Index("ix_run_steps_result_due_at", "result_due_at"),
-                      Index("ix_run_steps_pool_status", "pool", "status"))
+                      Index("ix_run_steps_pool", "pool", postgresql_where=text("pool IS NOT NULL"),
+                            sqlite_where=text("pool IS NOT NULL")))
 
     run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"),
                                         primary_key=True)

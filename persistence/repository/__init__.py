@@ -36,6 +36,7 @@ from .gates import count_running, lock_gate, queued_runs, workflows_with_queued_
 from .maps import end_map_instances, map_element_ended, map_instances, map_results
 from .outbox import add_outbox, claim_stale_outbox, count_outbox, delete_outbox
 from .pools import (
+    clear_ended,
     list_pools,
     lock_pool,
     lock_run_unless_taken,
@@ -72,8 +73,8 @@ from .runs import (
 )
 
 __all__ = [
-    "list_pools", "lock_pool", "lock_run_unless_taken", "pool_limits", "pools_with_waiting_steps", "set_pool_slots",
-    "slots_in_use", "waiting_for_slots",
+    "clear_ended", "list_pools", "lock_pool", "lock_run_unless_taken", "pool_limits", "pools_with_waiting_steps",
+    "set_pool_slots", "slots_in_use", "waiting_for_slots",
     "referenced_digests", "texts_with_refs",
     "end_map_instances", "map_element_ended", "map_instances", "map_results",
     "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",

@@ -40,6 +40,15 @@ def lock_pool(conn: Connection, pool: str, now: datetime) -> int | None:
     return conn.execute(select(pool_slots.c.slots).where(pool_slots.c.pool == pool)).scalar()
 
 
+def clear_ended(conn: Connection, pool: str) -> None:
+    """Clear the pool of the steps of ``pool`` that neither hold nor wait for a slot any more (they
+    ended), so that its partial index holds the live ones only. The caller holds the pool's row."""
+    flush(conn)
+    live = (run_steps.c.status == StepStatus.QUEUED) | (
+        (run_steps.c.status == StepStatus.PENDING) & run_steps.c.slot_wait_since.is_not(None))
+    conn.execute(update(run_steps).where(run_steps.c.pool == pool, ~live).values(pool=None, slot_wait_since=None))
+
+
 def slots_in_use(conn: Connection, pool: str) -> int:
     """The steps holding a slot of ``pool``: queued, of that pool."""
     flush(conn)
