@@ -148,12 +148,13 @@ class Executor:
     def _run(self, task: StepTask, isolate: bool) -> tuple[Any, StepFailed | None]:
         """The step's output, or what its failure records."""
         offload = self.offload
-        inputs = task.inputs
+        inputs, item = task.inputs, (task.map or {}).get("item")
         if offload is not None and any(holds_stored(value) for value in inputs.values()):
             inputs = LazyInputs(inputs, offload)
         ctx = StepContext(run_id=task.run_id, workflow=task.workflow, step=task.step, attempt=task.attempt,
                           params=task.params, config=task.config, inputs=inputs, node=self.node,
-                          item=(task.map or {}).get("item"), index=(task.map or {}).get("index"),
+                          item=offload.resolve(item) if offload is not None else item,
+                          index=(task.map or {}).get("index"),
                           artifacts=StepArtifacts(offload) if offload is not None else None)
         try:
             fn = self.registry.get(task.task)

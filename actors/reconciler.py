@@ -74,6 +74,21 @@ class ReconcileLoop:
                 if not report(exc):
                     logger.warning("deadline check failed: %s", type(exc).__name__)
 
+    def _admit_waiting_steps(self) -> bool:
+        """Admit the steps waiting for slots of pools: those an admission skipped (their run was busy)
+        or a raised limit made room for. False when the pass is to stop (the database is out)."""
+        with self.db.connect() as conn:
+            pools = repo.pools_with_waiting_steps(conn)
+        for pool in pools:
+            try:
+                with self.db.transaction() as conn:
+                    self.relay.publish(self.reconciler.admit_pool(conn, pool))
+            except Exception as exc:  # noqa: BLE001 - the other pools still get their turn; this one next pass
+                if report(exc):
+                    return False
+                logger.warning("could not admit the steps waiting for pool %s: %s", pool, type(exc).__name__)
+        return True
+
     def run_once(self, unadvanced_after_s: float = UNADVANCED_AFTER_S) -> int:
         """One repair pass; returns how many steps were repaired (items another coordinator
         repaired first are skipped)."""
@@ -102,11 +117,8 @@ class ReconcileLoop:
         for workflow in waiting:
             with self.db.transaction() as conn:
                 self.relay.publish(self.reconciler.admit_queued(conn, workflow))
-        with self.db.connect() as conn:
-            pools = repo.pools_with_waiting_steps(conn)
-        for pool in pools:  # steps skipped by an admission (their run was busy), or a raised limit
-            with self.db.transaction() as conn:
-                self.relay.publish(self.reconciler.admit_pool(conn, pool))
+        if not self._admit_waiting_steps():
+            return repaired
         with self.db.transaction() as conn:
             repo.prune_handled(conn, now - timedelta(seconds=HANDLED_KEEP_S))
             pruned = repo.prune_dead_letters(conn, now - timedelta(seconds=self.dead_letter_keep_s))

@@ -156,6 +156,7 @@ def reopen(conn: Connection, run_id: str, workflow: Workflow) -> None:
     for name in workflow.descendants(unfinished):
         if name in steps:
             repo.update_step(conn, run_id, name, status=StepStatus.PENDING, error=None, note=None,
-                             first_attempt=steps[name].attempt + 1, finished_at=None, slot_wait_since=None)
+                             first_attempt=steps[name].attempt + 1, finished_at=None, slot_wait_since=None,
+                             pool=None)
     repo.update_run(conn, run_id, status=RunStatus.QUEUED, error=None, finished_at=None, deadline_at=None)
     recount(conn, run_id, workflow)

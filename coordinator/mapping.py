@@ -133,8 +133,8 @@ def spread(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Wo
 def _failed_map(coordinator: Coordinator, conn: Connection, run: RunRow, step: str, reason: str) -> RunRow:
     """A map step whose list cannot be read has failed, in a workflow with trigger rules: the run
     (with its first failure as its error) goes on."""
-    repo.update_step(conn, run.id, step, status=StepStatus.FAILED, error=reason[:4000],
-                     finished_at=coordinator.clock())
+    repo.update_step(conn, run.id, step, status=StepStatus.FAILED, error=reason[:4000], note=None, map_size=None,
+                     map_next=None, map_open=None, finished_at=coordinator.clock())
     if run.error is not None:
         return run
     repo.update_run(conn, run.id, error=reason[:4000])
@@ -154,7 +154,8 @@ def _begin(conn: Connection, run: RunRow, step: str, spec: MapSpec, attempt: int
             todo.append((index, 1))
         elif row.status != StepStatus.SUCCEEDED or row.item != item:
             repo.update_step(conn, run.id, row.step, status=StepStatus.PENDING, item=item, error=None, note=None,
-                             output=None, first_attempt=row.attempt + 1, finished_at=None, slot_wait_since=None)
+                             output=None, first_attempt=row.attempt + 1, finished_at=None, slot_wait_since=None,
+                             pool=None)
             todo.append((index, row.attempt + 1))
     for index, row in earlier.items():
         if index >= len(found) and row.status != StepStatus.SKIPPED:

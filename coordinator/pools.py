@@ -34,24 +34,25 @@ PAGE = 200  # waiting steps looked at per admission pass of a pool
 UNLIMITED = 10_000  # the admissions of one pass of a pool whose limit was taken away
 
 
-def admit(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Workflow,
-          attempts: Sequence[tuple[str, int]], outbox: Outbox) -> list[tuple[str, int]]:
+def admit(conn: Connection, run: RunRow, workflow: Workflow, attempts: Sequence[tuple[str, int]],
+          outbox: Outbox) -> tuple[list[tuple[str, int]], list[str]]:
     """Of ``attempts`` (steps about to be dispatched), those that may go now: every one of a pool
     without a limit, and of a limited pool as many as it has free slots (they are marked as holding
     one). The others wait, pending, for a slot. A pool that has steps waiting already takes the new
-    ones into its line: its free slots go to the first in it (``admit_waiting``)."""
+    ones into its line; it is returned with them, for the caller to admit its line once what went
+    is queued (``admit_waiting``)."""
     pooled = sorted({pool for pool in (workflow.spec(step).queue for step, _ in attempts) if pool})
     limits = repo.pool_limits(conn, pooled) if pooled else {}
     if not limits:
-        return list(attempts)
+        return list(attempts), []
     free: dict[str, int] = {}
-    queued_behind: list[str] = []  # pools with a line: their new steps join it
+    behind: list[str] = []  # pools with a line: their new steps join it
     for name in sorted(limits):  # every transaction takes pool rows in the same order
         slots = repo.lock_pool(conn, name, outbox.now)
         free[name] = UNLIMITED if slots is None else slots - repo.slots_in_use(conn, name)
         if slots is not None and free[name] > 0 and repo.waiting_for_slots(conn, name, 1):
             free[name] = 0
-            queued_behind.append(name)
+            behind.append(name)
     going: list[tuple[str, int]] = []
     holding: dict[str, list[str]] = {}
     waiting: dict[str, list[str]] = {}
@@ -70,9 +71,7 @@ def admit(coordinator: Coordinator, conn: Connection, run: RunRow, workflow: Wor
     for pool, names in waiting.items():
         repo.update_steps(conn, run.id, names, pool=pool, slot_wait_since=outbox.now,
                           note=f"waiting for a slot of pool {pool!r} ({limits[pool]} slot(s), none free for it)")
-    for pool in queued_behind:
-        admit_waiting(coordinator, conn, pool, outbox)
-    return going
+    return going, behind
 
 
 def admit_waiting(coordinator: Coordinator, conn: Connection, pool: str, outbox: Outbox) -> int:
@@ -80,10 +79,11 @@ def admit_waiting(coordinator: Coordinator, conn: Connection, pool: str, outbox:
     how many went."""
     slots = repo.lock_pool(conn, pool, outbox.now)
     repo.clear_ended(conn, pool)
-    free = UNLIMITED if slots is None else slots - repo.slots_in_use(conn, pool)
     went = 0
-    for run_id, step in repo.waiting_for_slots(conn, pool, PAGE) if free > 0 else []:
-        if went >= free:
+    for run_id, step in repo.waiting_for_slots(conn, pool, PAGE):
+        # counted again each time: a dispatch that fails its run may begin queued runs, whose steps
+        # take slots of their own
+        if (went >= UNLIMITED) if slots is None else repo.slots_in_use(conn, pool) >= slots:
             break
         run = repo.lock_run_unless_taken(conn, run_id)  # our own run's row we hold already
         row = repo.get_step(conn, run_id, step) if run is not None and run.status == RunStatus.RUNNING else None

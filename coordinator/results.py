@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
 
-from miniflow.persistence import AttemptRow, DeadLetterRow
+from miniflow.persistence import AttemptRow, DeadLetterRow, RunRow
 from miniflow.persistence import repository as repo
 from miniflow.protocol import codec
 from miniflow.protocol.codes import Reason
@@ -55,6 +55,8 @@ class Results:
             run, row, inserted = repo.record_and_lock(conn, attempt)
         else:
             run = repo.get_run(conn, result.run_id)
+            if run is not None:
+                self._not_a_map_step(conn, run, result.step)
             inserted = run is not None and repo.insert_attempt(conn, attempt)
         if run is None:
             raise MessageRejected(Reason.UNKNOWN_RUN, f"run {result.run_id!r} does not exist", "run_id")
@@ -69,6 +71,15 @@ class Results:
         outbox.add(self.coordinator.names.coordinator, STEP_FINISHED, event.to_payload(),
                    attributes={"run_id": result.run_id, "step": result.step, "attempt": result.attempt})
         return outbox.flush()
+
+    def _not_a_map_step(self, conn: Connection, run: RunRow, step: str) -> None:
+        """A map step has no results of its own (its elements do): one naming it is forged, and is
+        rejected before it is recorded (the coordinator, in the same process, rejects it too)."""
+        workflow = self.coordinator.catalog.workflow(conn, run.workflow, run.version)
+        spec = workflow.steps.get(step) if workflow is not None else None
+        if spec is not None and spec.map is not None:
+            raise MessageRejected(Reason.UNKNOWN_STEP, f"step {step!r} of run {run.id} is a map step: its elements "
+                                  "have results, it has none", "step")
 
     def record_dead_letter(self, conn: Connection, report: DeadLetterReport) -> None:
         repo.insert_dead_letter(conn, DeadLetterRow(

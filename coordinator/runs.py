@@ -144,7 +144,7 @@ class Coordinator:
         they have theirs)."""
         items = dict(items or {})
         for stage in (cache.serve if workflow.cached else None, mapping.spread if workflow.mapped else None):
-            if delay_s is not None or stage is None:
+            if delay_s is not None or stage is None or slotted:  # a step admitted from a line went through them
                 continue
             served = stage(self, conn, run, workflow, attempts, outputs, outbox)
             run = getattr(served, "run", None) or run  # a map step that failed set the run's error
@@ -153,8 +153,9 @@ class Coordinator:
                 return served.ended.failure is None
             attempts, outputs = served.attempts, served.outputs
             items.update(getattr(served, "items", {}))
+        behind: list[str] = []  # pools with a line the new steps joined
         if delay_s is None and workflow.pooled and not slotted:  # a retry keeps the slot its step holds
-            attempts = pools.admit(self, conn, run, workflow, attempts, outbox)
+            attempts, behind = pools.admit(conn, run, workflow, attempts, outbox)
         plan = prepare(self, outbox, run, workflow, attempts, outputs, delay_s, items)
         if isinstance(plan, Undispatchable):
             self._fail_undispatchable(conn, run, plan)
@@ -162,6 +163,8 @@ class Coordinator:
         for (attempt, due), names in plan.items():
             repo.update_steps(conn, run.id, names, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
                               error=None, result_due_at=due, running_attempt=None, note=None)
+        if behind:  # their free slots go to the first in line, once what went is counted
+            self._give_back(conn, behind)
         return True
 
     def _fail_undispatchable(self, conn: Connection, run: RunRow, failure: Undispatchable) -> None:

@@ -23,6 +23,8 @@ import msgpack
 from .artifact_refs import MSGPACK, ArtifactRef, externalize, is_ref
 from .artifacts import ArtifactStore
 
+MAX_FOLLOW_BYTES = 256 << 20  # the largest stored value a gc reads to find the references inside it
+
 
 class Offload:
     """The artifact store and the size above which outputs go to it."""
@@ -122,8 +124,8 @@ class StepArtifacts:
 def keep_set(texts: Iterable[str], store: ArtifactStore) -> set[str]:
     """The digests ``texts`` (JSON from the database) refer to, and, through every stored value among
     them (read from ``store``), the ones those refer to in turn: what a gc must keep. A stored value
-    that is there but cannot be read raises (ArtifactError): a gc that cannot see inside one must
-    remove nothing."""
+    that is there but cannot be read, or is over MAX_FOLLOW_BYTES, raises (ArtifactError): a gc that
+    cannot see inside one must remove nothing."""
     keep: set[str] = set()
     todo: list[Any] = []
     for text in texts:
@@ -135,8 +137,8 @@ def keep_set(texts: Iterable[str], store: ArtifactStore) -> set[str]:
             if ref.digest in keep:
                 continue
             keep.add(ref.digest)
-            if ref.media_type == MSGPACK and store.exists(ref):
-                todo.append(msgpack.unpackb(store.get_bytes(ref), raw=False))
+            if ref.media_type == MSGPACK and store.exists(ref):  # ArtifactTooLarge past the limit: gc stops
+                todo.append(msgpack.unpackb(store.get_bytes(ref, limit=MAX_FOLLOW_BYTES), raw=False))
         elif isinstance(value, dict):
             todo.extend(value.values())
         elif isinstance(value, list):
