@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
-from miniflow.persistence import RunRow
+from miniflow.persistence import RunRow, after_commit
 from miniflow.persistence import repository as repo
 from miniflow.protocol.states import RunStatus, StepStatus
 
@@ -122,6 +122,20 @@ def released(coordinator: Coordinator, conn: Connection, pools: Sequence[str],
     for pool in sorted(set(limited)):
         admit_waiting(coordinator, conn, pool, box)
     return [] if outbox is not None else box.flush()
+
+
+def give_back(coordinator: Coordinator, conn: Connection, limited: list[str]) -> None:
+    """Slots of ``limited`` pools came back in this transaction (or new steps joined their lines):
+    admit the steps waiting for them once it has committed, in a transaction of their own
+    (``coordinator.admit_later``; it takes the pools' rows in order, where this one may hold another
+    pool's), or else in this one."""
+    later, publish = coordinator.admit_later, coordinator.publish
+    if later is not None:
+        after_commit(conn, lambda: later(limited))
+        return
+    sent = released(coordinator, conn, limited)
+    if sent and publish is not None:
+        after_commit(conn, lambda: publish(sent))
 
 
 def pools_of(workflow: Workflow) -> list[str]:

@@ -164,7 +164,7 @@ class Coordinator:
             repo.update_steps(conn, run.id, names, status=StepStatus.QUEUED, attempt=attempt, queued_at=outbox.now,
                               error=None, result_due_at=due, running_attempt=None, note=None)
         if behind:  # their free slots go to the first in line, once what went is counted
-            self._give_back(conn, behind)
+            pools.give_back(self, conn, behind)
         return True
 
     def _fail_undispatchable(self, conn: Connection, run: RunRow, failure: Undispatchable) -> None:
@@ -215,20 +215,8 @@ class Coordinator:
                 sent = self._failed(conn, run, workflow, attempt, decide_failure(workflow, attempt.step, used,
                                                                                   attempt.error, self.rng))
         if row.pool:  # a step of a pool with slots that has ended gives its slot to a step waiting for one
-            self._give_back(conn, [row.pool])
+            pools.give_back(self, conn, [row.pool])
         return sent
-
-    def _give_back(self, conn: Connection, limited: list[str]) -> None:
-        """Slots of ``limited`` pools came back in this transaction: admit the steps waiting for them
-        once it has committed, in a transaction of their own (``admit_later``; it takes the pools'
-        rows in order, where this one may hold another pool's), or else in this one."""
-        later, publish = self.admit_later, self.publish
-        if later is not None:
-            after_commit(conn, lambda: later(limited))
-            return
-        sent = pools.released(self, conn, limited)
-        if sent and publish is not None:
-            after_commit(conn, lambda: publish(sent))
 
     def _succeeded(self, conn: Connection, run: RunRow, workflow: Workflow, attempt: AttemptRow) -> list[Outgoing]:
         outbox = Outbox(conn, self.clock(), self.instrument)
@@ -350,7 +338,7 @@ class Coordinator:
         workflow = self.catalog.workflow(conn, run.workflow, run.version)
         limited = repo.pool_limits(conn, pools.pools_of(workflow)) if workflow is not None and workflow.pooled else {}
         if limited:  # the slots its steps held
-            self._give_back(conn, sorted(limited))
+            pools.give_back(self, conn, sorted(limited))
 
     def cancel(self, conn: Connection, request: CancelRun) -> bool:
         """Cancel a run that has not ended; False when it had already ended (``requests.cancel``)."""
