@@ -36,6 +36,26 @@ def holding(name: str, gate: str) -> str:
     return f"name: {name}\nsteps:\n  - {{name: hold, task: test.gate, queue: slow, config: {{gate: {gate}}}}}\n"
 
 
+def hold_the_slot(engine: EmbeddedEngine, name: str, gate: str) -> str:
+    """Deploy and start a run whose one step holds the pool's only slot until ``GATES[gate]`` is set."""
+    set_slots(engine, "slow", 1)
+    engine.deploy(loads(holding(name, gate)))
+    key = engine.submit(name, {})
+    poll_until(lambda: in_use(engine) == 1, timeout=30, what="the holder to take the slot")
+    return key
+
+
+def wait_in_line(engine: EmbeddedEngine, keys: list[str], step: str) -> None:
+    """Until the runs of ``keys`` each have ``step`` waiting for a slot."""
+    def waiting() -> bool:
+        with engine.db.connect() as conn:
+            ids = [repo.run_id_for_key(conn, k) for k in keys]
+            rows = [repo.get_step(conn, i, step) if i else None for i in ids]
+        return all(r is not None and r.slot_wait_since is not None for r in rows)
+
+    poll_until(waiting, timeout=30, what=f"{len(keys)} run(s) to wait for the slot")
+
+
 def set_slots(engine: EmbeddedEngine, pool: str, slots: int | None) -> None:
     with engine.db.transaction() as conn:
         repo.set_pool_slots(conn, pool, slots, utcnow())
@@ -67,21 +87,12 @@ def test_a_pool_of_two_slots_never_has_more_than_two_steps_out_and_runs_them_all
 
 
 def test_a_failing_step_gives_its_slot_back_and_a_cancelled_run_gives_back_all_of_its(pooled):
-    set_slots(pooled, "slow", 1)
     gate = GATES.setdefault("pool-hold", threading.Event())
-    pooled.deploy(loads(holding("holder", "pool-hold")))
-    pooled.deploy(loads("name: failing\nsteps:\n  - {name: boom, task: test.boom, queue: slow}\n"))
-    pooled.deploy(loads("name: after\nsteps:\n  - {name: echo, task: test.echo, queue: slow}\n"))
-    holder = pooled.submit("holder", {})
-    poll_until(lambda: in_use(pooled) == 1, timeout=30, what="the holder to take the slot")
+    pooled.deploy(loads("name: failing\nsteps:\n  - {name: only, task: test.boom, queue: slow}\n"))
+    pooled.deploy(loads("name: after\nsteps:\n  - {name: only, task: test.echo, queue: slow}\n"))
+    holder = hold_the_slot(pooled, "holder", "pool-hold")
     failing, after = pooled.submit("failing", {}), pooled.submit("after", {})
-
-    def waiting() -> bool:
-        with pooled.db.connect() as conn:
-            ids = [repo.run_id_for_key(conn, k) for k in (failing, after)]
-            return all(i and any(s.slot_wait_since for s in repo.get_steps(conn, i).values()) for i in ids)
-
-    poll_until(waiting, timeout=30, what="both runs to wait for the slot")
+    wait_in_line(pooled, [failing, after], "only")
     with pooled.db.connect() as conn:
         holder_id = repo.run_id_for_key(conn, holder)
     pooled.cancel(holder_id, "make room")
@@ -93,21 +104,11 @@ def test_a_failing_step_gives_its_slot_back_and_a_cancelled_run_gives_back_all_o
 
 
 def test_a_raised_limit_admits_waiting_steps_at_the_reconcilers_next_pass(pooled):
-    set_slots(pooled, "slow", 1)
     gate = GATES.setdefault("pool-raise", threading.Event())
-    pooled.deploy(loads(holding("holder2", "pool-raise")))
     pooled.deploy(loads("name: quick\nsteps:\n  - {name: echo, task: test.echo, queue: slow}\n"))
-    holder = pooled.submit("holder2", {})
-    poll_until(lambda: in_use(pooled) == 1, timeout=30, what="the holder to take the slot")
+    holder = hold_the_slot(pooled, "holder2", "pool-raise")
     quick = pooled.submit("quick", {})
-
-    def waits() -> bool:
-        with pooled.db.connect() as conn:
-            run_id = repo.run_id_for_key(conn, quick)
-            row = repo.get_step(conn, run_id, "echo") if run_id else None
-        return row is not None and row.slot_wait_since is not None
-
-    poll_until(waits, timeout=30, what="the quick run to wait for the slot")
+    wait_in_line(pooled, [quick], "echo")
     set_slots(pooled, "slow", 2)
     assert pooled.node.reconciler is not None
     pooled.node.reconciler.run_once()
@@ -134,20 +135,11 @@ def test_miniflow_pools_set_and_list(tmp_path: Path, monkeypatch):
 
 
 def test_waiting_steps_get_a_freed_slot_by_run_priority_before_steps_that_come_later(pooled):
-    set_slots(pooled, "slow", 1)
     gate = GATES.setdefault("pool-order", threading.Event())
-    pooled.deploy(loads(holding("holder3", "pool-order")))
     pooled.deploy(loads("name: line\nsteps:\n  - {name: echo, task: test.echo, queue: slow}\n"))
-    holder = pooled.submit("holder3", {})
-    poll_until(lambda: in_use(pooled) == 1, timeout=30, what="the holder to take the slot")
+    holder = hold_the_slot(pooled, "holder3", "pool-order")
     low, high = pooled.submit("line", {}, priority=0), pooled.submit("line", {}, priority=9)
-
-    def both_wait() -> bool:
-        with pooled.db.connect() as conn:
-            ids = [repo.run_id_for_key(conn, k) for k in (low, high)]
-            return all(i and (r := repo.get_step(conn, i, "echo")) is not None and r.slot_wait_since for i in ids)
-
-    poll_until(both_wait, timeout=30, what="both runs to wait in line")
+    wait_in_line(pooled, [low, high], "echo")
     gate.set()  # the holder ends: its slot goes to the priority 9 run first, then to the other
     first, second = pooled.wait(high, timeout=30), pooled.wait(low, timeout=30)
     assert pooled.wait(holder, timeout=30).status == "succeeded"
