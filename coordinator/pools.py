@@ -6,9 +6,11 @@ A step of a limited pool that becomes ready takes a free slot and is dispatched,
 ``pending`` with the pool and the time it began to wait on its row, its note saying so (the UI,
 `miniflow why`). A step holds its slot while it is queued (through the backoff of its retries),
 and gives it back when it ends, however it ends (a run cancelled or failed gives back those of its
-steps). In the transaction that gives a slot back, the coordinator admits the waiting steps that
-now have one, higher run priority first, then the longest waiting; the reconciler's pass admits
-again what was skipped (a run another transaction held) or what a raised limit made room for.
+steps). Once the transaction that gives a slot back has committed, the node admits the waiting
+steps that now have one in a transaction of its own (``give_back``: so that no transaction takes
+two pools' rows out of order), higher run priority first, then the longest waiting; a new ready
+step joins the line behind them. The reconciler's pass admits again what was skipped (a run
+another transaction held, a node that died between the two) or what a raised limit made room for.
 Every admission first takes the pool's row (``repository.pools``), so several coordinators decide
 one pool's admissions one at a time and never overshoot.
 """
