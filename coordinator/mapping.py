@@ -216,7 +216,7 @@ def element_result(coordinator: Coordinator, conn: Connection, run: RunRow, work
         if decision.retry_delay is not None:
             repo.update_step(conn, run.id, attempt.step, error=attempt.error, node=attempt.node)
             coordinator.dispatch(conn, outbox, run, workflow, [(attempt.step, attempt.attempt + 1)],
-                                 _other_inputs(conn, run, spec.needs, spec.map), decision.retry_delay,
+                                 other_inputs(conn, run, spec.needs, spec.map), decision.retry_delay,
                                  {attempt.step: {"index": index, "item": row.item}})
             return outbox.flush()
         repo.update_step(conn, run.id, attempt.step, status=StepStatus.FAILED, **ended)
@@ -248,15 +248,17 @@ def _next(coordinator: Coordinator, conn: Connection, outbox: Outbox, run: RunRo
         if row is not None and row.status == StepStatus.PENDING:
             repo.update_step(conn, run.id, step, map_next=following)
             coordinator.dispatch(conn, outbox, run, workflow, [(row.step, row.attempt + 1)],
-                                 _other_inputs(conn, run, spec.needs, spec.map), None,
+                                 other_inputs(conn, run, spec.needs, spec.map), None,
                                  {row.step: {"index": following - 1, "item": row.item}})
             return
     repo.update_step(conn, run.id, step, map_next=following)
 
 
-def _other_inputs(conn: Connection, run: RunRow, needs: Sequence[str], spec: MapSpec) -> dict[str, Any]:
-    """The outputs of a map step's needs but the one it maps over (its elements' inputs)."""
-    found = repo.get_needs(conn, run.id, [need for need in needs if need != spec.over])
+def other_inputs(conn: Connection, run: RunRow, needs: Sequence[str], spec: MapSpec | None) -> dict[str, Any]:
+    """The outputs of a step's needs; of a map step's, all but the one it maps over (its elements'
+    inputs)."""
+    over = spec.over if spec is not None else None
+    found = repo.get_needs(conn, run.id, [need for need in needs if need != over])
     return {name: output for name, (_, output) in found.items()}
 
 

@@ -26,6 +26,7 @@ from miniflow.persistence import RunRow, after_commit
 from miniflow.persistence import repository as repo
 from miniflow.protocol.states import RunStatus, StepStatus
 
+from .mapping import other_inputs
 from .outbox import Outbox, Outgoing
 from .workflow import Workflow, instance_of
 
@@ -107,9 +108,7 @@ def _inputs(conn: Connection, run: RunRow, workflow: Workflow, step: str,
     """The outputs a waiting step's message carries (for an element of a map step, its element)."""
     spec = workflow.spec(step)
     mapped = instance_of(step) if step not in workflow.steps else None
-    over = spec.map.over if mapped is not None and spec.map is not None else None
-    found = repo.get_needs(conn, run.id, [need for need in spec.needs if need != over])
-    outputs = {name: output for name, (_, output) in found.items()}
+    outputs = other_inputs(conn, run, spec.needs, spec.map if mapped is not None else None)
     return outputs, ({step: {"index": mapped[1], "item": item}} if mapped is not None else {})
 
 

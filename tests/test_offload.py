@@ -140,7 +140,7 @@ def test_gc_keeps_what_the_database_refers_to_and_removes_the_rest_past_the_grac
         engine.deploy(loads("name: keep\nsteps:\n  - {name: make, task: test.blob, config: {kib: 8}}\n"))
         run = engine.wait(engine.submit("keep", {}), timeout=30)
         with engine.db.connect() as conn:
-            kept = repo.referenced_digests(conn)
+            kept = keep_set(repo.texts_with_refs(conn), store)
     assert run.status == "succeeded" and len(kept) == 1
     orphan = store.put(b"nothing refers to me" * 100)
     monkeypatch.setenv("MINIFLOW_DATABASE_URL", db_url)

@@ -26,7 +26,7 @@ INSERT ... ON CONFLICT DO NOTHING (Postgres and SQLite alike). Rows come back as
 
 from ..fastpath import batched_writes
 from . import keys, schedules, sessions, workers
-from .artifacts import referenced_digests, texts_with_refs
+from .artifacts import texts_with_refs
 from .attempts import get_attempt, get_attempts, insert_attempt, record_and_lock
 from .cache import cache_clear, cache_get, cache_list, cache_put, cache_stats
 from .counters import Counted, set_counters, step_succeeded
@@ -75,7 +75,7 @@ from .runs import (
 __all__ = [
     "clear_ended", "list_pools", "lock_pool", "lock_run_unless_taken", "pool_limits", "pools_with_waiting_steps",
     "set_pool_slots", "slots_in_use", "waiting_for_slots",
-    "referenced_digests", "texts_with_refs",
+    "texts_with_refs",
     "end_map_instances", "map_element_ended", "map_instances", "map_results",
     "cache_clear", "cache_get", "cache_list", "cache_put", "cache_stats",
     "count_running", "lock_gate", "queued_runs", "workflows_with_queued_runs",

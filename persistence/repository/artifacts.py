@@ -8,7 +8,6 @@ of those tables: an operator's command, not a hot path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from sqlalchemy import Text, cast, select
@@ -18,7 +17,6 @@ from ..artifact_refs import MARKER
 from ..fastpath import flush
 from ..models import run_steps, runs, step_attempts, step_cache
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _COLUMNS = (run_steps.c.output, run_steps.c.item, step_attempts.c.output, step_cache.c.output, runs.c.params)
 
 
@@ -32,9 +30,3 @@ def texts_with_refs(conn: Connection) -> Iterator[str]:
         for (value,) in rows:
             if value:
                 yield str(value)
-
-
-def referenced_digests(conn: Connection) -> set[str]:
-    """Every artifact digest a row of the database refers to itself (not those inside the stored
-    values it refers to: ``persistence.offload.keep_set`` follows those)."""
-    return {digest for text in texts_with_refs(conn) for digest in _DIGEST.findall(text)}
