@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy.engine import Connection
 
-from miniflow.coordinator import Coordinator, Results
+from miniflow.coordinator import Coordinator, Outgoing, Results
 from miniflow.persistence import Database
 from miniflow.persistence.repository import workers as wrepo
 from miniflow.protocol.auth import Capabilities
@@ -34,6 +34,7 @@ from miniflow.protocol.messages import (
 )
 from miniflow.protocol.states import StepStatus
 
+from .combiner import Combiner, Entry
 from .faults import FaultPoints
 from .heartbeat import row_of
 from .metrics import NULL, Metrics
@@ -64,6 +65,10 @@ class CoreHandlers:
         self.advance = advance
         self.faults = faults
         self.emit = emit
+        # results (with the coordinator in-process) and step_finished events of one run, arriving
+        # together, are applied in one transaction: one lock of the run's row and one commit for all
+        self.results_together: Combiner[StepResult] = Combiner(self._record_results)
+        self.events_together: Combiner[StepFinished] = Combiner(self._apply_events)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -115,10 +120,10 @@ class CoreHandlers:
     def step_finished(self, payload: dict[str, Any]) -> None:
         event = StepFinished.from_payload(payload)
         annotate(run_id=event.run_id, step=event.step, attempt=event.attempt)
-        with self._transaction() as conn:
-            outgoing = self.coordinator.step_finished(conn, event)
-        self.faults.hit("coordinator.after_commit")
-        self.relay.publish(outgoing)
+        self.events_together.submit(event.run_id, event)
+
+    def _apply_events(self, entries: Sequence[Entry[StepFinished]]) -> list[BaseException | None]:
+        return self._together(entries, self.coordinator.step_finished, "coordinator.after_commit")
 
     def step_progress(self, payload: dict[str, Any]) -> None:
         event = StepProgress.from_payload(payload)
@@ -134,10 +139,48 @@ class CoreHandlers:
                  outcome=StepStatus.SUCCEEDED if result.ok else StepStatus.FAILED)
         if self.caps is not None:
             self.caps.check(result.cap, result.run_id, result.step, result.attempt)
-        with self._transaction() as conn:
-            outgoing = self.results.record(conn, result, advance=self.advance)
-        self.faults.hit("results.after_commit")
-        self.relay.publish(outgoing)
+        if not self.advance:  # recording alone takes no lock of the run: nothing to combine
+            with self._transaction() as conn:
+                outgoing = self.results.record(conn, result)
+            self.faults.hit("results.after_commit")
+            self.relay.publish(outgoing)
+            return
+        self.results_together.submit(result.run_id, result)
+
+    def _record_results(self, entries: Sequence[Entry[StepResult]]) -> list[BaseException | None]:
+        return self._together(entries, lambda conn, result: self.results.record(conn, result, advance=True),
+                              "results.after_commit")
+
+    def _together(self, entries: Sequence[Entry[Any]], apply: Callable[[Connection, Any], list[Outgoing]],
+                  fault: str) -> list[BaseException | None]:
+        """Apply the entries (of one run) in one transaction, each in its submitter's context (its
+        trace span), and publish what they queued once it has committed. If the transaction fails,
+        each entry is applied again in one of its own, so each message meets its own error."""
+        self.metrics.run_batch(len(entries))
+        try:
+            with self._transaction() as conn:
+                outgoing = [sent for entry in entries for sent in entry.context.run(apply, conn, entry.item)]
+        except Exception as exc:  # noqa: BLE001 - each entry's own message raises its error
+            if len(entries) == 1:
+                return [exc]
+            return [self._alone(entry, apply, fault) for entry in entries]
+        self.faults.hit(fault)
+        try:
+            self.relay.publish(outgoing)
+        except Exception as exc:  # noqa: BLE001 - committed: the messages redeliver, the outbox resends
+            return [exc] * len(entries)
+        return [None] * len(entries)
+
+    def _alone(self, entry: Entry[Any], apply: Callable[[Connection, Any], list[Outgoing]],
+               fault: str) -> BaseException | None:
+        try:
+            with self._transaction() as conn:
+                outgoing = entry.context.run(apply, conn, entry.item)
+            self.faults.hit(fault)
+            self.relay.publish(outgoing)
+        except Exception as exc:  # noqa: BLE001 - raised by the entry's own thread
+            return exc
+        return None
 
     def record_dead_letter(self, payload: dict[str, Any]) -> None:
         report = DeadLetterReport.from_payload(payload)

@@ -19,6 +19,8 @@ are never labels.
     miniflow_dead_letters_total            counter    reason                      results (archived letters)
     miniflow_outbox_backlog                gauge                                  coordinator, api (when scraped)
     miniflow_outbox_publish_seconds        histogram                              coordinator, results, timer
+    miniflow_run_batch_size                histogram                              coordinator (results or events
+                                                                                  of one run in one transaction)
     miniflow_reconciler_repairs_total      counter    kind                        coordinator
     miniflow_cron_fire_lateness_seconds    histogram                              timer
     miniflow_reconnects_total              counter    service (broker, database)  every process
@@ -54,12 +56,14 @@ OTHER = "_other"
 # that every scrape renders, under the GIL the worker threads need).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 300, 3600)
 LATENCY_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 NAMES = (
     "miniflow_build_info", "miniflow_runs_started_total", "miniflow_runs_finished_total",
     "miniflow_step_attempts_total", "miniflow_step_retries_total", "miniflow_step_duration_seconds",
     "miniflow_step_queue_wait_seconds", "miniflow_messages_total", "miniflow_messages_rejected_total",
     "miniflow_dead_letters_total", "miniflow_outbox_backlog", "miniflow_outbox_publish_seconds",
+    "miniflow_run_batch_size",
     "miniflow_reconciler_repairs_total", "miniflow_cron_fire_lateness_seconds", "miniflow_reconnects_total",
     "miniflow_worker_threads", "miniflow_worker_threads_busy", "miniflow_queue_messages",
     "miniflow_queue_consumers", "miniflow_workers", "miniflow_runs_active", "miniflow_oldest_active_run_seconds",
@@ -114,6 +118,8 @@ class Metrics:
                              registry=r)
         self._publish = Histogram("miniflow_outbox_publish_seconds", "Publishing a batch of committed messages",
                                   buckets=LATENCY_BUCKETS, registry=r)
+        self._batch = Histogram("miniflow_run_batch_size", "Results or events of one run applied in one transaction",
+                                buckets=BATCH_BUCKETS, registry=r)
         self._repairs = Counter("miniflow_reconciler_repairs", "Runs and steps repaired by the reconciler", ["kind"],
                                 registry=r)
         self._lateness = Histogram("miniflow_cron_fire_lateness_seconds", "Cron fire time minus its due time",
@@ -187,6 +193,9 @@ class Metrics:
 
     def outbox(self, publish_s: float) -> None:
         self._publish.observe(publish_s)
+
+    def run_batch(self, size: int) -> None:
+        self._batch.observe(size)
 
     def cron_fired(self, lateness_s: float) -> None:
         self._lateness.observe(max(lateness_s, 0.0))
