@@ -94,7 +94,8 @@ class CoreHandlers:
         self.relay.publish(outcome.outgoing)
         if outcome.created:
             self.metrics.run_started(start.workflow)
-            logger.info("run %s of %s started", outcome.run_id, start.workflow)
+            logger.info("run %s of %s %s", outcome.run_id, start.workflow,
+                        "queued: no room under its concurrency limits" if outcome.queued else "started")
             self.emit("run_started", run_id=outcome.run_id, workflow=start.workflow)
         else:
             logger.info("duplicate start of %s: run %s exists", start.workflow, outcome.run_id)

@@ -57,6 +57,7 @@ class StartOutcome:
     run_id: str
     created: bool
     outgoing: list[Outgoing]
+    queued: bool = False  # created, but waiting for room under its workflow's concurrency limits
 
 
 class Coordinator:
@@ -114,11 +115,10 @@ class Coordinator:
         if limited or workflow.conditional_roots or workflow.cached or slotted:  # all pending: roots judged first
             repo.insert_steps(conn, [StepRow(run.id, name, StepStatus.PENDING, waiting=len(spec.needs))
                                      for name, spec in workflow.steps.items()])
-            if not limited or may_begin(conn, workflow, concurrency_key, now):
+            began = not limited or may_begin(conn, workflow, concurrency_key, now)
+            if began:
                 self.begin(conn, outbox, run, workflow)
-            else:
-                logger.info("run %s of %s queued: no room under its concurrency limits", run.id, workflow.name)
-            return StartOutcome(run.id, True, outbox.flush())
+            return StartOutcome(run.id, True, outbox.flush(), queued=not began)
         plan = prepare(self, outbox, run, workflow, [(step, 1) for step in workflow.roots()], {}, None, {})
         queued = {} if isinstance(plan, Undispatchable) else \
             {name: (attempt, due) for (attempt, due), names in plan.items() for name in names}

@@ -5,6 +5,7 @@ has two coordinators on real services)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from datetime import datetime
@@ -61,14 +62,18 @@ def opened(gate: str) -> None:
     GATES.setdefault(gate, threading.Event()).set()
 
 
-def test_max_active_runs_2_with_10_starts_never_runs_more_than_2_and_ends_all_10(engine):
+def test_max_active_runs_2_with_10_starts_never_runs_more_than_2_and_ends_all_10(engine, caplog):
     gate = f"limit-{uuid.uuid4()}"
     engine.deploy(loads(held(gate, "{max_active_runs: 2}")))
+    caplog.set_level(logging.INFO, "miniflow.actors")
     keys = [engine.submit("limited") for _ in range(10)]
     try:
         poll_until(lambda: len(runs_by_status(engine).get("queued", [])) == 8 or None, timeout=20)
         by = runs_by_status(engine)
         assert len(by["running"]) == 2 and len(by["queued"]) == 8
+        said = {r.getMessage().split()[1]: r.getMessage() for r in caplog.records if r.getMessage().startswith("run ")}
+        assert all(said[run.id].endswith(" started") for run in by["running"])  # the handler says which
+        assert all(said[run.id].endswith("queued: no room under its concurrency limits") for run in by["queued"])
         with engine.db.connect() as conn:  # nothing of a queued run is dispatched, and it has no deadline
             for run in by["queued"]:
                 assert run.started_at is None and run.deadline_at is None
