@@ -18,6 +18,8 @@ Measures (full persistence in Postgres, workers as separate processes):
   auth          diamond-10 and chain-10 signed and with MINIFLOW_AUTH=off, alternated 3 times (A/B)
   memory        peak RSS of each worker process
   cron          fire lateness of a per-second schedule over 70 ticks (bench/cron_lateness.py)
+  peers         Celery on the same RabbitMQ, Redis and Postgres result backends: diamond-10 and chain-10,
+                and MiniFlow's ratio to each (bench/celery_peer.py; --skip-peers leaves it out)
 Writes bench/results.json and prints a table with each figure's ratio to the baseline.
 """
 
@@ -354,6 +356,87 @@ def auth_ab(env: dict[str, str], threads: int) -> dict[str, float]:
             "chain10_ms_per_step_added": round(on["chain"] - off["chain"], 2)}
 
 
+def deploy_all(env: dict[str, str], namespace: str) -> None:
+    wide = [(f"fanout{w}", fanout_workflow(w)) for w in FANOUT_WIDTHS]
+    wide.append((f"fanout{FANOUT_WIDTHS[-1]}join", fanout_workflow(FANOUT_WIDTHS[-1], join=True)))
+    wide.append(("map1000", MAP_1000))
+    for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), *wide):
+        path = Path(f"/tmp/{namespace}-{name}.yaml")
+        path.write_text(text)
+        miniflow(env, "deploy", str(path))
+
+
+def miniflow_figures(env: dict[str, str], args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """diamond-10, memory, chain-10 and start latency, the wide runs; then (not --quick) fan-out-100,
+    the API's figures and the scale curve: one cluster, plain settings."""
+    cluster = Cluster(env, args.threads)
+    try:
+        diamond(env, 20)  # warm-up: connections, caches
+        results["diamond10"] = diamond(env, args.runs)
+        print(f"diamond-10: {results['diamond10']}", flush=True)
+        results["rss_mb"] = cluster.rss()
+        results.update(chain_and_start_latency(env, args.chain_runs))
+        if args.quick:
+            results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
+            return
+        results.update(fanout(env, FANOUT_RUNS))
+        print(f"fan-out-100: {results['fanout100_s_median']} s", flush=True)
+        results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
+        results.update(api_figures(env, args.chain_runs))
+        print(f"api: start latency {results['api_start_latency_ms_median']} ms, GET /runs/{{id}} "
+              f"{results['api_get_run_per_s_1_clients']} / {results['api_get_run_per_s_4_clients']} per s",
+              flush=True)
+        results["scale"] = scale(env, cluster, args.threads)
+    finally:
+        cluster.stop()
+
+
+def side_figures(env: dict[str, str], args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """diamond-10 with tracing exporting, signed and not, with metrics scraped, with every step
+    reporting running: each on a cluster of its own."""
+    from miniflow.ops.tracesink import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        traced_env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+        cluster = Cluster(traced_env, args.threads)
+        try:
+            diamond(env, 20)
+            results["diamond10_traced"] = diamond(env, args.runs)
+            results["diamond10_traced"]["spans_received"] = len(receiver.spans)
+        finally:
+            cluster.stop()
+    results["auth"] = auth_ab(env, args.threads)
+    results["metrics"] = metrics_ab(env, args.threads)
+    # Worst case of the "running" reports: every step reports, however short (by default a
+    # step reports only when still running after 0.2 s, so no-op steps send nothing).
+    cluster = Cluster(env, args.threads, "--report-running-after", "0")
+    try:
+        diamond(env, 20)
+        results["diamond10_running_reports"] = diamond(env, args.runs)
+    finally:
+        cluster.stop()
+
+
+def peer_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """Celery on the same RabbitMQ with a Redis and a Postgres result backend (bench/celery_peer.py),
+    and MiniFlow's ratio to each: diamond-10 steps/s (above 1: MiniFlow leads) and chain-10 ms per
+    step (below 1: MiniFlow leads)."""
+    from bench.celery_peer import peers
+
+    with scratch_database() as peer_db:
+        figures = peers(peer_db)
+    ours_steps, ours_chain = results["diamond10"]["steps_per_s"], results["chain10_ms_per_step_median"]
+    for backend in ("redis", "postgres"):
+        theirs = figures[backend]
+        theirs["miniflow_diamond10_ratio"] = round(ours_steps / theirs["diamond10"]["steps_per_s"], 2)
+        theirs["miniflow_chain10_ratio"] = round(ours_chain / theirs["chain10_ms_per_step_median"], 2)
+        print(f"celery {figures['celery']}, {backend} results: diamond-10 {theirs['diamond10']['steps_per_s']} "
+              f"steps/s (MiniFlow {theirs['miniflow_diamond10_ratio']}x), chain-10 "
+              f"{theirs['chain10_ms_per_step_median']} ms/step (MiniFlow {theirs['miniflow_chain10_ratio']}x)",
+              flush=True)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200, help="diamond-10 runs started at once")
@@ -364,8 +447,10 @@ def main() -> int:
     parser.add_argument("--skip-cron", action="store_true", help="leave out the 70 s cron lateness run")
     parser.add_argument("--skip-ui", action="store_true", help="leave out the web UI's first render (100k runs)")
     parser.add_argument("--skip-scenarios", action="store_true", help="leave out the test engine's suite figure")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="leave out Celery on the same broker and its ratios (bench/celery_peer.py)")
     parser.add_argument("--quick", action="store_true",
-                        help="only the baseline, diamond-10, chain-10 and the wide runs' growth curve (a quick check)")
+                        help="only the baseline, diamond-10, chain-10, the wide runs and the peers (a quick check)")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -378,60 +463,19 @@ def main() -> int:
     print(f"raw dramatiq: {base['drain_msgs_per_s']:.0f} msg/s, hop {base['hop_ms_median']:.2f} ms, with confirms "
           f"and priorities {base['confirmed_hop_ms_median']:.2f} ms", flush=True)
 
-    from miniflow.ops.tracesink import OtlpReceiver
-
     namespace = f"bench_{uuid.uuid4().hex[:6]}"
     with scratch_database() as db:
         env = bench_env(namespace, db)
         try:
             env = provision(env)
-            wide = [(f"fanout{w}", fanout_workflow(w)) for w in FANOUT_WIDTHS]
-            wide.append((f"fanout{FANOUT_WIDTHS[-1]}join", fanout_workflow(FANOUT_WIDTHS[-1], join=True)))
-            wide.append(("map1000", MAP_1000))
-            for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), *wide):
-                path = Path(f"/tmp/{namespace}-{name}.yaml")
-                path.write_text(text)
-                miniflow(env, "deploy", str(path))
-            cluster = Cluster(env, args.threads)
-            try:
-                diamond(env, 20)  # warm-up: connections, caches
-                results["diamond10"] = diamond(env, args.runs)
-                print(f"diamond-10: {results['diamond10']}", flush=True)
-                results["rss_mb"] = cluster.rss()
-                results.update(chain_and_start_latency(env, args.chain_runs))
-                if args.quick:
-                    results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
-                    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2), flush=True)
-                    return 0
-                results.update(fanout(env, FANOUT_RUNS))
-                print(f"fan-out-100: {results['fanout100_s_median']} s", flush=True)
-                results["wide_runs"] = wide_runs(env, results["diamond10"]["steps_per_s"])
-                results.update(api_figures(env, args.chain_runs))
-                print(f"api: start latency {results['api_start_latency_ms_median']} ms, GET /runs/{{id}} "
-                      f"{results['api_get_run_per_s_1_clients']} / {results['api_get_run_per_s_4_clients']} per s",
-                      flush=True)
-                results["scale"] = scale(env, cluster, args.threads)
-            finally:
-                cluster.stop()
-            with OtlpReceiver() as receiver:
-                traced_env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-                cluster = Cluster(traced_env, args.threads)
-                try:
-                    diamond(env, 20)
-                    results["diamond10_traced"] = diamond(env, args.runs)
-                    results["diamond10_traced"]["spans_received"] = len(receiver.spans)
-                finally:
-                    cluster.stop()
-            results["auth"] = auth_ab(env, args.threads)
-            results["metrics"] = metrics_ab(env, args.threads)
-            # Worst case of the "running" reports: every step reports, however short (by default a
-            # step reports only when still running after 0.2 s, so no-op steps send nothing).
-            cluster = Cluster(env, args.threads, "--report-running-after", "0")
-            try:
-                diamond(env, 20)
-                results["diamond10_running_reports"] = diamond(env, args.runs)
-            finally:
-                cluster.stop()
+            deploy_all(env, namespace)
+            miniflow_figures(env, args, results)
+            if not args.skip_peers:  # minutes after MiniFlow's own figures, with its workers stopped
+                results["peers"] = peer_figures(results)
+            if args.quick:
+                print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2), flush=True)
+                return 0
+            side_figures(env, args, results)
         finally:
             delete_queues(namespace)
 
@@ -506,6 +550,13 @@ def print_table(r: dict[str, Any]) -> None:
         *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",
            f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal")
           for n, v in r["scale"].items()],
+        *[(f"Celery {r['peers']['celery']} ({r['peers']['pool']} x {r['peers']['concurrency']}), {backend} results: "
+            "diamond-10 steps/s / chain-10 ms per step",
+            f"{r['peers'][backend]['diamond10']['steps_per_s']:.0f} / "
+            f"{r['peers'][backend]['chain10_ms_per_step_median']:.2f}",
+            f"MiniFlow {r['peers'][backend]['miniflow_diamond10_ratio']:.2f}x the steps/s, "
+            f"{r['peers'][backend]['miniflow_chain10_ratio']:.2f}x the ms per step")
+          for backend in (("redis", "postgres") if "peers" in r else ())],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
         ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
