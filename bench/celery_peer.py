@@ -9,8 +9,9 @@ MiniFlow persists into). The same two workloads as MiniFlow's:
                time per step is (last end - first start) / 9, as MiniFlow's chain-10 is measured
 
 Celery runs as its users get it: the default prefork pool with one process per core, its default
-acknowledgement (early: before the task runs) and prefetch. Nothing of it is imported by MiniFlow;
-it is a dev dependency (pyproject's `dev` extra).
+acknowledgement (early: before the task runs) and prefetch; and once more on Redis "durable", with
+the settings that give it MiniFlow's delivery guarantee (acks late, reject on worker lost, publisher
+confirms). Nothing of it is imported by MiniFlow; it is a dev dependency (pyproject's `dev` extra).
 
     python -m bench.celery_peer            both backends, a JSON line per backend
 """
@@ -155,6 +156,7 @@ def peers(database_dsn: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {"celery": celery.__version__, "pool": "prefork", "concurrency": os.cpu_count()}
     out["redis"] = measure(REDIS_URL)
+    out["redis_durable"] = measure(REDIS_URL, durable=True)
     out["postgres"] = measure("db+" + database_dsn.replace("postgresql://", "postgresql+psycopg2://", 1))
     return out
 

@@ -83,6 +83,9 @@ CHAIN = "name: bench-chain\nsteps:\n  - {name: s0, task: bench.noop}\n" + "".joi
     f"  - {{name: s{i}, task: bench.noop, needs: [s{i - 1}]}}\n" for i in range(1, 10))
 
 
+PEER_BACKENDS = ("redis", "redis_durable", "postgres")  # Celery's result backends (and settings) measured
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
@@ -426,7 +429,7 @@ def peer_figures(results: dict[str, Any]) -> dict[str, Any]:
     with scratch_database() as peer_db:
         figures = peers(peer_db)
     ours_steps, ours_chain = results["diamond10"]["steps_per_s"], results["chain10_ms_per_step_median"]
-    for backend in ("redis", "postgres"):
+    for backend in PEER_BACKENDS:
         theirs = figures[backend]
         theirs["miniflow_diamond10_ratio"] = round(ours_steps / theirs["diamond10"]["steps_per_s"], 2)
         theirs["miniflow_chain10_ratio"] = round(ours_chain / theirs["chain10_ms_per_step_median"], 2)
@@ -556,7 +559,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{r['peers'][backend]['chain10_ms_per_step_median']:.2f}",
             f"MiniFlow {r['peers'][backend]['miniflow_diamond10_ratio']:.2f}x the steps/s, "
             f"{r['peers'][backend]['miniflow_chain10_ratio']:.2f}x the ms per step")
-          for backend in (("redis", "postgres") if "peers" in r else ())],
+          for backend in (PEER_BACKENDS if "peers" in r else ())],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
         ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
