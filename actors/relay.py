@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,8 @@ logger = logging.getLogger("miniflow.relay")
 DELETE_BATCH_WINDOW_S = 0.05  # published rows are deleted in one statement per window
 SWEEP_BATCH = 50  # stale rows claimed, published and deleted per transaction
 SWEEP_TX_BUDGET_S = 2.0  # publishing inside one sweep transaction stops after this long
+SPREAD_FROM = 64  # a batch of at least this many messages is published by PUBLISHERS threads at once
+PUBLISHERS = 4
 
 
 class Relay:
@@ -52,19 +55,21 @@ class Relay:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._published: list[str] = []
+        self._publishers: ThreadPoolExecutor | None = None  # started on the first long batch
         self._thread: threading.Thread | None = None
 
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Publish committed outbox messages (confirmed); their rows are deleted in batches by the
-        background thread, a few milliseconds later, instead of one more commit per message."""
+        background thread, a few milliseconds later, instead of one more commit per message. A long
+        batch (a wide run's start) is spread over a few publisher threads, each on a channel of its
+        own, so that their confirm waits overlap; it returns once all of them are confirmed."""
         if not items:
             return
         began = time.monotonic() if self.metrics.enabled else 0.0
-        for item in items:
-            if item.envelope is not None:  # fresh from this process: no need to decode the stored bytes
-                publish(self.broker, as_message(item.envelope), delay=item.delay_ms)
-            else:
-                self._send(item.body, item.delay_ms)
+        if len(items) >= SPREAD_FROM:
+            self._spread(items)
+        else:
+            self._publish_all(items)
         self.faults.hit("coordinator.after_publish")
         if began:
             self.metrics.outbox(publish_s=time.monotonic() - began)
@@ -72,6 +77,27 @@ class Relay:
         with self._lock:
             self._published.extend(item.message_id for item in items)
         self._wake.set()
+
+    def _publish_all(self, items: Sequence[Outgoing]) -> None:
+        for item in items:
+            if item.envelope is not None:  # fresh from this process: no need to decode the stored bytes
+                publish(self.broker, as_message(item.envelope), delay=item.delay_ms)
+            else:
+                self._send(item.body, item.delay_ms)
+
+    def _spread(self, items: Sequence[Outgoing]) -> None:
+        """Publish ``items`` in PUBLISHERS contiguous parts at once; the first error, once all ended
+        (a part that failed is left to the sweeper, as a failed publish always is)."""
+        with self._lock:
+            if self._publishers is None:
+                self._publishers = ThreadPoolExecutor(PUBLISHERS, thread_name_prefix="miniflow-publisher")
+            pool = self._publishers
+        size = -(-len(items) // PUBLISHERS)
+        parts = [pool.submit(self._publish_all, items[i:i + size]) for i in range(0, len(items), size)]
+        errors = [part.exception() for part in parts]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def delete_published(self) -> int:
         """Delete the rows of messages already published; returns how many."""
@@ -150,6 +176,9 @@ class Relay:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._publishers is not None:
+            self._publishers.shutdown(wait=True)
+            self._publishers = None
         try:
             self.delete_published()
         except Exception as exc:  # noqa: BLE001 - stopping anyway; the rows are re-sent when stale

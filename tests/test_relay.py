@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+from dramatiq.errors import BrokerConnectionError
+
 from miniflow.actors.broker import declare_topology, make_broker
-from miniflow.actors.relay import SWEEP_BATCH, Relay
-from miniflow.coordinator import Outbox
+from miniflow.actors.relay import PUBLISHERS, SPREAD_FROM, SWEEP_BATCH, Relay
+from miniflow.coordinator import Outbox, Outgoing
 from miniflow.persistence import Database
 from miniflow.persistence import repository as repo
+from miniflow.protocol import codec
 from miniflow.protocol.clock import utcnow
+from miniflow.protocol.errors import BrokerUnavailable
 from miniflow.protocol.messages import StepFinished
 from miniflow.protocol.names import STEP_FINISHED, QueueNames
 
@@ -73,5 +79,75 @@ def test_a_relay_sweeps_only_its_own_namespace_of_a_shared_database(tmp_path: Pa
         with db.connect() as conn:
             assert repo.count_outbox(conn) == 2  # the others wait for their own namespace's relays
     finally:
+        broker.close()
+        db.dispose()
+
+
+def long_batch(db: Database, names: QueueNames, count: int) -> list[Outgoing]:
+    with db.transaction() as conn:
+        outbox = Outbox(conn, utcnow())
+        for i in range(count):
+            outbox.add(names.coordinator, STEP_FINISHED, StepFinished(f"run-{i}", "a", 1).to_payload())
+        return outbox.flush()
+
+
+def test_a_long_batch_goes_out_over_several_publisher_threads_each_message_once(tmp_path: Path):
+    names = QueueNames("spread")
+    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    db.upgrade()
+    broker = make_broker(None, names)
+    declare_topology(broker, names)
+    threads: set[str] = set()
+    enqueue = broker.enqueue
+
+    def recording(message, *, delay=None):  # noqa: ANN001, ANN202
+        threads.add(threading.current_thread().name)
+        return enqueue(message, delay=delay)
+
+    broker.enqueue = recording  # type: ignore[method-assign]
+    relay = Relay(broker, db)
+    try:
+        items = long_batch(db, names, SPREAD_FROM * 3)
+        relay.publish(items)
+        queue = broker.queues[names.coordinator]
+        sent = [queue.get_nowait() for _ in range(queue.qsize())]
+        assert sorted(codec.unpack(m)["message_id"] for m in sent) == sorted(i.message_id for i in items)
+        # on publisher threads (up to PUBLISHERS of them: an idle one takes the next part)
+        assert 1 <= len(threads) <= PUBLISHERS and all(t.startswith("miniflow-publisher") for t in threads)
+        assert relay.delete_published() == len(items)  # all confirmed, all rows deleted
+        threads.clear()
+        relay.publish(long_batch(db, names, SPREAD_FROM - 1))  # a short one: this thread, in order
+        assert threads == {threading.current_thread().name}
+    finally:
+        relay.stop()
+        broker.close()
+        db.dispose()
+
+
+def test_a_part_of_a_long_batch_that_fails_raises_and_leaves_every_row_for_the_sweeper(tmp_path: Path):
+    names = QueueNames("spread")
+    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    db.upgrade()
+    broker = make_broker(None, names)
+    declare_topology(broker, names)
+    items = long_batch(db, names, SPREAD_FROM * 2)
+    failing = items[-1].message_id
+    enqueue = broker.enqueue
+
+    def flaky(message, *, delay=None):  # noqa: ANN001, ANN202
+        if message.message_id == failing:
+            raise BrokerConnectionError("connection reset")
+        return enqueue(message, delay=delay)
+
+    broker.enqueue = flaky  # type: ignore[method-assign]
+    relay = Relay(broker, db)
+    try:
+        with pytest.raises(BrokerUnavailable, match=failing):
+            relay.publish(items)
+        assert relay.delete_published() == 0
+        with db.connect() as conn:
+            assert repo.count_outbox(conn) == len(items)  # the sweeper sends them when stale; consumers dedupe
+    finally:
+        relay.stop()
         broker.close()
         db.dispose()
