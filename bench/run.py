@@ -140,6 +140,14 @@ class Cluster:
         self.coordinator.stop()
         self.executor.stop()
 
+    def spans_lost(self) -> int:
+        """Spans the stopped workers say they lost ("tracing: N of M spans lost"; none said: none)."""
+        lost = 0
+        for worker in (self.coordinator, self.executor):
+            worker.pumped.wait(10)
+            lost += sum(int(line.split("tracing: ", 1)[1].split()[0]) for line in worker.lines if "spans lost" in line)
+        return lost
+
 
 def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> dict[str, float]:
     from miniflow.protocol.publisher import Publisher
@@ -394,20 +402,29 @@ def miniflow_figures(env: dict[str, str], args: argparse.Namespace, results: dic
         cluster.stop()
 
 
-def side_figures(env: dict[str, str], args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """diamond-10 with tracing exporting, signed and not, with metrics scraped, with every step
-    reporting running: each on a cluster of its own."""
+def traced_diamond(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """diamond-10 with every process exporting spans to a receiver; the spans it received once the
+    workers have stopped (and flushed), and those the workers say they lost (dropped or refused)."""
     from miniflow.ops.tracesink import OtlpReceiver
 
     with OtlpReceiver() as receiver:
-        traced_env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-        cluster = Cluster(traced_env, args.threads)
+        cluster = Cluster(dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint), args.threads)
         try:
             diamond(env, 20)
-            results["diamond10_traced"] = diamond(env, args.runs)
-            results["diamond10_traced"]["spans_received"] = len(receiver.spans)
+            figures: dict[str, Any] = diamond(env, args.runs)
         finally:
             cluster.stop()
+        figures["spans_received"] = len(receiver.spans)
+    figures["spans_lost"] = cluster.spans_lost()
+    return figures
+
+
+def side_figures(env: dict[str, str], args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """diamond-10 with tracing exporting, signed and not, with metrics scraped, with every step
+    reporting running: each on a cluster of its own."""
+    for key, extra in (("diamond10_traced", {}), ("diamond10_traced_sql", {"MINIFLOW_TRACE_SQL": "on"})):
+        results[key] = traced_diamond(dict(env, **extra), args)
+        print(f"{key}: {results[key]}", flush=True)
     results["auth"] = auth_ab(env, args.threads)
     results["metrics"] = metrics_ab(env, args.threads)
     # Worst case of the "running" reports: every step reports, however short (by default a
@@ -510,6 +527,7 @@ def main() -> int:
         "chain10_ms_per_step_vs_confirmed_hop": round(
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
         "tracing_on_vs_off": round(traced / steps, 3),
+        "tracing_sql_vs_off": round(results["diamond10_traced_sql"]["steps_per_s"] / steps, 3),
         "auth_on_vs_off": results["auth"]["diamond10_on_vs_off"],
         "metrics_on_vs_off": results["metrics"]["diamond10_on_vs_off"],
         "auth_cost_ms_per_step_chain": results["auth"]["chain10_ms_per_step_added"],
@@ -562,6 +580,11 @@ def print_table(r: dict[str, Any]) -> None:
           for backend in (PEER_BACKENDS if "peers" in r else ())],
         ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
          f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
+        ("diamond-10 steps/s, tracing exporting with MINIFLOW_TRACE_SQL=on",
+         f"{r['diamond10_traced_sql']['steps_per_s']:.0f}", f"{r['ratios']['tracing_sql_vs_off']:.2f} of tracing off"),
+        ("spans received / lost by the workers (tracing, SQL spans on)",
+         f"{r['diamond10_traced']['spans_received']} / {r['diamond10_traced']['spans_lost']}",
+         f"{r['diamond10_traced_sql']['spans_received']} / {r['diamond10_traced_sql']['spans_lost']}"),
         ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
          f"{r['auth']['diamond10_steps_per_s_on']:.0f} / {r['auth']['diamond10_steps_per_s_off']:.0f}",
          f"signed is {r['ratios']['auth_on_vs_off']:.2f} of off"),

@@ -30,17 +30,21 @@ class MiniflowProcess:
                                      stdout=self._log, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
         self.ready = threading.Event()
         self.lines: list[str] = []
+        self.pumped = threading.Event()  # set once the process's stderr has ended (every line is in)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
         marker = f"miniflow {self.COMMAND} ready"
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._log.write(line)
-            self._log.flush()
-            if marker in line:
-                self.ready.set()
+        try:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                self._log.write(line)
+                self._log.flush()
+                if marker in line:
+                    self.ready.set()
+        finally:
+            self.pumped.set()
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until the process printed its ready line; AssertionError (with its last lines) if not."""

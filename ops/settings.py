@@ -7,6 +7,7 @@
     MINIFLOW_LOG_LEVEL      DEBUG, INFO, WARNING (default), ERROR
     MINIFLOW_LOG_FORMAT     text (default) or json
     MINIFLOW_JAEGER_URL     base URL of a Jaeger UI: `miniflow runs show` then links a run's trace
+    MINIFLOW_TRACE_SQL      on: a span per database statement, when tracing exports (default off)
     MINIFLOW_DATA_KEY       a data key (base64url of 32 bytes) that seals secret params at rest
     MINIFLOW_DATA_KEY_FILE  a file of data keys, one `id:key` per line, the first current (rotation)
     MINIFLOW_DEAD_LETTER_DAYS  how long archived rejected messages are kept (default 30)
@@ -61,7 +62,7 @@ KNOWN = {"MINIFLOW_BROKER_URL", "MINIFLOW_DATABASE_URL", "MINIFLOW_NAMESPACE", "
          "MINIFLOW_LOG_FORMAT", "MINIFLOW_JAEGER_URL", "MINIFLOW_DATA_KEY", "MINIFLOW_DATA_KEY_FILE",
          "MINIFLOW_DEAD_LETTER_DAYS", "MINIFLOW_AUTH", "MINIFLOW_SIGNED_STARTS", "MINIFLOW_KEY", "MINIFLOW_KEY_FILE",
          "MINIFLOW_CORE_PUBLIC_KEYS", "MINIFLOW_API_URL", "MINIFLOW_METRICS_PORT", "MINIFLOW_RABBITMQ_API_URL",
-         "MINIFLOW_ARTIFACTS", "MINIFLOW_ARTIFACT_THRESHOLD"}
+         "MINIFLOW_ARTIFACTS", "MINIFLOW_ARTIFACT_THRESHOLD", "MINIFLOW_TRACE_SQL"}
 TEST_ONLY = {"MINIFLOW_TEST_FAULTPOINT", "MINIFLOW_TEST_HOLD_DIR", "MINIFLOW_TEST_BROKER_URL",
              "MINIFLOW_TEST_DATABASE_URL", "MINIFLOW_TEST_NO_DOCKER", "MINIFLOW_BENCH_BROKER_URL",
              "MINIFLOW_BENCH_ADMIN_DSN"}
@@ -88,6 +89,7 @@ class Settings:
     client_key: ClientKey | None = field(default=None, repr=False)  # MINIFLOW_KEY(_FILE)
     core_public_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     metrics_port: int | None = None  # MINIFLOW_METRICS_PORT
+    trace_sql: bool = False  # MINIFLOW_TRACE_SQL
     rabbitmq_api_url: str | None = None  # MINIFLOW_RABBITMQ_API_URL
     artifacts_url: str = DEFAULT_ARTIFACTS  # MINIFLOW_ARTIFACTS
     artifact_threshold: int = DEFAULT_ARTIFACT_THRESHOLD  # MINIFLOW_ARTIFACT_THRESHOLD
@@ -174,7 +176,10 @@ def _monitoring(env: Mapping[str, str]) -> dict[str, Any]:
     api = (env.get("MINIFLOW_RABBITMQ_API_URL") or "").rstrip("/") or None
     if api is not None and not api.startswith(("http://", "https://")):
         raise ConfigError(f"MINIFLOW_RABBITMQ_API_URL {mask_url(api)!r} must start with http:// or https://")
-    return {"metrics_port": port, "rabbitmq_api_url": api}
+    sql = (env.get("MINIFLOW_TRACE_SQL") or "off").lower()
+    if sql not in ("on", "off"):
+        raise ConfigError(f"MINIFLOW_TRACE_SQL {sql[:20]!r} must be on or off")
+    return {"metrics_port": port, "rabbitmq_api_url": api, "trace_sql": sql == "on"}
 
 
 def _auth(env: Mapping[str, str]) -> dict[str, Any]:

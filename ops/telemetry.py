@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,11 +21,58 @@ from opentelemetry import trace
 logger = logging.getLogger("miniflow.telemetry")
 
 
-class Telemetry:
-    """The installed tracer provider (or none); ``shutdown()`` flushes what is buffered."""
+class SpanCounts:
+    """Spans this process ended (sampled) and what became of them: exported, or refused by the
+    collector. The rest were dropped by the batch processor, whose queue was full
+    (OTEL_BSP_MAX_QUEUE_SIZE), or are still queued; after shutdown's flush, none are."""
 
-    def __init__(self, provider: Any = None) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ended = self.exported = self.failed = 0
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+    @property
+    def dropped(self) -> int:
+        return max(0, self.ended - self.exported - self.failed)
+
+
+def _counting(counts: SpanCounts, exporter: Any) -> tuple[Any, Any]:
+    """A processor that counts ended spans (ahead of the batch processor) and an exporter that
+    counts what ``exporter`` took and refused."""
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Ended(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            if span.context is not None and span.context.trace_flags.sampled:
+                counts.add(ended=1)
+
+    class Exported(SpanExporter):
+        def export(self, spans: Any) -> Any:
+            result = exporter.export(spans)
+            counts.add(**{"exported" if result == SpanExportResult.SUCCESS else "failed": len(spans)})
+            return result
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(exporter.force_flush(timeout_millis))
+
+    return Ended(), Exported()
+
+
+class Telemetry:
+    """The installed tracer provider (or none); ``shutdown()`` flushes what is buffered and says how
+    many spans were exported and how many were lost (dropped or refused)."""
+
+    def __init__(self, provider: Any = None, counts: SpanCounts | None = None) -> None:
         self.provider = provider
+        self.counts = counts or SpanCounts()
 
     @property
     def enabled(self) -> bool:
@@ -40,11 +88,19 @@ class Telemetry:
                                             enable_commenter=False, skip_dep_check=True)
 
     def shutdown(self) -> None:
-        if self.provider is not None:
-            try:
-                self.provider.shutdown()
-            except Exception as exc:  # noqa: BLE001 - never fail an exit because a collector is gone
-                logger.warning("flushing spans failed: %s", type(exc).__name__)
+        if self.provider is None:
+            return
+        try:
+            self.provider.shutdown()
+        except Exception as exc:  # noqa: BLE001 - never fail an exit because a collector is gone
+            logger.warning("flushing spans failed: %s", type(exc).__name__)
+        c = self.counts
+        if c.dropped or c.failed:
+            logger.warning("tracing: %d of %d spans lost: %d dropped (the span queue was full: raise "
+                           "OTEL_BSP_MAX_QUEUE_SIZE), %d refused by the collector", c.dropped + c.failed, c.ended,
+                           c.dropped, c.failed)
+        else:
+            logger.info("tracing: %d spans exported, none lost", c.exported)
 
 
 def tracing_requested(environ: Mapping[str, str]) -> bool:
@@ -70,6 +126,9 @@ def setup(service_name: str, environ: Mapping[str, str] | None = None) -> Teleme
         "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
     })
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    counts = SpanCounts()
+    ended, exporter = _counting(counts, OTLPSpanExporter())
+    provider.add_span_processor(ended)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    return Telemetry(provider)
+    return Telemetry(provider, counts)

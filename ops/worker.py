@@ -131,7 +131,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     metrics, served = start_metrics(settings, "worker", metrics_port)
     metrics.threads(threads)
     telemetry = telemetry_setup("miniflow-" + "-".join(sorted(roles)))
-    if db is not None:
+    if db is not None and settings.trace_sql:  # a span per statement: opt-in (docs/tracing.md, its cost)
         telemetry.instrument_engine(db.engine)
     names = QueueNames(settings.namespace)
     keys = core_keys(settings, db) if db is not None else executor_keys(settings)

@@ -99,3 +99,11 @@ def test_monitoring_settings_are_read_and_bad_ones_named() -> None:
     with pytest.raises(ConfigError, match="MINIFLOW_RABBITMQ_API_URL") as refused:
         Settings.from_env({"MINIFLOW_RABBITMQ_API_URL": "ftp://admin:s3cret@mq"})
     assert "s3cret" not in str(refused.value)
+
+
+def test_sql_spans_are_opt_in():
+    assert Settings.from_env({}).trace_sql is False
+    assert Settings.from_env({"MINIFLOW_TRACE_SQL": "ON"}).trace_sql is True
+    assert Settings.from_env({"MINIFLOW_TRACE_SQL": "off"}).trace_sql is False
+    with pytest.raises(ConfigError, match="MINIFLOW_TRACE_SQL 'yes' must be on or off"):
+        Settings.from_env({"MINIFLOW_TRACE_SQL": "yes"})

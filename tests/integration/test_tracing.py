@@ -38,7 +38,7 @@ def traced(env: dict[str, str], namespace: str, tmp_path_factory: pytest.TempPat
     logs = tmp_path_factory.mktemp("traced-logs")
     with OtlpReceiver() as receiver:
         traced_env = dict(env, MINIFLOW_NAMESPACE=ns, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-                          OTEL_BSP_SCHEDULE_DELAY="100", OTEL_TRACES_SAMPLER="always_on")
+                          OTEL_BSP_SCHEDULE_DELAY="100", OTEL_TRACES_SAMPLER="always_on", MINIFLOW_TRACE_SQL="on")
         assert miniflow(traced_env, "db", "upgrade").returncode == 0
         wf = logs / "traced.yaml"
         wf.write_text(TRACED_WORKFLOW)
@@ -103,7 +103,7 @@ def test_a_run_is_one_trace_from_the_producer_span_through_every_hop(traced):
         assert parent.name == f"dispatch {execution.attributes['miniflow.step']}"
         assert parent.service == "coordinator"
     assert any("db.system" in s.attributes or "db.system.name" in s.attributes for s in spans), \
-        "database work is not traced"
+        "database work is not traced (MINIFLOW_TRACE_SQL=on)"
     assert all(SECRET not in json.dumps(s.attributes, default=str) for s in spans)
     show = miniflow(env, "runs", "show", run["id"])
     assert run["trace_id"] in show.stdout
