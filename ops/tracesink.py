@@ -40,9 +40,14 @@ def _value(v: Any) -> Any:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    """``defer``: keep the bodies as they come and decode them when ``received()`` is asked (a
+    benchmark keeps the decoding out of the time it measures, as a collector on another machine would)."""
+
+    def __init__(self, *, defer: bool = False) -> None:
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
+        self.defer = defer
+        self._bodies: list[bytes] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,9 +57,11 @@ class OtlpReceiver:
                     self.send_response(404)
                     self.end_headers()
                     return
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver._add(request)
+                if receiver.defer:
+                    with receiver.lock:
+                        receiver._bodies.append(body)
+                else:
+                    receiver._add(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -69,7 +76,9 @@ class OtlpReceiver:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def _add(self, request: ExportTraceServiceRequest) -> None:
+    def _add(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
         spans = []
         for resource_spans in request.resource_spans:
             attrs = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -85,9 +94,17 @@ class OtlpReceiver:
         with self.lock:
             self.spans.extend(spans)
 
-    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+    def received(self) -> list[ReceivedSpan]:
+        """Every span received so far (bodies kept by ``defer`` decoded now)."""
         with self.lock:
-            return [s for s in self.spans if s.trace_id == trace_id]
+            bodies, self._bodies = self._bodies, []
+        for body in bodies:
+            self._add(body)
+        with self.lock:
+            return list(self.spans)
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        return [s for s in self.received() if s.trace_id == trace_id]
 
     def __enter__(self) -> OtlpReceiver:
         self.thread.start()
