@@ -73,6 +73,9 @@ def fanout_workflow(width: int, join: bool = False) -> str:
     return text
 
 
+BIG = ("name: bench-big\nsteps:\n  - {name: make, task: bench.blob, config: {kib: 250}}\n"
+       "  - {name: take, task: bench.noop, needs: [make]}\n")
+BIG_RUNS = 100
 SLEEP_S = 0.1
 SLEEPY = DIAMOND.replace("bench-diamond", "bench-diamond-io").replace(
     "task: bench.noop", f"task: bench.sleep, config: {{seconds: {SLEEP_S}}}")
@@ -209,6 +212,24 @@ def wide_runs(env: dict[str, str], diamond_steps_per_s: float) -> dict[str, Any]
                                               "vs_diamond10": round(steps / median / diamond_steps_per_s, 2)}
         print(f"{name}: {curve[name.removeprefix('bench-')]}", flush=True)
     return curve
+
+
+def memory_after_burst(env: dict[str, str], cluster: Cluster) -> dict[str, Any]:
+    """BIG_RUNS runs at once whose 250 KiB output travels inline (in a result, then in the next
+    step's message): each worker's resident memory 5 s after the last run ended, and its peak."""
+    from miniflow.protocol.publisher import Publisher
+
+    dsn = env["MINIFLOW_DATABASE_URL"]
+    with psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from runs")
+        before = cur.fetchone()[0]
+    with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub:
+        for _ in range(BIG_RUNS):
+            pub.start_workflow("bench-big", idempotency_key=str(uuid.uuid4()))
+    wait_terminal(dsn, before + BIG_RUNS)
+    time.sleep(5)  # what stays resident once the burst is over (the heartbeat trims the heap meanwhile)
+    return {role: {"now": round(worker.rss_mb(), 1), "peak": round(worker.peak_rss_mb(), 1)}
+            for role, worker in (("coordinator+results", cluster.coordinator), ("executor", cluster.executor))}
 
 
 def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]:
@@ -371,7 +392,8 @@ def deploy_all(env: dict[str, str], namespace: str) -> None:
     wide = [(f"fanout{w}", fanout_workflow(w)) for w in FANOUT_WIDTHS]
     wide.append((f"fanout{FANOUT_WIDTHS[-1]}join", fanout_workflow(FANOUT_WIDTHS[-1], join=True)))
     wide.append(("map1000", MAP_1000))
-    for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), *wide):
+    for name, text in (("diamond", DIAMOND), ("chain", CHAIN), ("fanout", FANOUT), ("io", SLEEPY), ("big", BIG),
+                       *wide):
         path = Path(f"/tmp/{namespace}-{name}.yaml")
         path.write_text(text)
         miniflow(env, "deploy", str(path))
@@ -397,6 +419,8 @@ def miniflow_figures(env: dict[str, str], args: argparse.Namespace, results: dic
         print(f"api: start latency {results['api_start_latency_ms_median']} ms, GET /runs/{{id}} "
               f"{results['api_get_run_per_s_1_clients']} / {results['api_get_run_per_s_4_clients']} per s",
               flush=True)
+        results["rss_after_burst_mb"] = memory_after_burst(env, cluster)
+        print(f"memory after a burst of 250 KiB messages: {results['rss_after_burst_mb']}", flush=True)
         results["scale"] = scale(env, cluster, args.threads)
     finally:
         cluster.stop()
@@ -603,6 +627,10 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['decode']['start_ms']:.3f} / {r['decode']['bomb_ms']:.3f}", "rejected by the decode budget"),
         ("peak RSS MB (coordinator+results / executor)",
          f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
+        *([(f"RSS MB 5 s after {BIG_RUNS} runs of 250 KiB messages, now / peak (coordinator+results; executor)",
+            f"{burst['coordinator+results']['now']} / {burst['coordinator+results']['peak']}; "
+            f"{burst['executor']['now']} / {burst['executor']['peak']}", "target: under 120 MB")]
+          if (burst := r.get("rss_after_burst_mb")) else []),
     ]
     if "cron_lateness" in r:
         cron = r["cron_lateness"]["run_created_ms"]

@@ -54,9 +54,16 @@ class MiniflowProcess:
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory (VmHWM) of the process, in MB."""
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        """Resident memory (VmRSS) of the process now, in MB."""
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, field: str) -> float:
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
         except OSError:
             pass

@@ -42,6 +42,7 @@ from miniflow.persistence import Database
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
+from .memory import Trimmer, cap_arenas
 from .settings import Settings
 from .signing import core_keys, executor_keys
 from .telemetry import setup as telemetry_setup
@@ -148,6 +149,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     if db is not None and COORDINATOR in roles:
         watch_gauges(metrics, settings, db, names)
     declare_topology(broker, names, pools, steps_only=alone)
+    cap_arenas()  # before the worker threads make arenas of their own (ops/memory.py)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     broker.emit_after("process_boot")
     worker.start()
@@ -160,9 +162,10 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
           f"queues={','.join(sorted(node.queues()))} {settings.describe(with_database=needs_db)}{served}",
           {"ready": "worker", "node": node.node, "roles": list(node.roles), "queues": sorted(node.queues()),
            "namespace": settings.namespace, "metrics": served.partition("=")[2] or None})
+    trimmer = Trimmer()
     try:
         while not stop.wait(0.5):  # woken by the signal handler (a timed wait keeps signals prompt)
-            pass
+            trimmer.tick()  # freed memory back to the system after a burst of large messages
     finally:
         logger.info("stopping worker %s", node.node)
         node.stop_background()
