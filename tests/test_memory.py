@@ -42,7 +42,12 @@ def test_a_fragmented_heap_shrinks_when_trimmed():
 def test_the_arena_cap_is_taken_and_the_trimmer_waits_its_interval(monkeypatch):
     assert memory.cap_arenas(16) is True  # glibc's own default on 2 cores (8 per core): nothing changes here
     calls: list[int] = []
-    monkeypatch.setattr(memory, "trim", lambda: calls.append(1) or True)
+
+    def counted() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(memory, "trim", counted)
     trimmer = memory.Trimmer(every_s=3600)
     trimmer.tick()
     assert calls == []
