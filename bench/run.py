@@ -286,6 +286,8 @@ def chain_and_start_latency(env: dict[str, str], runs: int) -> dict[str, float]:
 
 
 AB_ROUNDS = 3
+TRACE_ROUNDS = 2
+PEER_ROUNDS = 2
 METRICS_ROUNDS = 4
 METRICS_SCRAPE_S = 1.0
 
@@ -443,12 +445,41 @@ def traced_diamond(env: dict[str, str], args: argparse.Namespace) -> dict[str, A
     return figures
 
 
+def plain_diamond(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    cluster = Cluster(env, args.threads)
+    try:
+        diamond(env, 20)
+        return diamond(env, args.runs)
+    finally:
+        cluster.stop()
+
+
+def tracing_ab(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """diamond-10 with tracing off, exporting, and exporting with SQL spans, in TRACE_ROUNDS rounds
+    (the order turned round each time), each side's median, the spans received and lost."""
+    sides_of = {"off": lambda: plain_diamond(env, args), "on": lambda: traced_diamond(env, args),
+                "sql": lambda: traced_diamond(dict(env, MINIFLOW_TRACE_SQL="on"), args)}
+    seen: dict[str, list[dict[str, Any]]] = {side: [] for side in sides_of}
+    for round_ in range(TRACE_ROUNDS):
+        for side in (list(sides_of) if round_ % 2 == 0 else list(reversed(sides_of))):
+            seen[side].append(sides_of[side]())
+    steps = {side: statistics.median(f["steps_per_s"] for f in got) for side, got in seen.items()}
+    out = {f"diamond10_steps_per_s_{side}": value for side, value in steps.items()}
+    out.update(on_vs_off=round(steps["on"] / steps["off"], 3), sql_vs_off=round(steps["sql"] / steps["off"], 3),
+               spans_received_per_run=round(statistics.median(f["spans_received"] for f in seen["on"]) /
+                                            (args.runs + 20), 1),
+               spans_received_per_run_sql=round(statistics.median(f["spans_received"] for f in seen["sql"]) /
+                                                (args.runs + 20), 1),
+               spans_lost=sum(f["spans_lost"] for side in ("on", "sql") for f in seen[side]))
+    print(f"tracing A/B: steps/s off {[f['steps_per_s'] for f in seen['off']]} on "
+          f"{[f['steps_per_s'] for f in seen['on']]} sql {[f['steps_per_s'] for f in seen['sql']]}; {out}", flush=True)
+    return out
+
+
 def side_figures(env: dict[str, str], args: argparse.Namespace, results: dict[str, Any]) -> None:
     """diamond-10 with tracing exporting, signed and not, with metrics scraped, with every step
     reporting running: each on a cluster of its own."""
-    for key, extra in (("diamond10_traced", {}), ("diamond10_traced_sql", {"MINIFLOW_TRACE_SQL": "on"})):
-        results[key] = traced_diamond(dict(env, **extra), args)
-        print(f"{key}: {results[key]}", flush=True)
+    results["tracing"] = tracing_ab(env, args)
     results["auth"] = auth_ab(env, args.threads)
     results["metrics"] = metrics_ab(env, args.threads)
     # Worst case of the "running" reports: every step reports, however short (by default a
@@ -461,15 +492,39 @@ def side_figures(env: dict[str, str], args: argparse.Namespace, results: dict[st
         cluster.stop()
 
 
-def peer_figures(results: dict[str, Any]) -> dict[str, Any]:
-    """Celery on the same RabbitMQ with a Redis and a Postgres result backend (bench/celery_peer.py),
-    and MiniFlow's ratio to each: diamond-10 steps/s (above 1: MiniFlow leads) and chain-10 ms per
-    step (below 1: MiniFlow leads)."""
+def peer_figures(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """Celery on the same RabbitMQ with a Redis and a Postgres result backend (bench/celery_peer.py)
+    and MiniFlow (a fresh cluster) in PEER_ROUNDS alternating rounds, diamond-10 and chain-10 each,
+    the medians of each side, and MiniFlow's ratio to each: diamond-10 steps/s (above 1: MiniFlow
+    leads) and chain-10 ms per step (below 1: MiniFlow leads)."""
     from bench.celery_peer import peers
 
+    ours: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
     with scratch_database() as peer_db:
-        figures = peers(peer_db)
-    ours_steps, ours_chain = results["diamond10"]["steps_per_s"], results["chain10_ms_per_step_median"]
+        for _ in range(PEER_ROUNDS):
+            cluster = Cluster(env, args.threads)
+            try:
+                diamond(env, 20)
+                mine: dict[str, Any] = {"diamond10": diamond(env, args.runs)}
+                mine.update(chain_and_start_latency(env, args.chain_runs))
+                ours.append(mine)
+            finally:
+                cluster.stop()
+            rounds.append(peers(peer_db))
+    figures: dict[str, Any] = {k: rounds[0][k] for k in ("celery", "pool", "concurrency")}
+    figures["miniflow"] = {"diamond10_steps_per_s": statistics.median(m["diamond10"]["steps_per_s"] for m in ours),
+                           "chain10_ms_per_step_median": statistics.median(m["chain10_ms_per_step_median"]
+                                                                           for m in ours)}
+    for backend in PEER_BACKENDS:
+        figures[backend] = {
+            "diamond10": {"steps_per_s": statistics.median(r[backend]["diamond10"]["steps_per_s"] for r in rounds)},
+            "chain10_ms_per_step_median": statistics.median(r[backend]["chain10_ms_per_step_median"] for r in rounds),
+            "rounds": [r[backend] for r in rounds]}
+    ours_steps = figures["miniflow"]["diamond10_steps_per_s"]
+    ours_chain = figures["miniflow"]["chain10_ms_per_step_median"]
+    print(f"miniflow beside the peers: diamond-10 {[m['diamond10']['steps_per_s'] for m in ours]} steps/s, "
+          f"chain-10 {[m['chain10_ms_per_step_median'] for m in ours]} ms/step", flush=True)
     for backend in PEER_BACKENDS:
         theirs = figures[backend]
         theirs["miniflow_diamond10_ratio"] = round(ours_steps / theirs["diamond10"]["steps_per_s"], 2)
@@ -514,8 +569,8 @@ def main() -> int:
             env = provision(env)
             deploy_all(env, namespace)
             miniflow_figures(env, args, results)
-            if not args.skip_peers:  # minutes after MiniFlow's own figures, with its workers stopped
-                results["peers"] = peer_figures(results)
+            if not args.skip_peers:  # alternating with MiniFlow's own rounds, one side's workers at a time
+                results["peers"] = peer_figures(env, args)
             if args.quick:
                 print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2), flush=True)
                 return 0
@@ -544,14 +599,13 @@ def main() -> int:
             results["cron_lateness"] = json.loads(cron_out.read_text())
 
     steps = results["diamond10"]["steps_per_s"]
-    traced = results["diamond10_traced"]["steps_per_s"]
     results["ratios"] = {
         "diamond10_steps_per_s_vs_raw_drain": round(steps / base["drain_msgs_per_s"], 3),
         "chain10_ms_per_step_vs_raw_hop": round(results["chain10_ms_per_step_median"] / base["hop_ms_median"], 2),
         "chain10_ms_per_step_vs_confirmed_hop": round(
             results["chain10_ms_per_step_median"] / base["confirmed_hop_ms_median"], 2),
-        "tracing_on_vs_off": round(traced / steps, 3),
-        "tracing_sql_vs_off": round(results["diamond10_traced_sql"]["steps_per_s"] / steps, 3),
+        "tracing_on_vs_off": results["tracing"]["on_vs_off"],
+        "tracing_sql_vs_off": results["tracing"]["sql_vs_off"],
         "auth_on_vs_off": results["auth"]["diamond10_on_vs_off"],
         "metrics_on_vs_off": results["metrics"]["diamond10_on_vs_off"],
         "auth_cost_ms_per_step_chain": results["auth"]["chain10_ms_per_step_added"],
@@ -599,16 +653,18 @@ def print_table(r: dict[str, Any]) -> None:
             "diamond-10 steps/s / chain-10 ms per step",
             f"{r['peers'][backend]['diamond10']['steps_per_s']:.0f} / "
             f"{r['peers'][backend]['chain10_ms_per_step_median']:.2f}",
-            f"MiniFlow {r['peers'][backend]['miniflow_diamond10_ratio']:.2f}x the steps/s, "
+            f"MiniFlow ({r['peers']['miniflow']['diamond10_steps_per_s']:.0f} / "
+            f"{r['peers']['miniflow']['chain10_ms_per_step_median']:.2f}) "
+            f"{r['peers'][backend]['miniflow_diamond10_ratio']:.2f}x the steps/s, "
             f"{r['peers'][backend]['miniflow_chain10_ratio']:.2f}x the ms per step")
           for backend in (PEER_BACKENDS if "peers" in r else ())],
-        ("diamond-10 steps/s, tracing exporting", f"{r['diamond10_traced']['steps_per_s']:.0f}",
-         f"{r['ratios']['tracing_on_vs_off']:.2f} of tracing off"),
-        ("diamond-10 steps/s, tracing exporting with MINIFLOW_TRACE_SQL=on",
-         f"{r['diamond10_traced_sql']['steps_per_s']:.0f}", f"{r['ratios']['tracing_sql_vs_off']:.2f} of tracing off"),
-        ("spans received / lost by the workers (tracing, SQL spans on)",
-         f"{r['diamond10_traced']['spans_received']} / {r['diamond10_traced']['spans_lost']}",
-         f"{r['diamond10_traced_sql']['spans_received']} / {r['diamond10_traced_sql']['spans_lost']}"),
+        ("A/B diamond-10 steps/s, tracing exporting / with SQL spans / off",
+         f"{r['tracing']['diamond10_steps_per_s_on']:.0f} / {r['tracing']['diamond10_steps_per_s_sql']:.0f} / "
+         f"{r['tracing']['diamond10_steps_per_s_off']:.0f}",
+         f"{r['ratios']['tracing_on_vs_off']:.2f} / {r['ratios']['tracing_sql_vs_off']:.2f} of tracing off"),
+        ("spans received per run (tracing / with SQL spans), spans lost",
+         f"{r['tracing']['spans_received_per_run']} / {r['tracing']['spans_received_per_run_sql']}, "
+         f"{r['tracing']['spans_lost']}", "lost: dropped by a full queue or refused"),
         ("A/B diamond-10 steps/s, signed / MINIFLOW_AUTH=off",
          f"{r['auth']['diamond10_steps_per_s_on']:.0f} / {r['auth']['diamond10_steps_per_s_off']:.0f}",
          f"signed is {r['ratios']['auth_on_vs_off']:.2f} of off"),
