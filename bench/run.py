@@ -513,13 +513,15 @@ def peer_figures(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any
                 cluster.stop()
             rounds.append(peers(peer_db))
     figures: dict[str, Any] = {k: rounds[0][k] for k in ("celery", "pool", "concurrency")}
-    figures["miniflow"] = {"diamond10_steps_per_s": statistics.median(m["diamond10"]["steps_per_s"] for m in ours),
-                           "chain10_ms_per_step_median": statistics.median(m["chain10_ms_per_step_median"]
-                                                                           for m in ours)}
+    def median(values: Any) -> float:
+        return round(float(statistics.median(values)), 2)
+
+    figures["miniflow"] = {"diamond10_steps_per_s": median(m["diamond10"]["steps_per_s"] for m in ours),
+                           "chain10_ms_per_step_median": median(m["chain10_ms_per_step_median"] for m in ours)}
     for backend in PEER_BACKENDS:
         figures[backend] = {
-            "diamond10": {"steps_per_s": statistics.median(r[backend]["diamond10"]["steps_per_s"] for r in rounds)},
-            "chain10_ms_per_step_median": statistics.median(r[backend]["chain10_ms_per_step_median"] for r in rounds),
+            "diamond10": {"steps_per_s": median(r[backend]["diamond10"]["steps_per_s"] for r in rounds)},
+            "chain10_ms_per_step_median": median(r[backend]["chain10_ms_per_step_median"] for r in rounds),
             "rounds": [r[backend] for r in rounds]}
     ours_steps = figures["miniflow"]["diamond10_steps_per_s"]
     ours_chain = figures["miniflow"]["chain10_ms_per_step_median"]

@@ -61,18 +61,27 @@ def waiting(combiner: Combiner[str], key: str, count: int) -> None:
     poll_until(lambda: len(combiner._lines.get(key, [])) >= count, timeout=10, what=f"{count} items in line")
 
 
+def held_line(combiner: Combiner[str], waiters: int, outcomes: dict[str, str]) -> list[threading.Thread]:
+    """``first`` submitted for run-1 (and held by the Recorder), then r0, r1, ... in line behind it, in order."""
+    threads = [submit_in_thread(combiner, "run-1", "first", outcomes)]
+    poll_until(lambda: "run-1" in combiner._lines, timeout=10, what="the first item taken")
+    for i in range(waiters):
+        threads.append(submit_in_thread(combiner, "run-1", f"r{i}", outcomes))
+        waiting(combiner, "run-1", i + 1)
+    return threads
+
+
+def released(apply: Recorder, threads: list[threading.Thread]) -> None:
+    apply.release.set()
+    for thread in threads:
+        thread.join(10)
+
+
 def test_items_arriving_while_a_key_is_applied_go_together_in_the_next_batch_each_in_its_own_context():
     apply = Recorder()
     combiner: Combiner[str] = Combiner(apply)
     outcomes: dict[str, str] = {}
-    threads = [submit_in_thread(combiner, "run-1", "first", outcomes)]
-    poll_until(lambda: "run-1" in combiner._lines, timeout=10, what="the first item taken")
-    for i in range(5):
-        threads.append(submit_in_thread(combiner, "run-1", f"r{i}", outcomes))
-        waiting(combiner, "run-1", i + 1)  # in line in this order
-    apply.release.set()
-    for thread in threads:
-        thread.join(10)
+    released(apply, held_line(combiner, 5, outcomes))
     assert apply.batches == [["first"], ["r0", "r1", "r2", "r3", "r4"]]
     assert outcomes == {"first": "ok", **{f"r{i}": "ok" for i in range(5)}}
     assert apply.seen_in == {item: f"thread of {item}" for item in outcomes}  # trace span, log fields
@@ -84,14 +93,7 @@ def test_each_thread_raises_only_its_own_items_error():
     apply = Recorder(failing=frozenset({"r1"}))
     combiner: Combiner[str] = Combiner(apply)
     outcomes: dict[str, str] = {}
-    threads = [submit_in_thread(combiner, "run-1", "first", outcomes)]
-    poll_until(lambda: "run-1" in combiner._lines, timeout=10, what="the first item taken")
-    for i in range(3):
-        threads.append(submit_in_thread(combiner, "run-1", f"r{i}", outcomes))
-        waiting(combiner, "run-1", i + 1)
-    apply.release.set()
-    for thread in threads:
-        thread.join(10)
+    released(apply, held_line(combiner, 3, outcomes))
     assert outcomes == {"first": "ok", "r0": "ok", "r1": "r1 is bad", "r2": "ok"}
 
 
@@ -134,17 +136,11 @@ def test_batches_hold_at_most_their_limit_and_other_keys_never_wait():
     apply = Recorder()
     combiner: Combiner[str] = Combiner(apply, most=3)
     outcomes: dict[str, str] = {}
-    threads = [submit_in_thread(combiner, "run-1", "first", outcomes)]
-    poll_until(lambda: "run-1" in combiner._lines, timeout=10, what="the first item taken")
-    for i in range(5):
-        threads.append(submit_in_thread(combiner, "run-1", f"r{i}", outcomes))
-        waiting(combiner, "run-1", i + 1)
+    threads = held_line(combiner, 5, outcomes)
     other = submit_in_thread(combiner, "run-2", "elsewhere", outcomes)  # run-1's first batch is still held
     other.join(10)
     assert outcomes == {"elsewhere": "ok"}
-    apply.release.set()
-    for thread in threads:
-        thread.join(10)
+    released(apply, threads)
     assert apply.batches[:2] == [["elsewhere"], ["first"]]  # run-2's went by while run-1's first was held
     assert [b for b in apply.batches if b[0].startswith("r")] == [["r0", "r1", "r2"], ["r3", "r4"]]
     assert len(outcomes) == 7

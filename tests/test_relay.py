@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dramatiq.errors import BrokerConnectionError
@@ -83,6 +86,22 @@ def test_a_relay_sweeps_only_its_own_namespace_of_a_shared_database(tmp_path: Pa
         db.dispose()
 
 
+@contextmanager
+def relay_on_stub(tmp_path: Path, names: QueueNames) -> Iterator[tuple[Database, Any, Relay]]:
+    """A migrated SQLite database, a stub broker with the namespace's queues, and a relay on them."""
+    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    db.upgrade()
+    broker = make_broker(None, names)
+    declare_topology(broker, names)
+    relay = Relay(broker, db)
+    try:
+        yield db, broker, relay
+    finally:
+        relay.stop()
+        broker.close()
+        db.dispose()
+
+
 def long_batch(db: Database, names: QueueNames, count: int) -> list[Outgoing]:
     with db.transaction() as conn:
         outbox = Outbox(conn, utcnow())
@@ -93,20 +112,15 @@ def long_batch(db: Database, names: QueueNames, count: int) -> list[Outgoing]:
 
 def test_a_long_batch_goes_out_over_several_publisher_threads_each_message_once(tmp_path: Path):
     names = QueueNames("spread")
-    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
-    db.upgrade()
-    broker = make_broker(None, names)
-    declare_topology(broker, names)
     threads: set[str] = set()
-    enqueue = broker.enqueue
+    with relay_on_stub(tmp_path, names) as (db, broker, relay):
+        enqueue = broker.enqueue
 
-    def recording(message, *, delay=None):  # noqa: ANN001, ANN202
-        threads.add(threading.current_thread().name)
-        return enqueue(message, delay=delay)
+        def recording(message, *, delay=None):  # noqa: ANN001, ANN202
+            threads.add(threading.current_thread().name)
+            return enqueue(message, delay=delay)
 
-    broker.enqueue = recording  # type: ignore[method-assign]
-    relay = Relay(broker, db)
-    try:
+        broker.enqueue = recording
         items = long_batch(db, names, SPREAD_FROM * 3)
         relay.publish(items)
         queue = broker.queues[names.coordinator]
@@ -118,36 +132,23 @@ def test_a_long_batch_goes_out_over_several_publisher_threads_each_message_once(
         threads.clear()
         relay.publish(long_batch(db, names, SPREAD_FROM - 1))  # a short one: this thread, in order
         assert threads == {threading.current_thread().name}
-    finally:
-        relay.stop()
-        broker.close()
-        db.dispose()
 
 
 def test_a_part_of_a_long_batch_that_fails_raises_and_leaves_every_row_for_the_sweeper(tmp_path: Path):
     names = QueueNames("spread")
-    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
-    db.upgrade()
-    broker = make_broker(None, names)
-    declare_topology(broker, names)
-    items = long_batch(db, names, SPREAD_FROM * 2)
-    failing = items[-1].message_id
-    enqueue = broker.enqueue
+    with relay_on_stub(tmp_path, names) as (db, broker, relay):
+        items = long_batch(db, names, SPREAD_FROM * 2)
+        failing = items[-1].message_id
+        enqueue = broker.enqueue
 
-    def flaky(message, *, delay=None):  # noqa: ANN001, ANN202
-        if message.message_id == failing:
-            raise BrokerConnectionError("connection reset")
-        return enqueue(message, delay=delay)
+        def flaky(message, *, delay=None):  # noqa: ANN001, ANN202
+            if message.message_id == failing:
+                raise BrokerConnectionError("connection reset")
+            return enqueue(message, delay=delay)
 
-    broker.enqueue = flaky  # type: ignore[method-assign]
-    relay = Relay(broker, db)
-    try:
+        broker.enqueue = flaky
         with pytest.raises(BrokerUnavailable, match=failing):
             relay.publish(items)
         assert relay.delete_published() == 0
         with db.connect() as conn:
             assert repo.count_outbox(conn) == len(items)  # the sweeper sends them when stale; consumers dedupe
-    finally:
-        relay.stop()
-        broker.close()
-        db.dispose()
