@@ -90,7 +90,8 @@ class CoreHandlers:
         with self._transaction() as conn:
             outcome = self.coordinator.start(conn, start, _message_id(), trace_id=current_trace_id())
         self.faults.hit("coordinator.after_commit")
-        annotate(run_id=outcome.run_id, outcome="started" if outcome.created else "duplicate")
+        annotate(run_id=outcome.run_id,
+                 outcome=("queued" if outcome.queued else "started") if outcome.created else "duplicate")
         self.relay.publish(outcome.outgoing)
         if outcome.created:
             self.metrics.run_started(start.workflow)
@@ -155,16 +156,20 @@ class CoreHandlers:
     def _together(self, entries: Sequence[Entry[Any]], apply: Callable[[Connection, Any], list[Outgoing]],
                   fault: str) -> list[BaseException | None]:
         """Apply the entries (of one run) in one transaction, each in its submitter's context (its
-        trace span), and publish what they queued once it has committed. If the transaction fails,
-        each entry is applied again in one of its own, so each message meets its own error."""
+        trace span), and publish what they queued once it has committed. If one of them is rejected,
+        each entry is applied again in a transaction of its own, so each message meets its own error
+        (what ran in the rolled-back attempt left no row; its log lines are written again). Any other
+        failure (the database, the broker) is every entry's, and every message is retried."""
         self.metrics.run_batch(len(entries))
         try:
             with self._transaction() as conn:
                 outgoing = [sent for entry in entries for sent in entry.context.run(apply, conn, entry.item)]
-        except Exception as exc:  # noqa: BLE001 - each entry's own message raises its error
+        except MessageRejected as exc:  # one message's own fault: the others are applied without it
             if len(entries) == 1:
                 return [exc]
             return [self._alone(entry, apply, fault) for entry in entries]
+        except Exception as exc:  # noqa: BLE001 - the database or broker: every message retries
+            return [exc] * len(entries)
         self.faults.hit(fault)
         try:
             self.relay.publish(outgoing)

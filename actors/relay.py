@@ -61,7 +61,7 @@ class Relay:
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Publish committed outbox messages (confirmed); their rows are deleted in batches by the
         background thread, a few milliseconds later, instead of one more commit per message. A long
-        batch (a wide run's start) is spread over a few publisher threads, each on a channel of its
+        batch (a wide run's start) is spread over a few publisher threads, each on a connection of its
         own, so that their confirm waits overlap; it returns once all of them are confirmed."""
         if not items:
             return
@@ -89,9 +89,15 @@ class Relay:
         """Publish ``items`` in PUBLISHERS contiguous parts at once; the first error, once all ended
         (a part that failed is left to the sweeper, as a failed publish always is)."""
         with self._lock:
-            if self._publishers is None:
-                self._publishers = ThreadPoolExecutor(PUBLISHERS, thread_name_prefix="miniflow-publisher")
-            pool = self._publishers
+            if self._stop.is_set():  # stopping: a handler still at work publishes its batch itself
+                pool = None
+            else:
+                if self._publishers is None:
+                    self._publishers = ThreadPoolExecutor(PUBLISHERS, thread_name_prefix="miniflow-publisher")
+                pool = self._publishers
+        if pool is None:
+            self._publish_all(items)
+            return
         size = -(-len(items) // PUBLISHERS)
         parts = [pool.submit(self._publish_all, items[i:i + size]) for i in range(0, len(items), size)]
         errors = [part.exception() for part in parts]
@@ -176,9 +182,10 @@ class Relay:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._publishers is not None:
-            self._publishers.shutdown(wait=True)
-            self._publishers = None
+        with self._lock:
+            pool, self._publishers = self._publishers, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         try:
             self.delete_published()
         except Exception as exc:  # noqa: BLE001 - stopping anyway; the rows are re-sent when stale

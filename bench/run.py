@@ -227,7 +227,7 @@ def memory_after_burst(env: dict[str, str], cluster: Cluster) -> dict[str, Any]:
         for _ in range(BIG_RUNS):
             pub.start_workflow("bench-big", idempotency_key=str(uuid.uuid4()))
     wait_terminal(dsn, before + BIG_RUNS)
-    time.sleep(5)  # what stays resident once the burst is over (the heartbeat trims the heap meanwhile)
+    time.sleep(5)  # what stays resident once the burst is over (each worker's main loop trims its heap every 5 s)
     return {role: {"now": round(worker.rss_mb(), 1), "peak": round(worker.peak_rss_mb(), 1)}
             for role, worker in (("coordinator+results", cluster.coordinator), ("executor", cluster.executor))}
 

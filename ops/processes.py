@@ -39,8 +39,9 @@ class MiniflowProcess:
         try:
             for line in self.proc.stderr:
                 self.lines.append(line)
-                self._log.write(line)
-                self._log.flush()
+                if not self._log.closed:
+                    self._log.write(line)
+                    self._log.flush()
                 if marker in line:
                     self.ready.set()
         finally:
@@ -85,6 +86,7 @@ class MiniflowProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.pumped.wait(5)  # its last lines (say, what tracing lost at exit) reach self.lines and the log
         if not self._log.closed:
             self._log.close()
 

@@ -53,7 +53,11 @@ def _counting(counts: SpanCounts, exporter: Any) -> tuple[Any, Any]:
 
     class Exported(SpanExporter):
         def export(self, spans: Any) -> Any:
-            result = exporter.export(spans)
+            try:
+                result = exporter.export(spans)
+            except Exception:
+                counts.add(failed=len(spans))  # a refusal, not a full queue
+                raise
             counts.add(**{"exported" if result == SpanExportResult.SUCCESS else "failed": len(spans)})
             return result
 

@@ -5,6 +5,7 @@ meets only its own error."""
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import threading
 import time
 from collections.abc import Sequence
@@ -203,3 +204,38 @@ def test_a_rejected_result_in_a_batch_gets_its_error_and_the_others_are_recorded
         steps = repo.get_steps(conn, run_id)
     assert sorted(a.step for a in attempts) == ["s0", "s2"]  # once each
     assert steps["s1"].status == "queued" and steps["s0"].status == steps["s2"].status == "succeeded"
+
+
+class Interrupted(Exception):
+    """What dramatiq's time limit raises in a worker thread, asynchronously."""
+
+
+def test_a_thread_interrupted_as_it_is_handed_a_batch_still_applies_it_and_nothing_hangs():
+    apply = Recorder()
+    combiner: Combiner[str] = Combiner(apply)
+    outcomes: dict[str, str] = {}
+    raised: list[str] = []
+    threads = [submit_in_thread(combiner, "run-1", "first", outcomes)]
+    poll_until(lambda: "run-1" in combiner._lines, timeout=10, what="the first item taken")
+
+    def interrupted() -> None:
+        try:
+            combiner.submit("run-1", "r0")
+            outcomes["r0"] = "ok"
+        except Interrupted:
+            raised.append("r0")
+
+    taker = threading.Thread(target=interrupted, daemon=True)
+    taker.start()
+    waiting(combiner, "run-1", 1)
+    threads.append(submit_in_thread(combiner, "run-1", "r1", outcomes))
+    waiting(combiner, "run-1", 2)
+    # delivered when the thread next runs Python code: as it wakes with the batch handed to it
+    assert taker.ident is not None
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(taker.ident), ctypes.py_object(Interrupted)) == 1
+    released(apply, [*threads, taker])
+    assert apply.batches == [["first"], ["r0", "r1"]]  # applied all the same
+    assert raised == ["r0"] and outcomes == {"first": "ok", "r1": "ok"}  # r1 was woken; r0's message retries
+    assert combiner._lines == {}
+    combiner.submit("run-1", "later")  # the run's line is free again
+    assert apply.batches[-1] == ["later"]

@@ -152,3 +152,13 @@ def test_a_part_of_a_long_batch_that_fails_raises_and_leaves_every_row_for_the_s
         assert relay.delete_published() == 0
         with db.connect() as conn:
             assert repo.count_outbox(conn) == len(items)  # the sweeper sends them when stale; consumers dedupe
+
+
+def test_a_long_batch_published_while_the_relay_stops_goes_out_on_the_callers_thread(tmp_path: Path):
+    names = QueueNames("spread")
+    with relay_on_stub(tmp_path, names) as (db, broker, relay):
+        relay.stop()  # a worker's handlers may still be at work while its background threads stop
+        items = long_batch(db, names, SPREAD_FROM)
+        relay.publish(items)
+        assert broker.queues[names.coordinator].qsize() == len(items)
+        assert relay._publishers is None

@@ -93,8 +93,8 @@ class Tracing(Middleware):
         now_ns = time.time_ns()
         sent_ns = int(message.message_timestamp) * 1_000_000
         wait_ms = max(0.0, (now_ns - sent_ns) / 1e6)
-        # The time in the queue is an attribute (and the gap after the dispatch span), not a span of
-        # its own: a span per step message was a quarter of an executor's spans and their export.
+        # The time in the queue is an attribute (and the gap after the span that sent the message), not
+        # a span of its own: a span per step message was half of an executor's spans and their export.
         span = tracer().start_span(
             f"process {message.actor_name}", context=parent, kind=SpanKind.CONSUMER,
             attributes={
