@@ -55,7 +55,7 @@ class Combiner(Generic[T]):
         self.most = most
         self._lock = threading.Lock()
         self._lines: dict[Hashable, list[Entry[T]]] = {}  # a key being applied: the entries waiting for it
-        self.batches = 0  # counters for the metrics and tests: batches applied, items in them
+        self.batches = 0  # batches applied and the items in them (the tests read them)
         self.items = 0
 
     def submit(self, key: Hashable, item: T) -> None:

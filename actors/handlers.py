@@ -161,13 +161,17 @@ class CoreHandlers:
         (what ran in the rolled-back attempt left no row; its log lines are written again). Any other
         failure (the database, the broker) is every entry's, and every message is retried."""
         self.metrics.run_batch(len(entries))
+        return self._commit(entries, apply, fault)
+
+    def _commit(self, entries: Sequence[Entry[Any]], apply: Callable[[Connection, Any], list[Outgoing]],
+                fault: str) -> list[BaseException | None]:
         try:
             with self._transaction() as conn:
                 outgoing = [sent for entry in entries for sent in entry.context.run(apply, conn, entry.item)]
         except MessageRejected as exc:  # one message's own fault: the others are applied without it
             if len(entries) == 1:
                 return [exc]
-            return [self._alone(entry, apply, fault) for entry in entries]
+            return [self._commit([entry], apply, fault)[0] for entry in entries]
         except Exception as exc:  # noqa: BLE001 - the database or broker: every message retries
             return [exc] * len(entries)
         self.faults.hit(fault)
@@ -176,17 +180,6 @@ class CoreHandlers:
         except Exception as exc:  # noqa: BLE001 - committed: the messages redeliver, the outbox resends
             return [exc] * len(entries)
         return [None] * len(entries)
-
-    def _alone(self, entry: Entry[Any], apply: Callable[[Connection, Any], list[Outgoing]],
-               fault: str) -> BaseException | None:
-        try:
-            with self._transaction() as conn:
-                outgoing = entry.context.run(apply, conn, entry.item)
-            self.faults.hit(fault)
-            self.relay.publish(outgoing)
-        except Exception as exc:  # noqa: BLE001 - raised by the entry's own thread
-            return exc
-        return None
 
     def record_dead_letter(self, payload: dict[str, Any]) -> None:
         report = DeadLetterReport.from_payload(payload)

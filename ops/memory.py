@@ -5,9 +5,9 @@ blocks stay in the arena that held them: after a burst of large messages (bodies
 decoded, copied into a step's inputs, encoded again) a coordinator stayed at 124 MB of resident
 memory, against 86 MB before it. Two remedies, both cheap:
 
-- ``cap_arenas`` limits the arenas to two (``mallopt(M_ARENA_MAX, 2)``), before the worker threads
-  start: fewer arenas hold fewer freed blocks; the threads mostly wait on I/O, so contention for
-  the arena lock does not show.
+- ``cap_arenas`` limits the arenas to two (``mallopt(M_ARENA_MAX, 2)``), the first thing a worker
+  does, before it starts any thread: fewer arenas hold fewer freed blocks; the threads mostly wait
+  on I/O, so contention for the arena lock does not show.
 - ``Trimmer.tick`` calls ``malloc_trim(0)`` every few seconds from the main thread, which returns
   the free pages at the top of each arena and, since glibc 2.8, those inside them. ctypes releases
   the interpreter lock for the call.
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import time
 from typing import Any
 
-logger = logging.getLogger("miniflow.memory")
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2
 TRIM_EVERY_S = 5.0

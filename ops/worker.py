@@ -117,6 +117,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
                ready: Ready = lambda line, _: print(line), running_after_s: float = RUNNING_AFTER_S,
                metrics_port: int | None = None, heartbeat_s: float = DEFAULT_INTERVAL_S) -> int:
     """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
+    cap_arenas()  # before any thread of this process makes a malloc arena of its own (ops/memory.py)
     roles = roles or list(ROLES)
     url = settings.require_broker()
     if EXECUTOR in roles:
@@ -149,7 +150,6 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
     if db is not None and COORDINATOR in roles:
         watch_gauges(metrics, settings, db, names)
     declare_topology(broker, names, pools, steps_only=alone)
-    cap_arenas()  # before the worker threads make arenas of their own (ops/memory.py)
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=node.queues())
     broker.emit_after("process_boot")
     worker.start()
