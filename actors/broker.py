@@ -22,7 +22,7 @@ import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
 from dramatiq.common import dq_name, q_name
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError, QueueNotFound
 from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
@@ -75,10 +75,17 @@ class _GuardedRabbitmqConsumer(_RabbitmqConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         self.iterator = self._guarded(self.iterator)
 
+    def __next__(self) -> Any:
+        message = super().__next__()  # type: ignore[no-untyped-call]
+        if message is not None:  # what the handler may hold in memory (``turns``)
+            message.body_bytes = self.body_bytes
+        return message
+
     def _guarded(self, frames: Any) -> Any:
         guard: Guard = self.broker.guard
         for method, properties, body in frames:
             if method is not None:
+                self.body_bytes = len(body)
                 rejection = guard.inspect(self.queue_name, body, properties.headers if properties else None)
                 if rejection is not None:
                     # Dead-letter it now (we are on the consumer's own thread), then report.
@@ -140,6 +147,7 @@ class _GuardedStubConsumer(_StubConsumer):
             self.broker.guard.report(self.broker, self.queue_name, rejection)
             return None
         proxy = _StubMessageProxy(Message.decode(data))
+        proxy.body_bytes = len(data)  # type: ignore[attr-defined]
         if getattr(data, "redelivered", False):  # a redelivery the test engine simulates
             proxy.redelivered = True  # type: ignore[attr-defined]
         return proxy
@@ -173,8 +181,6 @@ class EmbeddedBroker(StubBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Any:
         if queue_name not in self.queues:
-            from dramatiq.errors import QueueNotFound
-
             raise QueueNotFound(queue_name)  # type: ignore[no-untyped-call]
         return _GuardedStubConsumer(self, queue_name, prefetch, timeout)
 
@@ -314,10 +320,7 @@ def declare_topology(broker: dramatiq.Broker, names: QueueNames, pools: list[str
     queues = [] if steps_only else [names.ingress, names.coordinator, names.results]
     queues += [names.steps] + [names.step_queue(p) for p in pools]
     for queue in queues:
-        if isinstance(broker, RabbitmqBroker):
-            broker.declare_queue(queue, ensure=True)
-        else:
-            broker.declare_queue(queue)
+        broker.declare_queue(queue, **({"ensure": True} if isinstance(broker, RabbitmqBroker) else {}))
     if isinstance(broker, RabbitmqBroker) and not steps_only:
         _declare_ingress_exchange(broker, names)
 
@@ -338,8 +341,7 @@ def _declare_ingress_exchange(broker: RabbitmqBroker, names: QueueNames) -> None
 def delete_topology(url: str, names: QueueNames, pools: Iterable[str] = ()) -> int:
     """Delete every queue of a namespace and of the given step pools (the tests and benchmarks clean up
     with it); returns how many."""
-    params = pika.URLParameters(url)
-    connection = pika.BlockingConnection(params)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
     deleted = 0
     try:
         channel = connection.channel()

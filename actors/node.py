@@ -55,6 +55,7 @@ from .reconciler import DEAD_LETTER_KEEP_S, ReconcileLoop
 from .registry import Registry
 from .registry import registry as global_registry
 from .relay import Relay
+from .turns import Turns
 
 logger = logging.getLogger("miniflow.actors")
 
@@ -102,6 +103,7 @@ class Node:
         if self.caps is not None:
             self.coordinator.caps = self.caps
         self._stop = threading.Event()
+        self.turns = Turns()
         self.db = db
         self.relay: Relay | None = None
         self.handlers: CoreHandlers | None = None
@@ -143,25 +145,30 @@ class Node:
         else:
             self.activity = next(m for m in self.broker.middleware if isinstance(m, Activity))
 
-    def _actor(self, handler: Handler, name: str, queue: str, **options: Any) -> None:
+    def _actor(self, handler: Handler, name: str, queue: str, *, turns: Turns | None = None, **options: Any) -> None:
         options.setdefault("throws", (MessageRejected,))
 
         def actor(*args: Any, **kwargs: Any) -> None:  # exactly one payload map (the guard checks it first)
-            handler(payload_of(args, kwargs))
+            if turns is None:
+                handler(payload_of(args, kwargs))
+                return
+            with turns.turn(getattr(CurrentMessage.get_current_message(), "body_bytes", 0)):
+                handler(payload_of(args, kwargs))
 
         dramatiq.Actor(actor, broker=self.broker, actor_name=name, queue_name=queue, priority=0, options=options)
 
     def _declare(self) -> None:
+        turns = self.turns  # large bodies take turns in the core roles (actors/turns.py)
         if self.handlers is not None and COORDINATOR in self.roles:
-            self._actor(self.handlers.start_workflow, START_WORKFLOW, self.names.ingress)
-            self._actor(self.handlers.cancel_run, CANCEL_RUN, self.names.ingress)
-            self._actor(self.handlers.retry_run, RETRY_RUN, self.names.ingress)
-            self._actor(self.handlers.step_finished, STEP_FINISHED, self.names.coordinator)
-            self._actor(self.handlers.step_progress, STEP_PROGRESS, self.names.coordinator)
+            self._actor(self.handlers.start_workflow, START_WORKFLOW, self.names.ingress, turns=turns)
+            self._actor(self.handlers.cancel_run, CANCEL_RUN, self.names.ingress, turns=turns)
+            self._actor(self.handlers.retry_run, RETRY_RUN, self.names.ingress, turns=turns)
+            self._actor(self.handlers.step_finished, STEP_FINISHED, self.names.coordinator, turns=turns)
+            self._actor(self.handlers.step_progress, STEP_PROGRESS, self.names.coordinator, turns=turns)
         if self.handlers is not None and RESULTS in self.roles:
-            self._actor(self.handlers.record_result, RECORD_RESULT, self.names.results)
-            self._actor(self.handlers.record_dead_letter, RECORD_DEAD_LETTER, self.names.results)
-            self._actor(self.handlers.worker_heartbeat, WORKER_HEARTBEAT, self.names.results)
+            self._actor(self.handlers.record_result, RECORD_RESULT, self.names.results, turns=turns)
+            self._actor(self.handlers.record_dead_letter, RECORD_DEAD_LETTER, self.names.results, turns=turns)
+            self._actor(self.handlers.worker_heartbeat, WORKER_HEARTBEAT, self.names.results, turns=turns)
         if self.executor is not None:
             self._actor(self.executor.execute_step, EXECUTE_STEP, self.names.steps,
                         time_limit=STEP_TIME_LIMIT_CEILING_MS)

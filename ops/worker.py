@@ -42,7 +42,7 @@ from miniflow.persistence import Database
 from miniflow.protocol.errors import ConfigError
 from miniflow.protocol.names import QueueNames
 
-from .memory import Trimmer, cap_arenas
+from .memory import Trimmer, cap_arenas, fix_mmap_threshold
 from .settings import Settings
 from .signing import core_keys, executor_keys
 from .telemetry import setup as telemetry_setup
@@ -118,6 +118,7 @@ def run_worker(settings: Settings, roles: list[str], steps: list[str], pools: li
                metrics_port: int | None = None, heartbeat_s: float = DEFAULT_INTERVAL_S) -> int:
     """Serve the given roles until SIGINT/SIGTERM. Returns the exit code."""
     cap_arenas()  # before any thread of this process makes a malloc arena of its own (ops/memory.py)
+    fix_mmap_threshold()
     roles = roles or list(ROLES)
     url = settings.require_broker()
     if EXECUTOR in roles:

@@ -55,3 +55,38 @@ def test_the_arena_cap_is_taken_and_the_trimmer_waits_its_interval(monkeypatch):
     trimmer.tick()
     trimmer.tick()
     assert calls == [1, 1]
+
+
+@glibc
+def test_with_the_mmap_threshold_fixed_freed_large_buffers_leave_at_once():
+    """glibc raises its mmap threshold when a mapped block is freed, so the next large buffers come
+    from the heap and stay resident (pinned by a small block after them); fixed, each large buffer
+    is mapped on its own and returned the moment it is freed."""
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from miniflow.ops import memory
+
+        def rss_mb():
+            line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+            return int(line.split()[1]) / 1024
+
+        if sys.argv[1] == "fixed":
+            assert memory.fix_mmap_threshold()
+        first = bytearray(4 * 1024 * 1024)  # mapped, then freed: glibc's threshold moves up to 4 MiB
+        del first
+        buffers, pins = [], []
+        for _ in range(100):
+            buffers.append(bytearray(300 * 1024))
+            pins.append(bytearray(1024))  # over pymalloc's 512 bytes: from glibc, right after the buffer
+        before = rss_mb()
+        del buffers
+        print(before - rss_mb())
+    """)
+    freed = {}
+    for mode in ("fixed", "default"):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60,
+                             check=True)
+        freed[mode] = float(out.stdout.strip())
+    assert freed["fixed"] > 25, freed  # of the ~30 MB of buffers
+    assert freed["default"] < 5, freed  # what the fix is for: without it they stay

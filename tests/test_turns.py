@@ -1,0 +1,135 @@
+"""Large bodies take turns in the core roles (actors/turns.py): the bytes handled at once stay
+within a budget, small bodies never wait, and nothing an interrupted thread held stays counted."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from collections.abc import Iterator
+
+from miniflow.actors.turns import Turns
+from miniflow.coordinator import loads
+from miniflow.ops.embedded import EmbeddedEngine
+from miniflow.ops.polling import poll_until
+
+KIB = 1024
+
+
+class Holder:
+    """A thread that takes a turn for ``size`` bytes and keeps it until ``leave`` is set."""
+
+    def __init__(self, turns: Turns, size: int) -> None:
+        self.inside = threading.Event()
+        self.leave = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(turns, size), daemon=True)
+        self.thread.start()
+
+    def _run(self, turns: Turns, size: int) -> None:
+        try:
+            with turns.turn(size):
+                self.inside.set()
+                assert self.leave.wait(30), "the test never let the holder go"
+        except BaseException as exc:  # noqa: BLE001 - kept for the test to look at
+            self.error = exc
+
+    def done(self) -> None:
+        self.leave.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_bodies_that_do_not_fit_together_wait_and_small_ones_never_do():
+    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    first = Holder(turns, 200 * KIB)
+    assert first.inside.wait(10)
+    small = Holder(turns, 10 * KIB)  # under the large mark: in at once, however full the budget
+    assert small.inside.wait(10)
+    second = Holder(turns, 100 * KIB)  # 200 + 100 KiB is over the budget: it waits
+    poll_until(lambda: turns.waits == 1, timeout=10, what="the second body waiting")
+    assert not second.inside.is_set()
+    assert turns.in_use() == 200 * KIB
+    first.done()
+    assert second.inside.wait(10)  # in as soon as the first left
+    assert turns.in_use() == 100 * KIB
+    for holder in (small, second):
+        holder.done()
+    assert turns.in_use() == 0 and first.error is None and second.error is None
+
+
+def test_bodies_that_fit_together_go_together_and_one_over_the_budget_goes_alone():
+    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    two = [Holder(turns, 100 * KIB), Holder(turns, 100 * KIB)]
+    assert all(h.inside.wait(10) for h in two)
+    assert turns.waits == 0
+    huge = Holder(turns, 1024 * KIB)  # more than the whole budget: waits for an empty budget
+    poll_until(lambda: turns.waits == 1, timeout=10, what="the huge body waiting")
+    two[0].done()
+    assert not huge.inside.wait(0.2)  # not while anything else is in (a deliberate short look)
+    two[1].done()
+    assert huge.inside.wait(10)
+    late = Holder(turns, 64 * KIB)  # and nothing large joins it
+    poll_until(lambda: turns.waits == 2, timeout=10, what="the next body waiting behind the huge one")
+    huge.done()
+    assert late.inside.wait(10)
+    late.done()
+    assert turns.in_use() == 0
+
+
+class Interrupted(Exception):
+    """What dramatiq's time limit raises in a worker thread, asynchronously."""
+
+
+def test_a_thread_interrupted_while_it_waits_or_while_it_holds_leaves_nothing_counted():
+    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    first = Holder(turns, 200 * KIB)
+    assert first.inside.wait(10)
+    waiter = Holder(turns, 200 * KIB)
+    poll_until(lambda: turns.waits == 1, timeout=10, what="the second body waiting")
+    assert waiter.thread.ident is not None
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiter.thread.ident),
+                                                      ctypes.py_object(Interrupted)) == 1
+    first.done()  # the waiter wakes, meets its interruption and gives up its place
+    waiter.thread.join(10)
+    assert isinstance(waiter.error, Interrupted) and not waiter.inside.is_set()
+    assert turns.in_use() == 0
+
+    with contextlib.suppress(RuntimeError), turns.turn(200 * KIB):
+        assert turns.in_use() == 200 * KIB
+        raise RuntimeError("the handler failed")
+    assert turns.in_use() == 0
+    after = Holder(turns, 250 * KIB)
+    assert after.inside.wait(10)
+    after.done()
+
+
+BIG = """
+name: big
+steps:
+  - {name: make, task: test.blob, config: {kib: 100}}
+  - {name: take, task: test.echo, needs: [make]}
+"""
+
+
+def test_the_core_roles_handle_a_large_result_in_a_turn_and_small_messages_outside_one(engine: EmbeddedEngine):
+    node = engine.node
+    sizes: list[int] = []
+    real = node.turns.turn
+
+    @contextlib.contextmanager
+    def counted(size: int) -> Iterator[None]:
+        sizes.append(size)
+        with real(size):
+            yield
+
+    node.turns.turn = counted  # type: ignore[method-assign]
+    engine.deploy(loads(BIG))
+    run = engine.wait(engine.submit("big", {}), timeout=30)
+    assert run.status == "succeeded"
+    assert len(next(s.output for s in run.steps if s.step == "make")) == 100 * KIB
+    large = [s for s in sizes if s >= node.turns.large]
+    # make's result (its output inline) and take's (echoing it), as received; the start is small
+    assert len(large) == 2 and min(large) > 100 * KIB
+    assert len(sizes) == 3 and 0 < min(sizes) < node.turns.large
+    assert node.turns.in_use() == 0
