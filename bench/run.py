@@ -11,7 +11,8 @@ Measures (full persistence in Postgres, workers as separate processes):
                 as seconds and steps/s next to diamond-10's steps/s (the cost per result must not grow);
                 and map-1000: one run of a map step over 1,000 elements (then a join), the same way
   scale         diamond-10 of I/O-bound steps (a 100 ms sleep) with 1, 2 and 4 executor processes,
-                against the ideal (executor threads / step time)
+                against the ideal (executor threads / step time), with how busy the machine's cores
+                were and the workers' CPU time per step (where the ceiling is)
   tracing       diamond-10 again with every process exporting spans over OTLP to a receiver
   metrics       diamond-10 A/B: both workers serving /metrics, scraped every 5 s, against none
   running       diamond-10 again with the executor reporting every step as running (the worst case)
@@ -123,12 +124,7 @@ class Cluster:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) both workers have used so far, from /proc."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for worker in (self.coordinator, self.executor):
-            fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        return total
+        return cpu_seconds(self.coordinator, self.executor)
 
     def metrics_urls(self) -> list[str]:
         """The /metrics of both workers, when they serve them (`--metrics-port`)."""
@@ -150,6 +146,25 @@ class Cluster:
             worker.pumped.wait(10)
             lost += sum(int(line.split("tracing: ", 1)[1].split()[0]) for line in worker.lines if "spans lost" in line)
         return lost
+
+
+def cpu_seconds(*workers: Worker) -> float:
+    """CPU time (user + system) the workers have used so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for worker in workers:
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def host_jiffies() -> tuple[int, int]:
+    """(busy, all) CPU time of the whole machine so far, every core, from /proc/stat; busy counts
+    time stolen by the hypervisor too (it was not ours to use)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
 
 
 def diamond(env: dict[str, str], runs: int, workflow: str = "bench-diamond") -> dict[str, float]:
@@ -241,7 +256,13 @@ def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]
         for count in SCALE_EXECUTORS:
             while len(extra) + 1 < count:
                 extra.append(Worker(env, "--steps", "bench.steps", "--threads", str(threads)).wait_ready())
-            point = diamond(env, SCALE_RUNS, "bench-diamond-io")
+            workers, host = cpu_seconds(cluster.coordinator, cluster.executor, *extra), host_jiffies()
+            point: dict[str, Any] = diamond(env, SCALE_RUNS, "bench-diamond-io")
+            busy, every = (after - before for after, before in zip(host_jiffies(), host, strict=True))
+            # where the ceiling is: the machine's cores busy (all processes: Postgres, RabbitMQ too)
+            point["host_cpu_busy"] = round(busy / every, 3) if every else None
+            point["worker_cpu_ms_per_step"] = round(
+                (cpu_seconds(cluster.coordinator, cluster.executor, *extra) - workers) * 1000 / (SCALE_RUNS * 10), 2)
             point["ideal_steps_per_s"] = round(count * threads / SLEEP_S, 1)
             point["share_of_ideal"] = round(point["steps_per_s"] / point["ideal_steps_per_s"], 3)
             curve[str(count)] = point
@@ -649,7 +670,8 @@ def print_table(r: dict[str, Any]) -> None:
         *[(f"wide: one run of {name}, s (steps/s)", f"{v['s_median']:.2f} ({v['steps_per_s']:.0f})",
            f"{v['vs_diamond10']:.2f} of diamond-10's steps/s") for name, v in r.get("wide_runs", {}).items()],
         *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",
-           f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal")
+           f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal, "
+           f"machine {v.get('host_cpu_busy') or 0:.0%} busy")
           for n, v in r["scale"].items()],
         *[(f"Celery {r['peers']['celery']} ({r['peers']['pool']} x {r['peers']['concurrency']}), {backend} results: "
             "diamond-10 steps/s / chain-10 ms per step",
