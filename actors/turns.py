@@ -8,11 +8,11 @@ threads each handling one such message at the same time a process grew by about 
 100 runs of 250 KiB outputs took a coordinator from 98 to 143 MB). Here the bodies of at least
 ``LARGE_BYTES`` that are handled at the same time share a budget of ``BUDGET_BYTES``: in effect one
 body near the artifact threshold at a time, or four of 64 KiB. A thread whose body does not fit
-waits for one that does to finish; a body larger than the whole budget (a start with 1 MiB of
+waits, in arrival order, for room; a body larger than the whole budget (a start with 1 MiB of
 params) is handled alone. Small bodies never wait, and neither does a thread once it holds its
 turn: the group commit of a run (``combiner``) applies waiting threads' results without turns.
 The price is paid only by bursts of large bodies: the burst above peaked at 110-116 MB and took
-3.5-4.7 s instead of 2.9-3.2 s (a budget of 512 KiB: 120 MB).
+3.5-4.7 s instead of 2.9-3.2 s with a budget of 1 MiB (a budget of 512 KiB: 120 MB).
 
 Executors do not take turns: a step runs for as long as it likes, and it owns its memory.
 """
@@ -25,18 +25,24 @@ from collections.abc import Iterator
 
 LARGE_BYTES = 64 * 1024
 BUDGET_BYTES = 256 * 1024
+WAKE_S = 1.0
 
 
 class Turns:
-    """A byte budget for the large bodies handled at the same time."""
+    """A byte budget for the large bodies handled at the same time, admitted in arrival order (a
+    body over the budget is not passed for ever by a stream of smaller ones)."""
 
     def __init__(self, budget: int = BUDGET_BYTES, large: int = LARGE_BYTES) -> None:
         self.budget = budget
         self.large = large
         self._cond = threading.Condition()
-        # thread -> bytes it holds; one store takes a turn and one pop gives it back, so an
-        # exception raised into the thread (dramatiq's time limit) never leaves bytes counted
+        # thread -> bytes it holds, and thread -> its place in the line. A thread is in one turn at
+        # most, so what it finds of its own when it comes for the next one was left there by an
+        # exception raised into it (dramatiq's time limit) while it was leaving: it clears that
+        # first, and a line never stays blocked longer than that thread's next message.
         self._holders: dict[int, int] = {}
+        self._line: dict[int, int] = {}
+        self._arrivals = 0
         self.waits = 0  # how many bodies had to wait for their turn
 
     def in_use(self) -> int:
@@ -46,23 +52,35 @@ class Turns:
     @contextlib.contextmanager
     def turn(self, size: int) -> Iterator[None]:
         """Hold a share of the budget while the block runs (none for a small body)."""
+        me = threading.get_ident()
+        if me in self._holders or me in self._line:
+            self._leave(me)
         if size < self.large:
             yield
             return
-        me = threading.get_ident()
         try:
             with self._cond:
-                if not self._fits(size):
+                self._arrivals += 1
+                self._line[me] = self._arrivals
+                if not self._may_enter(me, size):
                     self.waits += 1
-                    while not self._fits(size):
-                        self._cond.wait()
+                    while not self._may_enter(me, size):
+                        self._cond.wait(WAKE_S)  # in Python now and then: an interruption lands
                 self._holders[me] = size
+                del self._line[me]
+                self._cond.notify_all()  # the next in line may fit beside it
             yield
         finally:
-            with self._cond:
-                if self._holders.pop(me, None) is not None:
-                    self._cond.notify_all()
+            self._leave(me)
 
-    def _fits(self, size: int) -> bool:
+    def _leave(self, me: int) -> None:
+        with self._cond:
+            held, placed = self._holders.pop(me, None), self._line.pop(me, None)
+            if held is not None or placed is not None:
+                self._cond.notify_all()
+
+    def _may_enter(self, me: int, size: int) -> bool:
+        if min(self._line, key=self._line.__getitem__) != me:  # first come, first in
+            return False
         used = sum(self._holders.values())
         return used == 0 or used + size <= self.budget

@@ -81,27 +81,62 @@ class Interrupted(Exception):
     """What dramatiq's time limit raises in a worker thread, asynchronously."""
 
 
-def test_a_thread_interrupted_while_it_waits_or_while_it_holds_leaves_nothing_counted():
+def test_bodies_enter_in_the_order_they_came_so_a_body_over_the_budget_is_not_passed_for_ever():
+    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    medium = Holder(turns, 100 * KIB)
+    assert medium.inside.wait(10)
+    huge = Holder(turns, 1024 * KIB)
+    poll_until(lambda: turns.waits == 1, timeout=10, what="the huge body waiting")
+    behind = Holder(turns, 100 * KIB)  # would fit beside the first, but the huge one came before it
+    poll_until(lambda: turns.waits == 2, timeout=10, what="the later body waiting in line")
+    medium.done()
+    assert huge.inside.wait(10)
+    assert not behind.inside.is_set()
+    huge.done()
+    assert behind.inside.wait(10)
+    behind.done()
+    assert turns.in_use() == 0
+
+
+def interrupt(thread: threading.Thread) -> None:
+    assert thread.ident is not None
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(Interrupted)) == 1
+
+
+def test_a_thread_interrupted_while_it_waits_leaves_the_line_and_one_failing_inside_gives_back_its_bytes():
     turns = Turns(budget=256 * KIB, large=64 * KIB)
     first = Holder(turns, 200 * KIB)
     assert first.inside.wait(10)
     waiter = Holder(turns, 200 * KIB)
     poll_until(lambda: turns.waits == 1, timeout=10, what="the second body waiting")
-    assert waiter.thread.ident is not None
-    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiter.thread.ident),
-                                                      ctypes.py_object(Interrupted)) == 1
-    first.done()  # the waiter wakes, meets its interruption and gives up its place
+    behind = Holder(turns, 200 * KIB)
+    poll_until(lambda: turns.waits == 2, timeout=10, what="the third body waiting")
+    interrupt(waiter.thread)  # delivered at its next wake, within a second, with nothing else changing
     waiter.thread.join(10)
     assert isinstance(waiter.error, Interrupted) and not waiter.inside.is_set()
+    first.done()
+    assert behind.inside.wait(10)  # the line went on without the interrupted body
+    behind.done()
     assert turns.in_use() == 0
 
     with contextlib.suppress(RuntimeError), turns.turn(200 * KIB):
         assert turns.in_use() == 200 * KIB
         raise RuntimeError("the handler failed")
     assert turns.in_use() == 0
-    after = Holder(turns, 250 * KIB)
-    assert after.inside.wait(10)
-    after.done()
+
+
+def test_what_an_interruption_left_behind_is_cleared_by_that_threads_next_message():
+    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    me = threading.get_ident()
+    turns._holders[me] = 200 * KIB  # as if an exception had landed as this thread left its turn
+    turns._line[me] = 0
+    blocked = Holder(turns, 200 * KIB)
+    poll_until(lambda: turns.waits == 1, timeout=10, what="a body waiting behind the stale entries")
+    with turns.turn(10):  # this thread's next message, a small one
+        pass
+    assert blocked.inside.wait(10)
+    blocked.done()
+    assert turns.in_use() == 0 and turns._line == {}
 
 
 BIG = """
@@ -131,5 +166,5 @@ def test_the_core_roles_handle_a_large_result_in_a_turn_and_small_messages_outsi
     large = [s for s in sizes if s >= node.turns.large]
     # make's result (its output inline) and take's (echoing it), as received; the start is small
     assert len(large) == 2 and min(large) > 100 * KIB
-    assert len(sizes) == 3 and 0 < min(sizes) < node.turns.large
+    assert 0 < min(sizes) < node.turns.large  # the start: measured, small
     assert node.turns.in_use() == 0
