@@ -78,7 +78,7 @@ class Settle:
         joins = [d for d in dependents if len(workflow.steps[d].needs) > 1]
         singles = [d for d in dependents if len(workflow.steps[d].needs) == 1]
         if joins or not dependents:
-            counted = repo.step_succeeded(self.conn, self.run_id, joins, workflow.needs_of_joins.get(step, []),
+            counted = repo.step_succeeded(self.conn, self.run_id, joins, workflow.needs_of_joins.get(step, ()),
                                           end=not dependents)
             if counted.open_ends is not None and counted.open_ends <= 0:
                 self.settled = Settled(run_ended=True)

@@ -161,10 +161,18 @@ class Workflow:
         return found
 
     @functools.cached_property
-    def needs_of_joins(self) -> dict[str, list[str]]:
-        """Per step: every step needed by its dependents that have more than one need, sorted."""
-        return {step: sorted({n for d in deps if len(self.steps[d].needs) > 1 for n in self.steps[d].needs})
-                for step, deps in self._dependents.items()}
+    def needs_of_joins(self) -> dict[str, tuple[str, ...]]:
+        """Per step: every step needed by its dependents that have more than one need, sorted. Steps
+        with the same joins share one tuple: 1,000 steps before one join hold one list of 1,000
+        names, not a million (8 MB kept for as long as the workflow is cached)."""
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+        found = {}
+        for step, deps in self._dependents.items():
+            joins = tuple(d for d in deps if len(self.steps[d].needs) > 1)
+            if joins not in shared:
+                shared[joins] = tuple(sorted({n for d in joins for n in self.steps[d].needs}))
+            found[step] = shared[joins]
+        return found
 
     def descendants(self, steps: list[str]) -> list[str]:
         """``steps`` and every step that needs one of them, directly or not, in definition order."""

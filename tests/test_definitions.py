@@ -99,6 +99,19 @@ def test_a_workflow_knows_its_roots_and_dependents() -> None:
     assert wf.dependents("load") == []
 
 
+def test_steps_before_the_same_joins_share_one_list_of_the_joins_needs() -> None:
+    wide = "name: wide\nsteps:\n" + "".join(f"  - {{name: p{i}, task: t}}\n" for i in range(998)) + \
+        "  - {name: join, task: t, needs: [" + ", ".join(f"p{i}" for i in range(998)) + "]}\n" + \
+        "  - {name: two, task: t, needs: [p0, p1]}\n"
+    wf = loads(wide)
+    joins = wf.needs_of_joins
+    assert joins["p5"] == tuple(sorted(f"p{i}" for i in range(998)))
+    assert joins["p5"] is joins["p997"]  # one tuple for the 996 steps before the join alone
+    assert joins["p0"] == joins["p5"]  # p0 and p1 come before both joins: their needs together
+    assert joins["p0"] is joins["p1"] and joins["p0"] is not joins["p5"]
+    assert "join" not in joins  # nothing needs it
+
+
 def test_parse_accepts_a_definition_built_in_python() -> None:
     wf = parse({"name": "py", "steps": [{"name": "a", "task": "t.a"}, {"name": "b", "task": "t.b",
                                                                         "needs": ["a"]}]})
