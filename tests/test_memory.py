@@ -90,3 +90,15 @@ def test_with_the_mmap_threshold_fixed_freed_large_buffers_leave_at_once():
         freed[mode] = float(out.stdout.strip())
     assert freed["fixed"] > 25, freed  # of the ~30 MB of buffers
     assert freed["default"] < 5, freed  # what the fix is for: without it they stay
+
+
+def test_a_worker_prefetches_one_message_per_thread_unless_dramatiqs_setting_says_otherwise(monkeypatch):
+    from dramatiq.brokers.stub import StubBroker
+
+    from miniflow.ops.worker import _dramatiq_worker
+
+    broker = StubBroker()
+    monkeypatch.delenv("dramatiq_queue_prefetch", raising=False)
+    assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch == 6  # dramatiq's own default is twice that
+    monkeypatch.setenv("dramatiq_queue_prefetch", "40")
+    assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch != 6  # the operator's choice stands
