@@ -231,20 +231,23 @@ def wide_runs(env: dict[str, str], diamond_steps_per_s: float) -> dict[str, Any]
 
 def memory_after_burst(env: dict[str, str], cluster: Cluster) -> dict[str, Any]:
     """BIG_RUNS runs at once whose 250 KiB output travels inline (in a result, then in the next
-    step's message): each worker's resident memory 5 s after the last run ended, and its peak."""
+    step's message): each worker's resident memory 5 s after the last run ended, and its peak, and
+    both as they were before the burst (the peak is the process's: what came before counts too)."""
     from miniflow.protocol.publisher import Publisher
 
     dsn = env["MINIFLOW_DATABASE_URL"]
     with psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql")) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from runs")
         before = cur.fetchone()[0]
+    workers = (("coordinator+results", cluster.coordinator), ("executor", cluster.executor))
+    was = {role: {"now": round(w.rss_mb(), 1), "peak": round(w.peak_rss_mb(), 1)} for role, w in workers}
     with Publisher(BROKER_URL, env["MINIFLOW_NAMESPACE"]) as pub:
         for _ in range(BIG_RUNS):
             pub.start_workflow("bench-big", idempotency_key=str(uuid.uuid4()))
     wait_terminal(dsn, before + BIG_RUNS)
     time.sleep(5)  # what stays resident once the burst is over (each worker's main loop trims its heap every 5 s)
-    return {role: {"now": round(worker.rss_mb(), 1), "peak": round(worker.peak_rss_mb(), 1)}
-            for role, worker in (("coordinator+results", cluster.coordinator), ("executor", cluster.executor))}
+    return {role: {"before": was[role], "now": round(worker.rss_mb(), 1), "peak": round(worker.peak_rss_mb(), 1)}
+            for role, worker in workers}
 
 
 def scale(env: dict[str, str], cluster: Cluster, threads: int) -> dict[str, Any]:
@@ -671,7 +674,8 @@ def print_table(r: dict[str, Any]) -> None:
            f"{v['vs_diamond10']:.2f} of diamond-10's steps/s") for name, v in r.get("wide_runs", {}).items()],
         *[(f"scale: diamond-10, 100 ms steps, {n} executor(s), steps/s", f"{v['steps_per_s']:.0f}",
            f"{v['steps_per_s'] / r['scale']['1']['steps_per_s']:.2f}x one, {v['share_of_ideal']:.2f} of ideal, "
-           f"machine {v.get('host_cpu_busy') or 0:.0%} busy")
+           + (f"cores {v['host_cpu_busy']:.0%} busy, workers {v['worker_cpu_ms_per_step']} ms CPU a step"
+              if v.get("host_cpu_busy") is not None else "cores: n/a"))
           for n, v in r["scale"].items()],
         *[(f"Celery {r['peers']['celery']} ({r['peers']['pool']} x {r['peers']['concurrency']}), {backend} results: "
             "diamond-10 steps/s / chain-10 ms per step",
@@ -709,7 +713,10 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['rss_mb']['coordinator+results']} / {r['rss_mb']['executor']}", ""),
         *([(f"RSS MB 5 s after {BIG_RUNS} runs of 250 KiB messages, now / peak (coordinator+results; executor)",
             f"{burst['coordinator+results']['now']} / {burst['coordinator+results']['peak']}; "
-            f"{burst['executor']['now']} / {burst['executor']['peak']}", "target: under 120 MB")]
+            f"{burst['executor']['now']} / {burst['executor']['peak']}",
+            "target: under 120 MB" + (f"; peak before it {burst['coordinator+results']['before']['peak']}; "
+                                      f"{burst['executor']['before']['peak']}"
+                                      if "before" in burst["coordinator+results"] else ""))]
           if (burst := r.get("rss_after_burst_mb")) else []),
     ]
     if "cron_lateness" in r:
