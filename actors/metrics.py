@@ -21,6 +21,8 @@ are never labels.
     miniflow_outbox_publish_seconds        histogram                              coordinator, results, timer
     miniflow_run_batch_size                histogram                              coordinator (results or events
                                                                                   of one run in one transaction)
+    miniflow_large_bodies_total            counter    waited (yes, no)            coordinator, results (bodies of
+                                                                                  64 KiB or more: actors/turns.py)
     miniflow_reconciler_repairs_total      counter    kind                        coordinator
     miniflow_cron_fire_lateness_seconds    histogram                              timer
     miniflow_reconnects_total              counter    service (broker, database)  every process
@@ -63,7 +65,7 @@ NAMES = (
     "miniflow_step_attempts_total", "miniflow_step_retries_total", "miniflow_step_duration_seconds",
     "miniflow_step_queue_wait_seconds", "miniflow_messages_total", "miniflow_messages_rejected_total",
     "miniflow_dead_letters_total", "miniflow_outbox_backlog", "miniflow_outbox_publish_seconds",
-    "miniflow_run_batch_size",
+    "miniflow_run_batch_size", "miniflow_large_bodies_total",
     "miniflow_reconciler_repairs_total", "miniflow_cron_fire_lateness_seconds", "miniflow_reconnects_total",
     "miniflow_worker_threads", "miniflow_worker_threads_busy", "miniflow_queue_messages",
     "miniflow_queue_consumers", "miniflow_workers", "miniflow_runs_active", "miniflow_oldest_active_run_seconds",
@@ -120,6 +122,8 @@ class Metrics:
                                   buckets=LATENCY_BUCKETS, registry=r)
         self._batch = Histogram("miniflow_run_batch_size", "Results or events of one run applied in one transaction",
                                 buckets=BATCH_BUCKETS, registry=r)
+        self._large = Counter("miniflow_large_bodies", "Large bodies handled in turns, and whether they waited",
+                              ["waited"], registry=r)
         self._repairs = Counter("miniflow_reconciler_repairs", "Runs and steps repaired by the reconciler", ["kind"],
                                 registry=r)
         self._lateness = Histogram("miniflow_cron_fire_lateness_seconds", "Cron fire time minus its due time",
@@ -196,6 +200,9 @@ class Metrics:
 
     def run_batch(self, size: int) -> None:
         self._batch.observe(size)
+
+    def large_body(self, waited: bool) -> None:
+        self._large.labels("yes" if waited else "no").inc()
 
     def cron_fired(self, lateness_s: float) -> None:
         self._lateness.observe(max(lateness_s, 0.0))

@@ -103,7 +103,7 @@ class Node:
         if self.caps is not None:
             self.coordinator.caps = self.caps
         self._stop = threading.Event()
-        self.turns = Turns()
+        self.turns = Turns(counted=metrics.large_body)
         self.db = db
         self.relay: Relay | None = None
         self.handlers: CoreHandlers | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 LARGE_BYTES = 64 * 1024
 BUDGET_BYTES = 256 * 1024
@@ -32,9 +32,11 @@ class Turns:
     """A byte budget for the large bodies handled at the same time, admitted in arrival order (a
     body over the budget is not passed for ever by a stream of smaller ones)."""
 
-    def __init__(self, budget: int = BUDGET_BYTES, large: int = LARGE_BYTES) -> None:
+    def __init__(self, budget: int = BUDGET_BYTES, large: int = LARGE_BYTES, *,
+                 counted: Callable[[bool], None] = lambda waited: None) -> None:
         self.budget = budget
         self.large = large
+        self.counted = counted  # told of each large body as it enters: whether it waited
         self._cond = threading.Condition()
         # thread -> bytes it holds, and thread -> its place in the line. A thread is in one turn at
         # most, so what it finds of its own when it comes for the next one was left there by an
@@ -58,17 +60,20 @@ class Turns:
         if size < self.large:
             yield
             return
+        waited = False
         try:
             with self._cond:
                 self._arrivals += 1
                 self._line[me] = self._arrivals
                 if not self._may_enter(me, size):
                     self.waits += 1
+                    waited = True
                     while not self._may_enter(me, size):
                         self._cond.wait(WAKE_S)  # in Python now and then: an interruption lands
                 self._holders[me] = size
                 del self._line[me]
                 self._cond.notify_all()  # the next in line may fit beside it
+            self.counted(waited)
             yield
         finally:
             self._leave(me)

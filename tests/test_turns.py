@@ -41,7 +41,8 @@ class Holder:
 
 
 def test_bodies_that_do_not_fit_together_wait_and_small_ones_never_do():
-    turns = Turns(budget=256 * KIB, large=64 * KIB)
+    told: list[bool] = []
+    turns = Turns(budget=256 * KIB, large=64 * KIB, counted=told.append)
     first = Holder(turns, 200 * KIB)
     assert first.inside.wait(10)
     small = Holder(turns, 10 * KIB)  # under the large mark: in at once, however full the budget
@@ -56,6 +57,7 @@ def test_bodies_that_do_not_fit_together_wait_and_small_ones_never_do():
     for holder in (small, second):
         holder.done()
     assert turns.in_use() == 0 and first.error is None and second.error is None
+    assert told == [False, True]  # each large body as it entered: the first went straight in, the second waited
 
 
 def test_bodies_that_fit_together_go_together_and_one_over_the_budget_goes_alone():

@@ -23,7 +23,9 @@ from .raw_producer import publish_raw
 
 HEARTBEAT_S = 0.5
 POOLED = "name: pooled\nsteps:\n  - {name: only, task: test.echo, queue: lonely}\n"
-OK = "name: metered\nsteps:\n  - {name: a, task: test.echo}\n  - {name: b, task: test.echo, needs: [a]}\n"
+# a's output (100 KiB, inline) makes its result and b's (echoing it) large bodies at the coordinator
+OK = ("name: metered\nsteps:\n  - {name: a, task: test.blob, config: {kib: 100}}\n"
+      "  - {name: b, task: test.echo, needs: [a]}\n")
 FAILING = "name: metered-fail\nsteps:\n  - {name: boom, task: test.boom, retries: 1, backoff: {initial: 0.05}}\n"
 
 
@@ -205,6 +207,9 @@ def test_metrics_of_each_process_count_a_known_set_of_runs(space: dict[str, str]
         assert _value(c, "miniflow_dead_letters_total", reason="malformed") == 1
         assert _value(c, "miniflow_worker_threads") == 2
         assert _value(c, "miniflow_outbox_publish_seconds_count") > 0
+        # sized on RabbitMQ's consumer: the two large results of each metered run took their turns
+        assert _value(c, "miniflow_large_bodies_total", waited="yes") + \
+            _value(c, "miniflow_large_bodies_total", waited="no") == 6
         assert ("miniflow_runs_active", (("status", "running"),)) in c  # per database: other tests' runs count too
         assert ("miniflow_outbox_backlog", ()) in c and ("miniflow_oldest_active_run_seconds", ()) in c
         ingress = f"{space['MINIFLOW_NAMESPACE']}.ingress"
