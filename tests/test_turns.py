@@ -83,14 +83,20 @@ class Interrupted(Exception):
     """What dramatiq's time limit raises in a worker thread, asynchronously."""
 
 
+def lined(turns: Turns, first: int, *waiting: int) -> list[Holder]:
+    """A holder of ``first`` bytes inside, then one for each of ``waiting``, each seen waiting in line."""
+    holders = [Holder(turns, first)]
+    assert holders[0].inside.wait(10)
+    for size in waiting:
+        holders.append(Holder(turns, size))
+        poll_until(lambda: turns.waits == len(holders) - 1, timeout=10, what=f"body {len(holders)} waiting in line")
+    return holders
+
+
 def test_bodies_enter_in_the_order_they_came_so_a_body_over_the_budget_is_not_passed_for_ever():
     turns = Turns(budget=256 * KIB, large=64 * KIB)
-    medium = Holder(turns, 100 * KIB)
-    assert medium.inside.wait(10)
-    huge = Holder(turns, 1024 * KIB)
-    poll_until(lambda: turns.waits == 1, timeout=10, what="the huge body waiting")
-    behind = Holder(turns, 100 * KIB)  # would fit beside the first, but the huge one came before it
-    poll_until(lambda: turns.waits == 2, timeout=10, what="the later body waiting in line")
+    # the last would fit beside the first, but the huge one came before it
+    medium, huge, behind = lined(turns, 100 * KIB, 1024 * KIB, 100 * KIB)
     medium.done()
     assert huge.inside.wait(10)
     assert not behind.inside.is_set()
@@ -107,12 +113,7 @@ def interrupt(thread: threading.Thread) -> None:
 
 def test_a_thread_interrupted_while_it_waits_leaves_the_line_and_one_failing_inside_gives_back_its_bytes():
     turns = Turns(budget=256 * KIB, large=64 * KIB)
-    first = Holder(turns, 200 * KIB)
-    assert first.inside.wait(10)
-    waiter = Holder(turns, 200 * KIB)
-    poll_until(lambda: turns.waits == 1, timeout=10, what="the second body waiting")
-    behind = Holder(turns, 200 * KIB)
-    poll_until(lambda: turns.waits == 2, timeout=10, what="the third body waiting")
+    first, waiter, behind = lined(turns, 200 * KIB, 200 * KIB, 200 * KIB)
     interrupt(waiter.thread)  # delivered at its next wake, within a second, with nothing else changing
     waiter.thread.join(10)
     assert isinstance(waiter.error, Interrupted) and not waiter.inside.is_set()
