@@ -41,51 +41,61 @@ class Turns:
         # thread -> bytes it holds, and thread -> its place in the line. A thread is in one turn at
         # most, so what it finds of its own when it comes for the next one was left there by an
         # exception raised into it (dramatiq's time limit) while it was leaving: it clears that
-        # first, and a line never stays blocked longer than that thread's next message.
-        self._holders: dict[int, int] = {}
+        # first, and a line stays blocked no longer than that thread's next message (in a process
+        # with no other traffic, until some comes). A turn's own clean-up removes only its own
+        # entries (by arrival number), even when it runs late, from another thread.
+        self._holders: dict[int, tuple[int, int]] = {}  # thread -> (bytes, its arrival number)
         self._line: dict[int, int] = {}
         self._arrivals = 0
         self.waits = 0  # how many bodies had to wait for their turn
 
     def in_use(self) -> int:
         with self._cond:
-            return sum(self._holders.values())
+            return sum(size for size, _ in self._holders.values())
 
     @contextlib.contextmanager
     def turn(self, size: int) -> Iterator[None]:
         """Hold a share of the budget while the block runs (none for a small body)."""
         me = threading.get_ident()
         if me in self._holders or me in self._line:
-            self._leave(me)
+            self._leave(me, None)
         if size < self.large:
             yield
             return
         waited = False
+        mine = -1
         try:
             with self._cond:
                 self._arrivals += 1
-                self._line[me] = self._arrivals
+                mine = self._line[me] = self._arrivals
                 if not self._may_enter(me, size):
                     self.waits += 1
                     waited = True
                     while not self._may_enter(me, size):
                         self._cond.wait(WAKE_S)  # in Python now and then: an interruption lands
-                self._holders[me] = size
+                self._holders[me] = (size, mine)
                 del self._line[me]
                 self._cond.notify_all()  # the next in line may fit beside it
             self.counted(waited)
             yield
         finally:
-            self._leave(me)
+            self._leave(me, mine)
 
-    def _leave(self, me: int) -> None:
+    def _leave(self, me: int, mine: int | None) -> None:
+        """Remove ``me``'s entries of the turn ``mine`` (None: whatever they are)."""
         with self._cond:
-            held, placed = self._holders.pop(me, None), self._line.pop(me, None)
-            if held is not None or placed is not None:
+            left = False
+            if me in self._holders and mine in (None, self._holders[me][1]):
+                del self._holders[me]
+                left = True
+            if me in self._line and mine in (None, self._line[me]):
+                del self._line[me]
+                left = True
+            if left:
                 self._cond.notify_all()
 
     def _may_enter(self, me: int, size: int) -> bool:
         if min(self._line, key=self._line.__getitem__) != me:  # first come, first in
             return False
-        used = sum(self._holders.values())
+        used = sum(size for size, _ in self._holders.values())
         return used == 0 or used + size <= self.budget

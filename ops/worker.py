@@ -118,8 +118,7 @@ def _dramatiq_worker(broker: dramatiq.Broker, threads: int, queues: set[str]) ->
     many (unless ``dramatiq_queue_prefetch`` says otherwise): fewer large bodies wait decoded in
     memory, and it measured no slower (docs/performance.md)."""
     worker = dramatiq.Worker(broker, worker_threads=threads, queues=queues)
-    if not os.environ.get("dramatiq_queue_prefetch"):
-        worker.queue_prefetch = threads
+    worker.queue_prefetch = int(os.environ.get("dramatiq_queue_prefetch") or 0) or threads  # 0: unset, as dramatiq
     return worker
 
 

@@ -101,4 +101,6 @@ def test_a_worker_prefetches_one_message_per_thread_unless_dramatiqs_setting_say
     monkeypatch.delenv("dramatiq_queue_prefetch", raising=False)
     assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch == 6  # dramatiq's own default is twice that
     monkeypatch.setenv("dramatiq_queue_prefetch", "40")
-    assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch != 6  # the operator's choice stands
+    assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch == 40  # the operator's choice stands
+    monkeypatch.setenv("dramatiq_queue_prefetch", "0")  # dramatiq's "unset"
+    assert _dramatiq_worker(broker, 6, {"q"}).queue_prefetch == 6

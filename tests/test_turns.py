@@ -131,7 +131,7 @@ def test_a_thread_interrupted_while_it_waits_leaves_the_line_and_one_failing_ins
 def test_what_an_interruption_left_behind_is_cleared_by_that_threads_next_message():
     turns = Turns(budget=256 * KIB, large=64 * KIB)
     me = threading.get_ident()
-    turns._holders[me] = 200 * KIB  # as if an exception had landed as this thread left its turn
+    turns._holders[me] = (200 * KIB, 0)  # as if an exception had landed as this thread left its turn
     turns._line[me] = 0
     blocked = Holder(turns, 200 * KIB)
     poll_until(lambda: turns.waits == 1, timeout=10, what="a body waiting behind the stale entries")

@@ -208,8 +208,9 @@ def test_metrics_of_each_process_count_a_known_set_of_runs(space: dict[str, str]
         assert _value(c, "miniflow_worker_threads") == 2
         assert _value(c, "miniflow_outbox_publish_seconds_count") > 0
         # sized on RabbitMQ's consumer: the two large results of each metered run took their turns
+        # (a redelivered one would count again)
         assert _value(c, "miniflow_large_bodies_total", waited="yes") + \
-            _value(c, "miniflow_large_bodies_total", waited="no") == 6
+            _value(c, "miniflow_large_bodies_total", waited="no") >= 6
         assert ("miniflow_runs_active", (("status", "running"),)) in c  # per database: other tests' runs count too
         assert ("miniflow_outbox_backlog", ()) in c and ("miniflow_oldest_active_run_seconds", ()) in c
         ingress = f"{space['MINIFLOW_NAMESPACE']}.ingress"
