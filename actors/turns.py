@@ -51,7 +51,7 @@ class Turns:
 
     def in_use(self) -> int:
         with self._cond:
-            return sum(size for size, _ in self._holders.values())
+            return sum(held for held, _ in self._holders.values())
 
     @contextlib.contextmanager
     def turn(self, size: int) -> Iterator[None]:
@@ -97,5 +97,5 @@ class Turns:
     def _may_enter(self, me: int, size: int) -> bool:
         if min(self._line, key=self._line.__getitem__) != me:  # first come, first in
             return False
-        used = sum(size for size, _ in self._holders.values())
+        used = sum(held for held, _ in self._holders.values())
         return used == 0 or used + size <= self.budget

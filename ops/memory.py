@@ -3,7 +3,7 @@
 A worker's threads each allocate from their own glibc malloc arena (up to 8 per core), and freed
 blocks stay in the arena that held them: after a burst of large messages (bodies of up to 1 MiB,
 decoded, copied into a step's inputs, encoded again) a coordinator stayed at 124 MB of resident
-memory, against 86 MB before it. Two remedies, both cheap:
+memory, against 86 MB before it. Three remedies, all cheap:
 
 - ``cap_arenas`` limits the arenas to two (``mallopt(M_ARENA_MAX, 2)``), the first thing a worker
   does, before it starts any thread: fewer arenas hold fewer freed blocks; the threads mostly wait
